@@ -1,7 +1,47 @@
-//! oxccl: collective communication in Rust, in the family of NCCL.
+//! oxccl: collective communication in Rust, in the family of NVIDIA NCCL, Gloo and MPI.
+//!
+//! Ranks form a communicator ([`Comm`]) and run all-reduce, broadcast, reduce,
+//! all-gather, reduce-scatter, all-to-all, gather, scatter, send/recv and barrier on
+//! their buffers, over the fastest link between each pair of ranks.
+//!
+//! ```
+//! use oxccl::{Comm, ReduceOp};
+//! let comms = Comm::init_all(2)?;
+//! let results: Vec<Vec<i32>> = std::thread::scope(|s| {
+//!     let hs: Vec<_> = comms
+//!         .into_iter()
+//!         .map(|mut c| s.spawn(move || {
+//!             let mut buf = vec![c.rank() as i32 + 1; 4];
+//!             c.all_reduce_in_place(&mut buf, ReduceOp::Sum).unwrap();
+//!             buf
+//!         }))
+//!         .collect();
+//!     hs.into_iter().map(|h| h.join().unwrap()).collect()
+//! });
+//! assert!(results.iter().all(|r| r == &[3, 3, 3, 3]));
+//! # Ok::<(), oxccl::Error>(())
+//! ```
+//!
+//! Layers, bottom up (each a module): [`types`] (data types and ops), [`reduce`]
+//! (kernels), [`sync`] (waiting), [`transport`] (links and FIFOs), [`algo`] (pure
+//! schedules), [`exec`] (the executor), [`plan`] (cost model), [`config`], and `comm`
+//! (the safe API).
+
+#![warn(missing_docs)]
+
+pub mod algo;
+mod comm;
+pub mod config;
 pub mod error;
+pub mod exec;
+pub mod plan;
 pub mod reduce;
+pub mod sync;
+pub mod transport;
 pub mod types;
 
+pub use algo::Algo;
+pub use comm::{AbortHandle, Comm, Group};
+pub use config::{Config, Settings};
 pub use error::{Error, Result};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};

@@ -1,0 +1,176 @@
+//! Direct schedules: every rank talks to its peers without relays.
+//!
+//! - [`Exchange`]: each rank sends its data to all others and reduces what it receives
+//!   (one-shot all-reduce: one step of latency, best for small messages and few ranks);
+//!   with no data it is a barrier.
+//! - [`P2p`]: one point-to-point send or receive (send/recv, all-to-all, gather,
+//!   scatter), or a local copy.
+
+use super::{Peers, Rank, Span, Step};
+
+/// What an exchange computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// One-shot all-reduce of `count` elements.
+    AllReduce,
+    /// A barrier: one empty message to and from every peer.
+    Barrier,
+}
+
+/// Every rank sends to every other, then combines what it received. Results are
+/// combined in ascending rank order on every rank, so all ranks get identical bits.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    kind: ExchangeKind,
+    count: usize,
+    chunk: usize,
+    channel: u8,
+    at: usize,
+    phase: u8,
+    done: bool,
+}
+
+impl Exchange {
+    /// An exchange over `count` elements in messages of at most `chunk`.
+    pub fn new(kind: ExchangeKind, count: usize, chunk: usize, channel: u8) -> Exchange {
+        Exchange {
+            kind,
+            count,
+            chunk: chunk.max(1),
+            channel,
+            at: 0,
+            phase: 0,
+            done: false,
+        }
+    }
+
+    /// The next step.
+    pub fn next(&mut self) -> Option<Step> {
+        if self.done {
+            return None;
+        }
+        let count = match self.kind {
+            ExchangeKind::Barrier => 0,
+            ExchangeKind::AllReduce => {
+                if self.at >= self.count {
+                    return None;
+                }
+                self.chunk.min(self.count - self.at)
+            }
+        };
+        let mut s = Step::new(count, self.channel);
+        if self.phase == 0 {
+            if self.kind == ExchangeKind::AllReduce {
+                s.input = Some(Span::send(self.at));
+            }
+            s.send = Peers::Others;
+            self.phase = 1;
+        } else {
+            s.recv = Peers::Others;
+            if self.kind == ExchangeKind::AllReduce {
+                s.input = Some(Span::send(self.at));
+                s.output = Some(Span::recv(self.at));
+                s.finalize = true;
+            }
+            self.phase = 0;
+            self.at += count;
+            self.done = self.kind == ExchangeKind::Barrier;
+        }
+        Some(s)
+    }
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, me: Rank, n: usize, f: &mut dyn FnMut(Rank, u8, bool)) {
+        for p in (0..n).filter(|&p| p != me) {
+            f(p, self.channel, true);
+            f(p, self.channel, false);
+        }
+    }
+}
+
+/// What a point-to-point stream does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum P2pKind {
+    /// Send `count` elements from the send buffer at `src` to the peer.
+    Send(Rank),
+    /// Receive `count` elements from the peer into the receive buffer at `dst`.
+    Recv(Rank),
+    /// Copy `count` elements locally from `src` to `dst` (applying the reduction's
+    /// pre- and post-operations when the call reduces, e.g. with a single rank).
+    Local,
+}
+
+/// A point-to-point transfer, chunked to the slot size.
+#[derive(Clone, Debug)]
+pub struct P2p {
+    kind: P2pKind,
+    src: usize,
+    dst: usize,
+    count: usize,
+    chunk: usize,
+    channel: u8,
+    at: usize,
+}
+
+impl P2p {
+    /// A transfer of `count` elements between send-buffer offset `src` and receive-buffer
+    /// offset `dst` (each used only where the kind needs it).
+    pub fn new(
+        kind: P2pKind,
+        src: usize,
+        dst: usize,
+        count: usize,
+        chunk: usize,
+        channel: u8,
+    ) -> P2p {
+        let chunk = if kind == P2pKind::Local {
+            count.max(1)
+        } else {
+            chunk.max(1)
+        };
+        P2p {
+            kind,
+            src,
+            dst,
+            count,
+            chunk,
+            channel,
+            at: 0,
+        }
+    }
+
+    /// The next step.
+    pub fn next(&mut self) -> Option<Step> {
+        if self.at >= self.count {
+            return None;
+        }
+        let count = self.chunk.min(self.count - self.at);
+        let mut s = Step::new(count, self.channel);
+        match self.kind {
+            P2pKind::Send(p) => {
+                s.input = Some(Span::send(self.src + self.at));
+                s.send = Peers::One(p);
+            }
+            P2pKind::Recv(p) => {
+                s.recv = Peers::One(p);
+                s.output = Some(Span::recv(self.dst + self.at));
+            }
+            P2pKind::Local => {
+                s.input = Some(Span::send(self.src + self.at));
+                s.output = Some(Span::recv(self.dst + self.at));
+                s.finalize = true;
+            }
+        }
+        self.at += count;
+        Some(s)
+    }
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
+        match self.kind {
+            P2pKind::Send(p) => f(p, self.channel, true),
+            P2pKind::Recv(p) => f(p, self.channel, false),
+            P2pKind::Local => {}
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Collective schedules: which chunk goes to which peer, and what is reduced with what.
+//!
+//! This module is pure. A schedule is an iterator of [`Step`]s for one rank; it touches no
+//! memory and no link. The executor (`exec/`) runs steps over real FIFOs; the tests in
+//! this module run them over in-memory queues, for every rank at once, without threads.
+//!
+//! A step says: receive one message from each peer in `recv`, combine them with the
+//! local `input` span (reducing if the call reduces, else there is exactly one source),
+//! write the result to the local `output` span and send it to each peer in `send`.
+//! Spans are element offsets into the call's send or receive buffer; every message of a
+//! step holds `count` elements.
+
+pub mod direct;
+pub mod ring;
+pub mod tree;
+
+/// A rank number.
+pub type Rank = usize;
+
+/// Which of the call's buffers a span points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Buf {
+    /// The send (input) buffer.
+    Send,
+    /// The receive (output) buffer.
+    Recv,
+}
+
+/// `count` elements at `offset` (in elements) of a buffer; the count is the step's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Span {
+    /// Which buffer.
+    pub buf: Buf,
+    /// Element offset.
+    pub offset: usize,
+}
+
+impl Span {
+    /// A span of the send buffer.
+    pub const fn send(offset: usize) -> Span {
+        Span {
+            buf: Buf::Send,
+            offset,
+        }
+    }
+    /// A span of the receive buffer.
+    pub const fn recv(offset: usize) -> Span {
+        Span {
+            buf: Buf::Recv,
+            offset,
+        }
+    }
+}
+
+/// The peers a step receives from or sends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peers {
+    /// Nobody.
+    None,
+    /// One peer.
+    One(Rank),
+    /// Two peers (tree children).
+    Two(Rank, Rank),
+    /// Every rank except the local one.
+    Others,
+}
+
+impl Peers {
+    /// Up to two peers from options (tree children).
+    pub fn from_opts(a: Option<Rank>, b: Option<Rank>) -> Peers {
+        match (a, b) {
+            (Some(a), Some(b)) => Peers::Two(a, b),
+            (Some(a), None) | (None, Some(a)) => Peers::One(a),
+            (None, None) => Peers::None,
+        }
+    }
+
+    /// Whether the set is empty (for `me` among `n` ranks).
+    pub fn is_empty(&self, n: usize) -> bool {
+        match self {
+            Peers::None => true,
+            Peers::Others => n <= 1,
+            _ => false,
+        }
+    }
+
+    /// Calls `f` for each peer, in ascending order for `Others`.
+    #[inline]
+    pub fn for_each(&self, me: Rank, n: usize, mut f: impl FnMut(Rank)) {
+        match *self {
+            Peers::None => {}
+            Peers::One(a) => f(a),
+            Peers::Two(a, b) => {
+                f(a);
+                f(b)
+            }
+            Peers::Others => (0..n).filter(|&p| p != me).for_each(f),
+        }
+    }
+
+    /// Returns true if `f` holds for every peer.
+    #[inline]
+    pub fn all(&self, me: Rank, n: usize, mut f: impl FnMut(Rank) -> bool) -> bool {
+        match *self {
+            Peers::None => true,
+            Peers::One(a) => f(a),
+            Peers::Two(a, b) => f(a) && f(b),
+            Peers::Others => (0..n).filter(|&p| p != me).all(f),
+        }
+    }
+}
+
+/// One step of a schedule (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Elements in every message and span of this step.
+    pub count: usize,
+    /// The channel the step's links use.
+    pub channel: u8,
+    /// Peers to receive one message from.
+    pub recv: Peers,
+    /// The local operand, read from the call's buffers (the rank's own contribution in a
+    /// reducing call).
+    pub input: Option<Span>,
+    /// Where the result lands locally.
+    pub output: Option<Span>,
+    /// Peers that receive the result.
+    pub send: Peers,
+    /// Apply the reduction's final transformation (Avg's division) to the result.
+    pub finalize: bool,
+}
+
+impl Step {
+    /// A step with no peers and no spans, to be filled in.
+    pub const fn new(count: usize, channel: u8) -> Step {
+        Step {
+            count,
+            channel,
+            recv: Peers::None,
+            input: None,
+            output: None,
+            send: Peers::None,
+            finalize: false,
+        }
+    }
+}
+
+/// How data is cut into steps: no message exceeds `chunk` elements, and the cuts of a
+/// split fall on multiples of `align` elements where possible (whole cache lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunking {
+    /// Most elements per message (a slot's capacity).
+    pub chunk: usize,
+    /// Preferred granularity of splits, in elements.
+    pub align: usize,
+}
+
+impl Chunking {
+    /// `remaining` elements split into `parts` near-equal pieces, each at most `chunk`
+    /// elements and a multiple of `align` where that does not exceed `chunk`.
+    pub fn part(&self, remaining: usize, parts: usize) -> usize {
+        let even = remaining.div_ceil(parts.max(1));
+        let aligned = even.div_ceil(self.align.max(1)) * self.align.max(1);
+        aligned.min(self.chunk).max(1)
+    }
+}
+
+/// A stream of steps; one call runs one or more streams concurrently.
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    /// A pipelined ring (all-reduce, reduce-scatter, all-gather, broadcast, reduce).
+    Ring(ring::Ring),
+    /// Reduce up one binary tree (and, at its root, start the broadcast down).
+    TreeUp(tree::Up),
+    /// Broadcast down one binary tree.
+    TreeDown(tree::Down),
+    /// Every rank sends to and receives from every other (one-shot all-reduce, barrier).
+    AllToAll(direct::Exchange),
+    /// Point-to-point send or receive, or a local copy.
+    P2p(direct::P2p),
+}
+
+impl Schedule {
+    /// The next step, or `None` when the stream is finished.
+    #[inline]
+    pub fn next_step(&mut self) -> Option<Step> {
+        match self {
+            Schedule::Ring(s) => s.next(),
+            Schedule::TreeUp(s) => s.next(),
+            Schedule::TreeDown(s) => s.next(),
+            Schedule::AllToAll(s) => s.next(),
+            Schedule::P2p(s) => s.next(),
+        }
+    }
+
+    /// Calls `f` for every link `(peer, channel, is_send)` the stream may use.
+    pub fn links(&self, me: Rank, n: usize, f: &mut dyn FnMut(Rank, u8, bool)) {
+        match self {
+            Schedule::Ring(s) => s.links(f),
+            Schedule::TreeUp(s) => s.links(f),
+            Schedule::TreeDown(s) => s.links(f),
+            Schedule::AllToAll(s) => s.links(me, n, f),
+            Schedule::P2p(s) => s.links(f),
+        }
+    }
+}
+
+/// A collective call, as the schedules see it (counts in elements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collective {
+    /// `count` elements reduced onto every rank.
+    AllReduce {
+        /// Elements.
+        count: usize,
+    },
+    /// `count` elements reduced onto `root`.
+    Reduce {
+        /// Elements.
+        count: usize,
+        /// Receiving rank.
+        root: Rank,
+    },
+    /// `count` elements from `root` to every rank.
+    Broadcast {
+        /// Elements.
+        count: usize,
+        /// Sending rank.
+        root: Rank,
+    },
+    /// `count` elements from each rank, concatenated on every rank.
+    AllGather {
+        /// Elements per rank.
+        count: usize,
+    },
+    /// `n * count` elements reduced; rank `r` receives block `r` of `count`.
+    ReduceScatter {
+        /// Elements per rank.
+        count: usize,
+    },
+    /// Block `j` of `count` elements goes from every rank to rank `j`.
+    AllToAll {
+        /// Elements per peer.
+        count: usize,
+    },
+    /// Every rank's `count` elements concatenated on `root`.
+    Gather {
+        /// Elements per rank.
+        count: usize,
+        /// Receiving rank.
+        root: Rank,
+    },
+    /// Block `j` of `count` elements of `root` goes to rank `j`.
+    Scatter {
+        /// Elements per rank.
+        count: usize,
+        /// Sending rank.
+        root: Rank,
+    },
+    /// `count` elements to `peer`.
+    Send {
+        /// Elements.
+        count: usize,
+        /// Receiving rank.
+        peer: Rank,
+    },
+    /// `count` elements from `peer`.
+    Recv {
+        /// Elements.
+        count: usize,
+        /// Sending rank.
+        peer: Rank,
+    },
+    /// A send to self paired with a receive from self: `count` elements copied locally.
+    SelfCopy {
+        /// Elements.
+        count: usize,
+    },
+    /// Synchronisation only.
+    Barrier,
+}
+
+impl Collective {
+    /// Whether the call combines data with a reduction operation.
+    pub fn reduces(&self) -> bool {
+        matches!(
+            self,
+            Collective::AllReduce { .. }
+                | Collective::Reduce { .. }
+                | Collective::ReduceScatter { .. }
+        )
+    }
+
+    /// The name used in messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Collective::AllReduce { .. } => "all_reduce",
+            Collective::Reduce { .. } => "reduce",
+            Collective::Broadcast { .. } => "broadcast",
+            Collective::AllGather { .. } => "all_gather",
+            Collective::ReduceScatter { .. } => "reduce_scatter",
+            Collective::AllToAll { .. } => "all_to_all",
+            Collective::Gather { .. } => "gather",
+            Collective::Scatter { .. } => "scatter",
+            Collective::Send { .. } => "send",
+            Collective::Recv { .. } => "recv",
+            Collective::SelfCopy { .. } => "send/recv to self",
+            Collective::Barrier => "barrier",
+        }
+    }
+
+    /// The count the call was made with (per rank where the API counts per rank).
+    pub fn count(&self) -> usize {
+        match *self {
+            Collective::AllReduce { count }
+            | Collective::Reduce { count, .. }
+            | Collective::Broadcast { count, .. }
+            | Collective::AllGather { count }
+            | Collective::ReduceScatter { count }
+            | Collective::AllToAll { count }
+            | Collective::Gather { count, .. }
+            | Collective::Scatter { count, .. }
+            | Collective::Send { count, .. }
+            | Collective::Recv { count, .. }
+            | Collective::SelfCopy { count } => count,
+            Collective::Barrier => 0,
+        }
+    }
+
+    /// The root or peer, if the call has one.
+    pub fn root(&self) -> Option<Rank> {
+        match *self {
+            Collective::Reduce { root, .. }
+            | Collective::Broadcast { root, .. }
+            | Collective::Gather { root, .. }
+            | Collective::Scatter { root, .. } => Some(root),
+            Collective::Send { peer, .. } | Collective::Recv { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// A small integer per kind (for call descriptors).
+    pub fn code(&self) -> u8 {
+        match self {
+            Collective::AllReduce { .. } => 1,
+            Collective::Reduce { .. } => 2,
+            Collective::Broadcast { .. } => 3,
+            Collective::AllGather { .. } => 4,
+            Collective::ReduceScatter { .. } => 5,
+            Collective::AllToAll { .. } => 6,
+            Collective::Gather { .. } => 7,
+            Collective::Scatter { .. } => 8,
+            // A send is matched by a receive: same code, so descriptors compare equal.
+            Collective::Send { .. } | Collective::Recv { .. } => 9,
+            Collective::Barrier => 10,
+            Collective::SelfCopy { .. } => 11,
+        }
+    }
+}
+
+/// An algorithm: how a collective's data moves between ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algo {
+    /// Pipelined ring (bandwidth-optimal; latency grows with n).
+    Ring,
+    /// Double binary tree (all-reduce; latency grows with log n).
+    Tree,
+    /// Every rank sends its data to every other and reduces locally (all-reduce; one
+    /// step of latency, n times the traffic).
+    OneShot,
+    /// Direct point-to-point transfers (all-to-all, gather, scatter, send/recv, barrier).
+    Direct,
+}
+
+impl Algo {
+    /// The name used by `OXCCL_ALGO` and in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algo::Ring => "ring",
+            Algo::Tree => "tree",
+            Algo::OneShot => "oneshot",
+            Algo::Direct => "direct",
+        }
+    }
+
+    /// Parses an `OXCCL_ALGO` value.
+    pub fn parse(s: &str) -> Option<Algo> {
+        match s.to_ascii_lowercase().as_str() {
+            "ring" => Some(Algo::Ring),
+            "tree" => Some(Algo::Tree),
+            "oneshot" | "one_shot" | "one-shot" => Some(Algo::OneShot),
+            "direct" => Some(Algo::Direct),
+            _ => None,
+        }
+    }
+
+    /// A small integer per algorithm (for call descriptors).
+    pub fn code(&self) -> u8 {
+        *self as u8
+    }
+
+    /// Whether the algorithm can run `coll`.
+    pub fn applies_to(&self, coll: &Collective) -> bool {
+        use Collective as C;
+        match self {
+            Algo::Ring => matches!(
+                coll,
+                C::AllReduce { .. }
+                    | C::Reduce { .. }
+                    | C::Broadcast { .. }
+                    | C::AllGather { .. }
+                    | C::ReduceScatter { .. }
+            ),
+            Algo::Tree | Algo::OneShot => matches!(coll, C::AllReduce { .. }),
+            Algo::Direct => {
+                matches!(
+                    coll,
+                    C::AllToAll { .. }
+                        | C::Gather { .. }
+                        | C::Scatter { .. }
+                        | C::Send { .. }
+                        | C::Recv { .. }
+                        | C::SelfCopy { .. }
+                        | C::Barrier
+                )
+            }
+        }
+    }
+}
+
+/// Where a rank sits in the communicator's rings and trees (computed once per
+/// communicator).
+#[derive(Clone, Debug)]
+pub struct Topo {
+    /// This rank.
+    pub me: Rank,
+    /// The ring order: `ring[pos]` is the rank at position `pos`.
+    pub ring: std::sync::Arc<[Rank]>,
+    /// This rank's position on the ring.
+    pub ring_pos: usize,
+    /// This rank's nodes in the two trees.
+    pub trees: [tree::TreeNode; 2],
+}
+
+impl Topo {
+    /// Ring `order` (a permutation of `0..n`) and double binary trees for rank `me`.
+    pub fn new(me: Rank, order: Vec<Rank>) -> Topo {
+        let n = order.len();
+        let ring_pos = order
+            .iter()
+            .position(|&r| r == me)
+            .expect("rank on its ring");
+        Topo {
+            me,
+            ring: order.into(),
+            ring_pos,
+            trees: tree::double_tree(n, me),
+        }
+    }
+
+    /// Number of ranks.
+    pub fn n(&self) -> usize {
+        self.ring.len()
+    }
+}
+
+/// Appends to `out` the streams that run `coll` with `algo` on this rank. The caller has
+/// checked that `algo` applies, and handles single-rank communicators itself only for
+/// speed: every collective is also correct here with one rank.
+pub fn schedules(
+    coll: &Collective,
+    algo: Algo,
+    topo: &Topo,
+    chunking: Chunking,
+    out: &mut Vec<Schedule>,
+) {
+    use Collective as C;
+    let (me, n) = (topo.me, topo.n());
+    let local = |src: usize, dst: usize, count: usize| {
+        Schedule::P2p(direct::P2p::new(
+            direct::P2pKind::Local,
+            src,
+            dst,
+            count,
+            count,
+            0,
+        ))
+    };
+    let ring = |kind: ring::RingKind, count: usize| {
+        Schedule::Ring(ring::Ring::new(
+            kind,
+            topo.ring.clone(),
+            topo.ring_pos,
+            count,
+            chunking,
+            0,
+        ))
+    };
+    let p2p = |kind: direct::P2pKind, src: usize, dst: usize, count: usize| {
+        Schedule::P2p(direct::P2p::new(kind, src, dst, count, chunking.chunk, 0))
+    };
+    if let C::SelfCopy { count } = *coll {
+        out.push(local(0, 0, count));
+        return;
+    }
+    if n == 1 {
+        match *coll {
+            C::AllReduce { count }
+            | C::Reduce { count, .. }
+            | C::Broadcast { count, .. }
+            | C::AllGather { count }
+            | C::ReduceScatter { count }
+            | C::AllToAll { count }
+            | C::Gather { count, .. }
+            | C::Scatter { count, .. } => out.push(local(0, 0, count)),
+            C::Send { .. } | C::Recv { .. } | C::Barrier | C::SelfCopy { .. } => {}
+        }
+        return;
+    }
+    match (*coll, algo) {
+        (C::AllReduce { count }, Algo::Ring) => out.push(ring(ring::RingKind::AllReduce, count)),
+        (C::Reduce { count, root }, _) => out.push(ring(ring::RingKind::Reduce { root }, count)),
+        (C::Broadcast { count, root }, _) => {
+            out.push(ring(ring::RingKind::Broadcast { root }, count))
+        }
+        (C::AllGather { count }, _) => out.push(ring(ring::RingKind::AllGather, count)),
+        (C::ReduceScatter { count }, _) => out.push(ring(ring::RingKind::ReduceScatter, count)),
+        (C::AllReduce { count }, Algo::Tree) => {
+            for (t, node) in topo.trees.iter().enumerate() {
+                let (lo, hi) = tree::half(count, chunking.align, t);
+                if lo >= hi {
+                    continue;
+                }
+                out.push(Schedule::TreeUp(tree::Up::new(
+                    *node, lo, hi, chunking, t as u8,
+                )));
+                if node.parent.is_some() {
+                    out.push(Schedule::TreeDown(tree::Down::new(
+                        *node, lo, hi, chunking, t as u8,
+                    )));
+                }
+            }
+        }
+        (C::AllReduce { count }, _) => out.push(Schedule::AllToAll(direct::Exchange::new(
+            direct::ExchangeKind::AllReduce,
+            count,
+            chunking.chunk,
+            0,
+        ))),
+        (C::Barrier, _) => out.push(Schedule::AllToAll(direct::Exchange::new(
+            direct::ExchangeKind::Barrier,
+            0,
+            1,
+            0,
+        ))),
+        (C::AllToAll { count }, _) => {
+            for p in (0..n).filter(|&p| p != me) {
+                out.push(p2p(direct::P2pKind::Send(p), p * count, 0, count));
+                out.push(p2p(direct::P2pKind::Recv(p), 0, p * count, count));
+            }
+            out.push(local(me * count, me * count, count));
+        }
+        (C::Gather { count, root }, _) => {
+            if me == root {
+                for p in (0..n).filter(|&p| p != me) {
+                    out.push(p2p(direct::P2pKind::Recv(p), 0, p * count, count));
+                }
+                out.push(local(0, me * count, count));
+            } else {
+                out.push(p2p(direct::P2pKind::Send(root), 0, 0, count));
+            }
+        }
+        (C::Scatter { count, root }, _) => {
+            if me == root {
+                for p in (0..n).filter(|&p| p != me) {
+                    out.push(p2p(direct::P2pKind::Send(p), p * count, 0, count));
+                }
+                out.push(local(me * count, 0, count));
+            } else {
+                out.push(p2p(direct::P2pKind::Recv(root), 0, 0, count));
+            }
+        }
+        (C::Send { count, peer }, _) => out.push(p2p(direct::P2pKind::Send(peer), 0, 0, count)),
+        (C::Recv { count, peer }, _) => out.push(p2p(direct::P2pKind::Recv(peer), 0, 0, count)),
+        (C::SelfCopy { .. }, _) => {}
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod sim;

@@ -1,0 +1,610 @@
+//! The communicator: the safe API users call.
+//!
+//! This module owns argument checking (every wrong length, root or peer becomes an
+//! [`Error`] naming the numbers), the per-communicator state (links, topology, sequence
+//! number), and the translation of a call into a plan and streams for the executor. It
+//! moves no bytes itself.
+
+mod group;
+
+pub use group::Group;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::algo::{self, Collective, Topo};
+use crate::config::{Config, Settings};
+use crate::error::{Error, Result};
+use crate::exec::{self, Call, Ctx, Stream};
+use crate::plan;
+use crate::reduce::Reducer;
+use crate::sync::{BackoffConfig, Doorbell};
+use crate::transport::fifo::FifoShape;
+use crate::transport::inproc::{InProc, World};
+use crate::transport::{Links, Transport};
+use crate::types::{DataType, Element, ReduceOp};
+
+/// A communicator: one rank's handle on a group of ranks that run collectives together.
+///
+/// Every rank must call the same collectives, with the same counts, data types, ops and
+/// roots, in the same order. Calls block until this rank's part is done (its output is
+/// complete and its input may be reused).
+///
+/// ```
+/// use oxccl::{Comm, ReduceOp};
+///
+/// // Four ranks as threads of this process, as ncclCommInitAll does for GPUs.
+/// let comms = Comm::init_all(4)?;
+/// let handles: Vec<_> = comms
+///     .into_iter()
+///     .map(|mut comm| {
+///         std::thread::spawn(move || -> oxccl::Result<Vec<f32>> {
+///             let send = vec![comm.rank() as f32 + 1.0; 1000];
+///             let mut recv = vec![0.0f32; 1000];
+///             comm.all_reduce(&send, &mut recv, ReduceOp::Sum)?;
+///             Ok(recv)
+///         })
+///     })
+///     .collect();
+/// for h in handles {
+///     assert!(h.join().unwrap()?.iter().all(|&x| x == 10.0)); // 1 + 2 + 3 + 4
+/// }
+/// # Ok::<(), oxccl::Error>(())
+/// ```
+pub struct Comm {
+    rank: usize,
+    nranks: usize,
+    settings: Arc<Settings>,
+    topo: Topo,
+    links: Links,
+    transport: Box<dyn Transport>,
+    bell: Doorbell,
+    aborted: Arc<AtomicBool>,
+    seq: u64,
+    scratch: Scratch,
+}
+
+/// Vectors reused from call to call, so a call does not allocate.
+#[derive(Default)]
+struct Scratch {
+    calls: Vec<Call>,
+    streams: Vec<Stream>,
+    scheds: Vec<algo::Schedule>,
+}
+
+// SAFETY: `Call` holds raw pointers into the caller's buffers only while a call runs;
+// between calls the vectors are empty, so moving the communicator to another thread
+// moves no live pointer.
+unsafe impl Send for Scratch {}
+
+/// A handle that aborts a communicator from any thread.
+#[derive(Clone)]
+pub struct AbortHandle {
+    flag: Arc<AtomicBool>,
+    bell: Doorbell,
+}
+
+impl AbortHandle {
+    /// Makes every pending and later operation of the communicator fail with `Aborted`.
+    pub fn abort(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.bell.wake();
+    }
+}
+
+/// Buffers and arithmetic of one call, before planning (shared with groups).
+pub(crate) struct CallSpec {
+    pub coll: Collective,
+    pub dtype: DataType,
+    pub op: Option<ReduceOp>,
+    pub send: *const u8,
+    pub send_len: usize,
+    pub recv: *mut u8,
+    pub recv_len: usize,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+impl Comm {
+    /// Creates `nranks` communicators whose ranks are threads of this process; move each
+    /// to its own thread. Like `ncclCommInitAll`.
+    pub fn init_all(nranks: usize) -> Result<Vec<Comm>> {
+        Self::init_all_with(nranks, &Config::new())
+    }
+
+    /// As [`Comm::init_all`], with a configuration.
+    pub fn init_all_with(nranks: usize, config: &Config) -> Result<Vec<Comm>> {
+        if nranks == 0 {
+            return Err(invalid(
+                "a communicator needs at least one rank, got 0".into(),
+            ));
+        }
+        let settings = Arc::new(config.resolve()?);
+        let shape = FifoShape {
+            nslots: settings.nslots,
+            slot_bytes: settings.slot_bytes,
+        };
+        let world = World::new(nranks, shape)?;
+        let order: Vec<usize> = (0..nranks).collect();
+        let comms: Vec<Comm> = (0..nranks)
+            .map(|rank| Comm {
+                rank,
+                nranks,
+                settings: settings.clone(),
+                topo: Topo::new(rank, order.clone()),
+                links: Links::new(nranks),
+                transport: Box::new(InProc::new(world.clone())),
+                bell: world.bell(rank).clone(),
+                aborted: Arc::new(AtomicBool::new(false)),
+                seq: 0,
+                scratch: Scratch::default(),
+            })
+            .collect();
+        if settings.debug {
+            comms[0].log_topology();
+        }
+        Ok(comms)
+    }
+
+    fn log_topology(&self) {
+        let s = &self.settings;
+        eprintln!(
+            "oxccl INFO: {} ranks (threads of pid {}), transport {}, slots {} x {} B, timeout {:?}, forced algo {:?}, kernels {:?}",
+            self.nranks,
+            std::process::id(),
+            self.transport.name(),
+            s.nslots,
+            s.slot_bytes,
+            s.timeout,
+            s.algo,
+            crate::reduce::Level::selected()
+        );
+        eprintln!("oxccl INFO: ring {:?}", self.topo.ring);
+        for t in 0..2 {
+            let nodes: Vec<String> = (0..self.nranks)
+                .map(|r| {
+                    let node = algo::tree::double_tree(self.nranks, r)[t];
+                    format!("{}<-{:?}", r, node.parent)
+                })
+                .collect();
+            eprintln!("oxccl INFO: tree {t} (rank<-parent) {}", nodes.join(" "));
+        }
+    }
+
+    /// This rank, in `0..size()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.nranks
+    }
+
+    /// The resolved configuration.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A handle that aborts this communicator from another thread.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            flag: self.aborted.clone(),
+            bell: self.bell.clone(),
+        }
+    }
+
+    fn check_root(&self, what: &str, root: usize) -> Result<()> {
+        if root >= self.nranks {
+            return Err(invalid(format!(
+                "{what} {root} is out of range for a communicator of {} ranks",
+                self.nranks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sum (or another op) of every rank's `send` into every rank's `recv`
+    /// (`ncclAllReduce`). Both slices have the same length on every rank.
+    pub fn all_reduce<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        if send.len() != recv.len() {
+            return Err(invalid(format!(
+                "all_reduce: send buffer has {} elements, recv buffer {}; they must match",
+                send.len(),
+                recv.len()
+            )));
+        }
+        let coll = Collective::AllReduce { count: send.len() };
+        self.run1(spec::<T>(coll, Some(op), send, recv))
+    }
+
+    /// In-place all-reduce: `buf` is both input and output.
+    pub fn all_reduce_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        let coll = Collective::AllReduce { count: buf.len() };
+        self.run1(spec_in_place::<T>(coll, Some(op), buf))
+    }
+
+    /// Reduces every rank's `send` onto `root`'s `recv` (`ncclReduce`). `recv` must have
+    /// `send.len()` elements on the root and is ignored elsewhere (pass `&mut []`).
+    pub fn reduce<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        self.check_root("reduce: root", root)?;
+        let recv: &mut [T] = if self.rank == root {
+            if recv.len() != send.len() {
+                return Err(invalid(format!(
+                    "reduce: the root's recv buffer has {} elements, send buffer {}; they must match",
+                    recv.len(),
+                    send.len()
+                )));
+            }
+            recv
+        } else {
+            &mut []
+        };
+        let coll = Collective::Reduce {
+            count: send.len(),
+            root,
+        };
+        self.run1(spec::<T>(coll, Some(op), send, recv))
+    }
+
+    /// In-place reduce: `buf` is the input everywhere and the output on `root`.
+    pub fn reduce_in_place<T: Element>(
+        &mut self,
+        buf: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        self.check_root("reduce: root", root)?;
+        let coll = Collective::Reduce {
+            count: buf.len(),
+            root,
+        };
+        self.run1(spec_in_place::<T>(coll, Some(op), buf))
+    }
+
+    /// Copies `root`'s `send` into every rank's `recv` (`ncclBroadcast`). `send` is read
+    /// only on the root (pass `&[]` elsewhere) and must have `recv.len()` elements there.
+    pub fn broadcast<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
+        self.check_root("broadcast: root", root)?;
+        let send: &[T] = if self.rank == root {
+            if send.len() != recv.len() {
+                return Err(invalid(format!(
+                    "broadcast: the root's send buffer has {} elements, recv buffer {}; they must match",
+                    send.len(),
+                    recv.len()
+                )));
+            }
+            send
+        } else {
+            &[]
+        };
+        let coll = Collective::Broadcast {
+            count: recv.len(),
+            root,
+        };
+        self.run1(spec::<T>(coll, None, send, recv))
+    }
+
+    /// In-place broadcast: `root`'s `buf` is copied into every other rank's `buf`
+    /// (`ncclBcast`).
+    pub fn broadcast_in_place<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<()> {
+        self.check_root("broadcast: root", root)?;
+        let coll = Collective::Broadcast {
+            count: buf.len(),
+            root,
+        };
+        self.run1(spec_in_place::<T>(coll, None, buf))
+    }
+
+    /// Gathers every rank's `send` into every rank's `recv`, in rank order
+    /// (`ncclAllGather`): `recv.len() == send.len() * size()`.
+    pub fn all_gather<T: Element>(&mut self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let n = self.nranks;
+        if send.len().checked_mul(n) != Some(recv.len()) {
+            return Err(invalid(format!(
+                "all_gather: recv buffer has {} elements, all_gather needs {} ({} per rank x {n} ranks)",
+                recv.len(),
+                send.len().saturating_mul(n),
+                send.len()
+            )));
+        }
+        let coll = Collective::AllGather { count: send.len() };
+        self.run1(spec::<T>(coll, None, send, recv))
+    }
+
+    /// In-place all-gather: this rank's block `buf[rank*c..(rank+1)*c]` (with
+    /// `c = buf.len() / size()`) is its input.
+    pub fn all_gather_in_place<T: Element>(&mut self, buf: &mut [T]) -> Result<()> {
+        let c = self.block_len("all_gather", buf.len())?;
+        let coll = Collective::AllGather { count: c };
+        let mut s = spec_in_place::<T>(coll, None, buf);
+        // SAFETY: rank * c + c <= buf.len() (block_len checked divisibility).
+        s.send = unsafe { s.send.add(self.rank * c * T::DTYPE.size()) };
+        s.send_len = c;
+        self.run1(s)
+    }
+
+    fn block_len(&self, what: &str, len: usize) -> Result<usize> {
+        let n = self.nranks;
+        if len % n != 0 {
+            return Err(invalid(format!(
+                "{what}: buffer of {len} elements does not split into {n} equal blocks (one per rank)"
+            )));
+        }
+        Ok(len / n)
+    }
+
+    /// Reduces every rank's `send` and scatters it: rank `r` receives block `r`
+    /// (`ncclReduceScatter`): `send.len() == recv.len() * size()`.
+    pub fn reduce_scatter<T: Element>(
+        &mut self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let n = self.nranks;
+        if recv.len().checked_mul(n) != Some(send.len()) {
+            return Err(invalid(format!(
+                "reduce_scatter: send buffer has {} elements, reduce_scatter needs {} ({} per rank x {n} ranks)",
+                send.len(),
+                recv.len().saturating_mul(n),
+                recv.len()
+            )));
+        }
+        let coll = Collective::ReduceScatter { count: recv.len() };
+        self.run1(spec::<T>(coll, Some(op), send, recv))
+    }
+
+    /// In-place reduce-scatter: `buf` is the input and this rank's block
+    /// `buf[rank*c..(rank+1)*c]` receives the result.
+    pub fn reduce_scatter_in_place<T: Element>(
+        &mut self,
+        buf: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let c = self.block_len("reduce_scatter", buf.len())?;
+        let coll = Collective::ReduceScatter { count: c };
+        let mut s = spec_in_place::<T>(coll, Some(op), buf);
+        // SAFETY: rank * c + c <= buf.len().
+        s.recv = unsafe { s.recv.add(self.rank * c * T::DTYPE.size()) };
+        s.recv_len = c;
+        self.run1(s)
+    }
+
+    /// Block `j` of every rank's `send` goes to rank `j`, landing at block `i` of its
+    /// `recv` for sender `i` (`ncclAlltoAll`). Both buffers hold `size()` equal blocks.
+    pub fn all_to_all<T: Element>(&mut self, send: &[T], recv: &mut [T]) -> Result<()> {
+        if send.len() != recv.len() {
+            return Err(invalid(format!(
+                "all_to_all: send buffer has {} elements, recv buffer {}; they must match",
+                send.len(),
+                recv.len()
+            )));
+        }
+        let c = self.block_len("all_to_all", send.len())?;
+        let coll = Collective::AllToAll { count: c };
+        self.run1(spec::<T>(coll, None, send, recv))
+    }
+
+    /// Every rank's `send` is concatenated, in rank order, into `root`'s `recv`
+    /// (`ncclGather`). `recv` needs `send.len() * size()` elements on the root and is
+    /// ignored elsewhere.
+    pub fn gather<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
+        self.check_root("gather: root", root)?;
+        let n = self.nranks;
+        let recv: &mut [T] = if self.rank == root {
+            if send.len().checked_mul(n) != Some(recv.len()) {
+                return Err(invalid(format!(
+                    "gather: the root's recv buffer has {} elements, gather needs {} ({} per rank x {n} ranks)",
+                    recv.len(),
+                    send.len().saturating_mul(n),
+                    send.len()
+                )));
+            }
+            recv
+        } else {
+            &mut []
+        };
+        let coll = Collective::Gather {
+            count: send.len(),
+            root,
+        };
+        self.run1(spec::<T>(coll, None, send, recv))
+    }
+
+    /// Block `j` of `root`'s `send` goes to rank `j`'s `recv` (`ncclScatter`). `send`
+    /// needs `recv.len() * size()` elements on the root and is ignored elsewhere.
+    pub fn scatter<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
+        self.check_root("scatter: root", root)?;
+        let n = self.nranks;
+        let send: &[T] = if self.rank == root {
+            if recv.len().checked_mul(n) != Some(send.len()) {
+                return Err(invalid(format!(
+                    "scatter: the root's send buffer has {} elements, scatter needs {} ({} per rank x {n} ranks)",
+                    send.len(),
+                    recv.len().saturating_mul(n),
+                    recv.len()
+                )));
+            }
+            send
+        } else {
+            &[]
+        };
+        let coll = Collective::Scatter {
+            count: recv.len(),
+            root,
+        };
+        self.run1(spec::<T>(coll, None, send, recv))
+    }
+
+    /// Sends `buf` to `peer`, which must call [`Comm::recv`] with as many elements
+    /// (`ncclSend`). To exchange with several peers at once (a ring of sends, say), issue
+    /// the sends and receives together in a [`Comm::group`].
+    pub fn send<T: Element>(&mut self, buf: &[T], peer: usize) -> Result<()> {
+        self.group(|g| g.send(buf, peer))
+    }
+
+    /// Receives `buf.len()` elements from `peer` (`ncclRecv`).
+    pub fn recv<T: Element>(&mut self, buf: &mut [T], peer: usize) -> Result<()> {
+        self.group(|g| g.recv(buf, peer))
+    }
+
+    /// Returns once every rank has entered the barrier.
+    pub fn barrier(&mut self) -> Result<()> {
+        let s = CallSpec {
+            coll: Collective::Barrier,
+            dtype: DataType::Uint8,
+            op: None,
+            send: std::ptr::null(),
+            send_len: 0,
+            recv: std::ptr::null_mut(),
+            recv_len: 0,
+        };
+        self.run1(s)
+    }
+
+    /// Issues several operations together (`ncclGroupStart` / `ncclGroupEnd`): they run
+    /// concurrently and return when all are done, so a ring of sends and receives
+    /// cannot deadlock. Every rank must add matching operations in the same order.
+    ///
+    /// ```
+    /// # let comms = oxccl::Comm::init_all(1).unwrap();
+    /// # let mut comm = comms.into_iter().next().unwrap();
+    /// let (n, me) = (comm.size(), comm.rank());
+    /// let out = vec![me as u32; 1 << 20];
+    /// let mut inp = vec![0u32; 1 << 20];
+    /// comm.group(|g| {
+    ///     g.send(&out, (me + 1) % n)?;
+    ///     g.recv(&mut inp, (me + n - 1) % n)
+    /// })?;
+    /// assert_eq!(inp[0], ((me + n - 1) % n) as u32);
+    /// # Ok::<(), oxccl::Error>(())
+    /// ```
+    pub fn group<'b, F>(&mut self, f: F) -> Result<()>
+    where
+        F: FnOnce(&mut Group<'b>) -> Result<()>,
+    {
+        let mut g = Group::new(self.rank, self.nranks);
+        f(&mut g)?;
+        let specs = g.finish()?;
+        self.run(&specs)
+    }
+
+    fn ensure_alive(&self) -> Result<()> {
+        if self.aborted.load(Ordering::Relaxed) {
+            return Err(Error::Aborted(format!(
+                "rank {}: the communicator was aborted",
+                self.rank
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one call.
+    fn run1(&mut self, s: CallSpec) -> Result<()> {
+        self.run(std::slice::from_ref(&s))
+    }
+
+    /// Plans and runs a batch of calls (one call, or a group).
+    pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
+        self.ensure_alive()?;
+        let mut sc = std::mem::take(&mut self.scratch);
+        let r = self.run_batch(specs, &mut sc);
+        sc.calls.clear();
+        sc.streams.clear();
+        sc.scheds.clear();
+        self.scratch = sc;
+        r
+    }
+
+    fn run_batch(&mut self, specs: &[CallSpec], sc: &mut Scratch) -> Result<()> {
+        let (calls, streams, scheds) = (&mut sc.calls, &mut sc.streams, &mut sc.scheds);
+        for s in specs {
+            self.seq += 1;
+            if s.coll.count() == 0 && s.coll != Collective::Barrier {
+                continue;
+            }
+            let p = plan::plan(&s.coll, s.dtype, self.nranks, &self.settings)?;
+            let reducer = match (&s.op, s.coll.reduces()) {
+                (Some(op), true) => Some(Reducer::new(s.dtype, *op, self.nranks)?),
+                _ => None,
+            };
+            calls.push(Call {
+                send: s.send,
+                send_len: s.send_len,
+                recv: s.recv,
+                recv_len: s.recv_len,
+                elem: s.dtype.size(),
+                reducer,
+                desc: exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), p.algo),
+                nt: p.nt,
+                seq: self.seq,
+            });
+            scheds.clear();
+            algo::schedules(&s.coll, p.algo, &self.topo, p.chunking, scheds);
+            let call = calls.len() - 1;
+            streams.extend(scheds.drain(..).map(|sc| Stream::new(sc, call)));
+        }
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let mut ctx = Ctx {
+            me: self.rank,
+            n: self.nranks,
+            links: &mut self.links,
+            transport: &*self.transport,
+            bell: &self.bell,
+            backoff: BackoffConfig::default(),
+            timeout: self.settings.timeout,
+            aborted: &self.aborted,
+        };
+        exec::run(&mut ctx, calls, streams)
+    }
+}
+
+pub(crate) fn spec<T: Element>(
+    coll: Collective,
+    op: Option<ReduceOp>,
+    send: &[T],
+    recv: &mut [T],
+) -> CallSpec {
+    CallSpec {
+        coll,
+        dtype: T::DTYPE,
+        op,
+        send: send.as_ptr() as *const u8,
+        send_len: send.len(),
+        recv: recv.as_mut_ptr() as *mut u8,
+        recv_len: recv.len(),
+    }
+}
+
+pub(crate) fn spec_in_place<T: Element>(
+    coll: Collective,
+    op: Option<ReduceOp>,
+    buf: &mut [T],
+) -> CallSpec {
+    let p = buf.as_mut_ptr() as *mut u8;
+    CallSpec {
+        coll,
+        dtype: T::DTYPE,
+        op,
+        send: p,
+        send_len: buf.len(),
+        recv: p,
+        recv_len: buf.len(),
+    }
+}

@@ -1,0 +1,399 @@
+//! The executor: runs schedules over connected FIFOs. It is the only place that moves
+//! bytes between ranks.
+//!
+//! One call (or one group of calls) is a set of streams. The executor advances every
+//! stream whose next step is ready (each incoming message has arrived, each outgoing slot
+//! is free), so streams that depend on each other across ranks (a ring of sends and
+//! receives, the up and down halves of a tree) never deadlock. When no stream can move it
+//! waits on the rank's doorbell, bounded by the communicator's timeout and its abort flag.
+//!
+//! A step's data path: the result is computed straight into the first outgoing slot (or
+//! the output when nothing is sent), from the incoming slots and the local input, then
+//! copied to the other destinations. Large outputs are written with non-temporal stores.
+
+pub mod desc;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::algo::{Buf, Rank, Schedule, Span, Step};
+use crate::error::{Error, Result};
+use crate::reduce::{self, Reducer};
+use crate::sync::{self, BackoffConfig, Doorbell, WaitError};
+use crate::transport::{Desc, Dir, LinkKey, Links, Transport};
+
+/// One call's buffers and arithmetic, as the executor sees them.
+pub struct Call {
+    /// Start of the send buffer (may equal `recv` for in-place calls).
+    pub send: *const u8,
+    /// Elements in the send buffer.
+    pub send_len: usize,
+    /// Start of the receive buffer.
+    pub recv: *mut u8,
+    /// Elements in the receive buffer.
+    pub recv_len: usize,
+    /// Bytes per element.
+    pub elem: usize,
+    /// The reduction, for reducing calls.
+    pub reducer: Option<Reducer>,
+    /// Descriptor sent with, and expected on, every message.
+    pub desc: Desc,
+    /// Write the output with non-temporal stores.
+    pub nt: bool,
+    /// Sequence number of the call on this communicator (for messages).
+    pub seq: u64,
+}
+
+/// A schedule being run for one call of the batch.
+pub struct Stream {
+    /// The schedule.
+    pub sched: Schedule,
+    /// Index of its call in the batch.
+    pub call: usize,
+    cur: Option<Step>,
+    after: Vec<usize>,
+}
+
+impl Stream {
+    /// A stream of `sched` for call number `call` of the batch.
+    pub fn new(sched: Schedule, call: usize) -> Stream {
+        Stream {
+            sched,
+            call,
+            cur: None,
+            after: Vec::new(),
+        }
+    }
+}
+
+/// What the executor needs from the communicator.
+pub struct Ctx<'a> {
+    /// This rank.
+    pub me: Rank,
+    /// Number of ranks.
+    pub n: usize,
+    /// Connected links.
+    pub links: &'a mut Links,
+    /// The transport that connects missing links.
+    pub transport: &'a dyn Transport,
+    /// This rank's doorbell.
+    pub bell: &'a Doorbell,
+    /// Backoff tuning.
+    pub backoff: BackoffConfig,
+    /// Longest wait without progress.
+    pub timeout: Option<Duration>,
+    /// Set by `abort`.
+    pub aborted: &'a AtomicBool,
+}
+
+/// Connects every link the streams use (lazily: only the first call that needs a link
+/// pays for it).
+pub fn connect(ctx: &mut Ctx<'_>, streams: &[Stream]) -> Result<()> {
+    let (me, n) = (ctx.me, ctx.n);
+    let mut missing = false;
+    for s in streams {
+        s.sched.links(me, n, &mut |p, c, send| {
+            let dir = if send { Dir::Send } else { Dir::Recv };
+            missing |= !ctx.links.has(LinkKey {
+                peer: p,
+                channel: c,
+                dir,
+            });
+        });
+    }
+    if !missing {
+        return Ok(());
+    }
+    let mut keys = Vec::new();
+    for s in streams {
+        s.sched.links(me, n, &mut |p, c, send| {
+            keys.push(LinkKey {
+                peer: p,
+                channel: c,
+                dir: if send { Dir::Send } else { Dir::Recv },
+            });
+        });
+    }
+    ctx.links.ensure(ctx.transport, me, &keys)
+}
+
+/// Orders streams of different calls that share a link: a later one waits for the
+/// earlier ones, so their messages cannot interleave on the FIFO.
+fn order_shared_links(me: Rank, n: usize, streams: &mut [Stream]) {
+    let keys: Vec<Vec<(Rank, u8, bool)>> = streams
+        .iter()
+        .map(|s| {
+            let mut v = Vec::new();
+            s.sched.links(me, n, &mut |p, c, send| v.push((p, c, send)));
+            v
+        })
+        .collect();
+    for i in 0..streams.len() {
+        for j in 0..i {
+            if streams[j].call != streams[i].call && keys[i].iter().any(|k| keys[j].contains(k)) {
+                streams[i].after.push(j);
+            }
+        }
+    }
+}
+
+#[inline]
+fn ready(links: &Links, me: Rank, n: usize, s: &Step) -> bool {
+    s.recv.all(me, n, |p| links.rx_ref(p, s.channel).can_recv())
+        && s.send.all(me, n, |p| links.tx_ref(p, s.channel).can_send())
+}
+
+/// Runs `streams` (over `calls`) to completion.
+pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream]) -> Result<()> {
+    connect(ctx, streams)?;
+    let grouped = calls.len() > 1;
+    if grouped {
+        order_shared_links(ctx.me, ctx.n, streams);
+    }
+    for s in streams.iter_mut() {
+        s.cur = s.sched.next_step();
+    }
+    let mut scratch = Scratch::default();
+    loop {
+        let mut progressed = false;
+        let mut live = false;
+        for i in 0..streams.len() {
+            if streams[i].cur.is_none() {
+                continue;
+            }
+            if grouped && streams[i].after.iter().any(|&j| streams[j].cur.is_some()) {
+                live = true;
+                continue;
+            }
+            let mut budget = 64;
+            while let Some(step) = streams[i].cur {
+                if !ready(ctx.links, ctx.me, ctx.n, &step) {
+                    break;
+                }
+                execute(ctx, &calls[streams[i].call], &step, &mut scratch)?;
+                progressed = true;
+                streams[i].cur = streams[i].sched.next_step();
+                budget -= 1;
+                if budget == 0 {
+                    break;
+                }
+            }
+            live |= streams[i].cur.is_some();
+        }
+        if !live {
+            return Ok(());
+        }
+        if !progressed {
+            wait(ctx, calls, streams)?;
+        }
+    }
+}
+
+fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
+    let (me, n) = (ctx.me, ctx.n);
+    let links: &Links = ctx.links;
+    let aborted = ctx.aborted;
+    let r = sync::wait_until(
+        &ctx.backoff,
+        ctx.bell,
+        ctx.timeout,
+        &|| aborted.load(Ordering::Relaxed),
+        &mut || {
+            streams
+                .iter()
+                .any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
+        },
+    );
+    match r {
+        Ok(()) => Ok(()),
+        Err(WaitError::Aborted) => Err(Error::Aborted(format!(
+            "rank {me}: the communicator was aborted"
+        ))),
+        Err(WaitError::Timeout) => {
+            let mut peers = Vec::new();
+            let mut what = String::new();
+            for s in streams {
+                if let Some(st) = s.cur {
+                    st.recv.for_each(me, n, |p| {
+                        if !links.rx_ref(p, st.channel).can_recv() {
+                            peers.push(p);
+                        }
+                    });
+                    st.send.for_each(me, n, |p| {
+                        if !links.tx_ref(p, st.channel).can_send() {
+                            peers.push(p);
+                        }
+                    });
+                    if what.is_empty() {
+                        let c = &calls[s.call];
+                        what = format!("rank {me}: {} #{}", desc::describe(c.desc), c.seq);
+                    }
+                }
+            }
+            peers.sort_unstable();
+            peers.dedup();
+            Err(Error::Timeout {
+                op: what,
+                waited: ctx.timeout.unwrap_or_default(),
+                peers,
+            })
+        }
+    }
+}
+
+/// Per-run scratch space, so steps do not allocate.
+#[derive(Default)]
+struct Scratch {
+    srcs: Vec<(Rank, *const u8, bool)>,
+    dsts: Vec<*mut u8>,
+}
+
+fn span_ptr(call: &Call, sp: Span, count: usize) -> Result<*mut u8> {
+    let (base, len) = match sp.buf {
+        Buf::Send => (call.send as *mut u8, call.send_len),
+        Buf::Recv => (call.recv, call.recv_len),
+    };
+    if sp.offset.checked_add(count).is_none_or(|e| e > len) {
+        return Err(Error::Internal(format!(
+            "schedule span {sp:?} of {count} elements exceeds a buffer of {len} elements"
+        )));
+    }
+    // SAFETY: offset + count <= len (checked), and the caller guarantees the buffer holds
+    // `len` elements of `elem` bytes.
+    Ok(unsafe { base.add(sp.offset * call.elem) })
+}
+
+fn mismatch(me: Rank, peer: Rank, call: &Call, got: Desc, bytes: usize, want: usize) -> Error {
+    if got == call.desc {
+        return Error::Internal(format!(
+            "rank {me}: message from rank {peer} holds {bytes} bytes, expected {want} in {} #{}",
+            desc::describe(call.desc),
+            call.seq
+        ));
+    }
+    Error::InvalidUsage(format!(
+        "mismatched collective calls: rank {me} called {} (op #{}), but rank {peer} called {}; every rank must make the same calls in the same order",
+        desc::describe(call.desc),
+        call.seq,
+        desc::describe(got)
+    ))
+}
+
+/// Executes one ready step.
+fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step, sc: &mut Scratch) -> Result<()> {
+    let (me, n, ch) = (ctx.me, ctx.n, step.channel);
+    let bytes = step.count * call.elem;
+    let links = &mut *ctx.links;
+    sc.srcs.clear();
+    sc.dsts.clear();
+    let mut err = None;
+    step.recv.for_each(me, n, |p| {
+        let m = links.rx_ref(p, ch).message();
+        if m.desc != call.desc || m.bytes != bytes {
+            err.get_or_insert_with(|| mismatch(me, p, call, m.desc, m.bytes, bytes));
+        }
+        sc.srcs.push((p, m.ptr, false));
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some(sp) = step.input {
+        sc.srcs.push((me, span_ptr(call, sp, step.count)?, true));
+    }
+    step.send
+        .for_each(me, n, |p| sc.dsts.push(links.tx_ref(p, ch).buffer(bytes)));
+    let out = match step.output {
+        Some(sp) => Some(span_ptr(call, sp, step.count)?),
+        None => None,
+    };
+    if step.count > 0 {
+        // SAFETY: every source and destination holds `step.count` elements: slots were
+        // sized by the plan (chunk <= slot capacity) and checked by `buffer`; spans were
+        // bounds-checked by `span_ptr`. Incoming slots are ours until released, outgoing
+        // slots until posted. Destinations are distinct from each other and from the
+        // incoming slots; a span may equal the input span exactly (in-place calls).
+        unsafe { compute(call, step, sc, out) };
+    }
+    step.send
+        .for_each(me, n, |p| links.tx(p, ch).post(bytes, call.desc));
+    step.recv.for_each(me, n, |p| links.rx(p, ch).release());
+    Ok(())
+}
+
+/// The arithmetic of a step: combine the sources into the first destination, finalize,
+/// copy to the others.
+///
+/// # Safety
+/// See the caller: all pointers valid for the step's elements, destinations disjoint.
+unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u8>) {
+    let count = step.count;
+    let bytes = count * call.elem;
+    let (d0, d0_is_out) = match sc.dsts.first() {
+        Some(&d) => (d, false),
+        None => match out {
+            Some(o) => (o, true),
+            None => return,
+        },
+    };
+    let nt0 = d0_is_out && call.nt;
+    let Some((_, first, _)) = sc.srcs.first().copied() else {
+        return;
+    };
+    // SAFETY (whole body): forwarded from the caller's contract.
+    unsafe {
+        match &call.reducer {
+            Some(r) => {
+                if sc.srcs.len() > 2 {
+                    // Same order on every rank, so every rank computes identical bits.
+                    sc.srcs.sort_unstable_by_key(|s| s.0);
+                }
+                let (_, a, a_in) = sc.srcs[0];
+                if sc.srcs.len() == 1 {
+                    if a_in {
+                        r.load_input(d0, a, count, nt0);
+                    } else {
+                        reduce::copy(d0, a, bytes, nt0);
+                    }
+                } else {
+                    let (_, b, b_in) = sc.srcs[1];
+                    match (a_in, b_in) {
+                        (true, _) => r.combine_input(d0, b, a, count, nt0),
+                        (_, true) => r.combine_input(d0, a, b, count, nt0),
+                        _ => r.combine(d0, a, b, count, nt0),
+                    }
+                    for &(_, s, s_in) in &sc.srcs[2..] {
+                        if s_in {
+                            r.combine_input(d0, d0, s, count, nt0);
+                        } else {
+                            r.combine(d0, d0, s, count, nt0);
+                        }
+                    }
+                }
+                if step.finalize && r.has_post() {
+                    r.finalize(d0, d0, count);
+                }
+                for &d in &sc.dsts[1..] {
+                    reduce::copy(d, d0, bytes, false);
+                }
+                if let Some(o) = out
+                    && !d0_is_out
+                {
+                    reduce::copy(o, d0, bytes, call.nt);
+                }
+            }
+            None => {
+                for &d in sc.dsts.iter() {
+                    reduce::copy(d, first, bytes, false);
+                }
+                if let Some(o) = out
+                    && o as *const u8 != first
+                {
+                    reduce::copy(o, first, bytes, call.nt);
+                }
+            }
+        }
+        if call.nt {
+            reduce::store_fence();
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Chooses, per call, the algorithm and the chunking: a cost model
+//! `time = latency + bytes / bandwidth` per algorithm, overridden by `OXCCL_ALGO`.
+//!
+//! The constants were calibrated on a 2-core x86 VM with ranks as threads (see the
+//! `all_reduce_perf` example); they only need to rank the algorithms correctly.
+
+use crate::algo::{Algo, Chunking, Collective};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::types::DataType;
+
+/// What a call will run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The algorithm.
+    pub algo: Algo,
+    /// How data is cut into messages.
+    pub chunking: Chunking,
+    /// Write outputs with non-temporal stores.
+    pub nt: bool,
+}
+
+/// Latency of one step (a message hop), in microseconds.
+const STEP_US: f64 = 0.35;
+/// Bandwidth of one link in bytes per microsecond (≈ GB/s × 1000).
+const LINK_BPUS: f64 = 8_000.0;
+/// Reduction throughput of one rank (bytes of input per microsecond).
+const REDUCE_BPUS: f64 = 10_000.0;
+
+/// Estimated microseconds for an all-reduce of `bytes` among `n` ranks.
+pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -> f64 {
+    let (b, nf) = (bytes as f64, n as f64);
+    let pipeline = |steps: f64, per_step: f64| {
+        // Steps of the first chunk, then one step per further chunk.
+        let chunks = (per_step / chunk_bytes as f64).ceil().max(1.0);
+        (steps + chunks - 1.0) * STEP_US + per_step * steps.min(chunks) / LINK_BPUS
+    };
+    match algo {
+        Algo::Ring => {
+            let part = b / nf;
+            pipeline(2.0 * (nf - 1.0), part) + 2.0 * (nf - 1.0) * part / LINK_BPUS
+        }
+        Algo::Tree => {
+            let depth = (nf.log2().ceil()).max(1.0);
+            pipeline(2.0 * depth, b / 2.0) + b / LINK_BPUS + b / REDUCE_BPUS
+        }
+        Algo::OneShot => STEP_US + (nf - 1.0) * b / LINK_BPUS + nf * b / REDUCE_BPUS,
+        Algo::Direct => f64::INFINITY,
+    }
+}
+
+/// The plan for `coll` on `dtype` among `n` ranks.
+pub fn plan(coll: &Collective, dtype: DataType, n: usize, s: &Settings) -> Result<Plan> {
+    let elem = dtype.size();
+    let chunking = Chunking {
+        chunk: (s.slot_bytes / elem).max(1),
+        align: (64 / elem).max(1),
+    };
+    let out_bytes = match *coll {
+        Collective::AllGather { count }
+        | Collective::AllToAll { count }
+        | Collective::Gather { count, .. } => count.saturating_mul(n),
+        c => c.count(),
+    }
+    .saturating_mul(elem);
+    let nt = out_bytes >= s.nt_threshold;
+    let algo = match s.algo.forced(coll) {
+        Some(a) => {
+            if !a.applies_to(coll) {
+                return Err(Error::InvalidUsage(format!(
+                    "algorithm '{}' is forced (OXCCL_ALGO or Config::algo) but cannot run {}; force it for the collectives it applies to, e.g. OXCCL_ALGO=all_reduce:{}",
+                    a.name(),
+                    coll.name(),
+                    a.name()
+                )));
+            }
+            a
+        }
+        None => choose(coll, elem, n, s),
+    };
+    Ok(Plan { algo, chunking, nt })
+}
+
+fn choose(coll: &Collective, elem: usize, n: usize, s: &Settings) -> Algo {
+    match coll {
+        Collective::AllReduce { count } => {
+            let bytes = count * elem;
+            [Algo::OneShot, Algo::Ring, Algo::Tree]
+                .into_iter()
+                .min_by(|a, b| {
+                    all_reduce_cost(*a, bytes, n, s.slot_bytes).total_cmp(&all_reduce_cost(
+                        *b,
+                        bytes,
+                        n,
+                        s.slot_bytes,
+                    ))
+                })
+                .unwrap_or(Algo::Ring)
+        }
+        c if Algo::Ring.applies_to(c) => Algo::Ring,
+        _ => Algo::Direct,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn forced_algorithms_apply_or_fail() {
+        let s = Config::new()
+            .algo(Algo::Tree)
+            .resolve_with(|_| None)
+            .unwrap();
+        let p = plan(
+            &Collective::AllReduce { count: 10 },
+            DataType::Float32,
+            4,
+            &s,
+        )
+        .unwrap();
+        assert_eq!(p.algo, Algo::Tree);
+        let e = plan(
+            &Collective::Broadcast { count: 10, root: 0 },
+            DataType::Float32,
+            4,
+            &s,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::InvalidUsage(_)), "{e}");
+    }
+
+    #[test]
+    fn small_messages_take_one_step_large_ones_the_ring() {
+        let s = Settings::default();
+        let p = |bytes: usize, n| {
+            plan(
+                &Collective::AllReduce { count: bytes / 4 },
+                DataType::Float32,
+                n,
+                &s,
+            )
+            .unwrap()
+            .algo
+        };
+        assert_eq!(p(8, 2), Algo::OneShot);
+        assert_eq!(p(64 << 20, 4), Algo::Ring);
+        assert_eq!(
+            plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, &s)
+                .unwrap()
+                .algo,
+            Algo::Direct
+        );
+    }
+}

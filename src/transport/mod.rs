@@ -1,0 +1,165 @@
+//! Links between ranks. Every link, whatever carries it, ends in a [`fifo`] on each side:
+//! the executor writes into a [`FifoTx`] and reads from a [`FifoRx`] and never learns how
+//! the bytes travel.
+//!
+//! A transport is one file here implementing [`Transport`]: it turns a list of wanted
+//! links into connected FIFO ends. `inproc` serves ranks that are threads of one process
+//! (the FIFO is ordinary memory both ends share).
+
+pub mod fifo;
+pub mod inproc;
+
+pub use fifo::{Desc, FifoRx, FifoShape, FifoTx, Msg};
+
+use crate::error::{Error, Result};
+
+/// Direction of a link, seen from the local rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// Local rank writes.
+    Send,
+    /// Local rank reads.
+    Recv,
+}
+
+/// One directed connection to a peer on a channel (independent FIFOs between the same
+/// pair, so that concurrent streams of one call never share a FIFO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    /// The peer rank.
+    pub peer: usize,
+    /// The channel.
+    pub channel: u8,
+    /// Direction.
+    pub dir: Dir,
+}
+
+/// A connected FIFO end.
+pub enum Endpoint {
+    /// Sending end.
+    Tx(FifoTx),
+    /// Receiving end.
+    Rx(FifoRx),
+}
+
+/// A way of connecting ranks.
+pub trait Transport: Send + Sync {
+    /// Short name for logs ("inproc", "shm", "tcp").
+    fn name(&self) -> &'static str;
+
+    /// Connects the links in `keys` for rank `me`, returning one endpoint per key in the
+    /// same order. Every peer named must call `connect` with the mirrored keys during the
+    /// same collective call (connections are made lazily, the first time a call needs
+    /// them).
+    fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>>;
+}
+
+/// The connected FIFO ends of one rank, indexed by peer and channel.
+#[derive(Default)]
+pub struct Links {
+    tx: Vec<Vec<Option<FifoTx>>>,
+    rx: Vec<Vec<Option<FifoRx>>>,
+}
+
+impl Links {
+    /// An empty table for `nranks` ranks.
+    pub fn new(nranks: usize) -> Links {
+        Links {
+            tx: (0..nranks).map(|_| Vec::new()).collect(),
+            rx: (0..nranks).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Whether `key` is connected.
+    pub fn has(&self, key: LinkKey) -> bool {
+        let c = key.channel as usize;
+        match key.dir {
+            Dir::Send => self
+                .tx
+                .get(key.peer)
+                .and_then(|v| v.get(c))
+                .is_some_and(|s| s.is_some()),
+            Dir::Recv => self
+                .rx
+                .get(key.peer)
+                .and_then(|v| v.get(c))
+                .is_some_and(|s| s.is_some()),
+        }
+    }
+
+    /// Connects, through `t`, every key in `wanted` that is not connected yet.
+    pub fn ensure(&mut self, t: &dyn Transport, me: usize, wanted: &[LinkKey]) -> Result<()> {
+        let mut missing: Vec<LinkKey> = wanted.iter().copied().filter(|k| !self.has(*k)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_by_key(|k| (k.peer, k.channel, k.dir == Dir::Recv));
+        missing.dedup();
+        for k in &missing {
+            if k.peer >= self.tx.len() || k.peer == me {
+                return Err(Error::Internal(format!(
+                    "rank {me} asked for a link to rank {}",
+                    k.peer
+                )));
+            }
+        }
+        let eps = t.connect(me, &missing)?;
+        for (k, ep) in missing.iter().zip(eps) {
+            let c = k.channel as usize;
+            match (k.dir, ep) {
+                (Dir::Send, Endpoint::Tx(e)) => {
+                    let v = &mut self.tx[k.peer];
+                    if v.len() <= c {
+                        v.resize_with(c + 1, || None);
+                    }
+                    v[c] = Some(e);
+                }
+                (Dir::Recv, Endpoint::Rx(e)) => {
+                    let v = &mut self.rx[k.peer];
+                    if v.len() <= c {
+                        v.resize_with(c + 1, || None);
+                    }
+                    v[c] = Some(e);
+                }
+                _ => {
+                    return Err(Error::Internal(format!(
+                        "transport returned the wrong end for {k:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sending end to `peer` on `channel`; it must be connected.
+    #[inline]
+    pub fn tx(&mut self, peer: usize, channel: u8) -> &mut FifoTx {
+        self.tx[peer][channel as usize]
+            .as_mut()
+            .expect("link connected before use")
+    }
+
+    /// The receiving end from `peer` on `channel`; it must be connected.
+    #[inline]
+    pub fn rx(&mut self, peer: usize, channel: u8) -> &mut FifoRx {
+        self.rx[peer][channel as usize]
+            .as_mut()
+            .expect("link connected before use")
+    }
+
+    /// Read-only access for readiness checks.
+    #[inline]
+    pub fn tx_ref(&self, peer: usize, channel: u8) -> &FifoTx {
+        self.tx[peer][channel as usize]
+            .as_ref()
+            .expect("link connected before use")
+    }
+
+    /// Read-only access for readiness checks.
+    #[inline]
+    pub fn rx_ref(&self, peer: usize, channel: u8) -> &FifoRx {
+        self.rx[peer][channel as usize]
+            .as_ref()
+            .expect("link connected before use")
+    }
+}
