@@ -372,7 +372,7 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
                 if step.finalize && r.has_post() {
                     r.finalize(d0, d0, count);
                 }
-                for &d in &sc.dsts[1..] {
+                for &d in sc.dsts.iter().skip(1) {
                     reduce::copy(d, d0, bytes, false);
                 }
                 if let Some(o) = out
