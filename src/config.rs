@@ -4,7 +4,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `OXCCL_ALGO` | force an algorithm: `ring`, `tree`, `oneshot`, `direct`; or per collective, `all_reduce:tree,broadcast:ring` | cost model |
+//! | `OXCCL_ALGO` | force an algorithm for the ring/tree collectives: `ring`, `tree`, `oneshot`; or per collective, `all_reduce:tree,broadcast:ring` | cost model |
 //! | `OXCCL_TIMEOUT` | seconds an operation may wait without progress (`0`: forever) | 600 |
 //! | `OXCCL_SLOT_BYTES` | payload bytes per FIFO slot (the pipeline chunk) | 262144 |
 //! | `OXCCL_NSLOTS` | slots per FIFO | 8 |
@@ -104,28 +104,19 @@ impl Config {
     pub fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings> {
         let mut s = Settings::default();
         if let Some(v) = env("OXCCL_ALGO").filter(|v| !v.is_empty()) {
-            s.algo = AlgoChoice::parse(&v)
-                .map_err(|e| Error::InvalidArgument(format!("OXCCL_ALGO={v}: {e}")))?;
+            s.algo = AlgoChoice::parse(&v).map_err(|e| Error::InvalidArgument(format!("OXCCL_ALGO={v}: {e}")))?;
         }
         if let Some(v) = env("OXCCL_TIMEOUT").filter(|v| !v.is_empty()) {
-            let secs: f64 = v
-                .parse()
-                .ok()
-                .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "OXCCL_TIMEOUT={v}: expected seconds (0 for no timeout)"
-                    ))
-                })?;
+            let secs: f64 = v.parse().ok().filter(|x: &f64| x.is_finite() && *x >= 0.0).ok_or_else(|| {
+                Error::InvalidArgument(format!("OXCCL_TIMEOUT={v}: expected seconds (0 for no timeout)"))
+            })?;
             s.timeout = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
         }
         let num = |k: &str| -> Result<Option<u64>> {
             match env(k).filter(|v| !v.is_empty()) {
                 None => Ok(None),
                 Some(v) => parse_size(&v).map(Some).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "{k}={v}: expected a number of bytes (K, M, G suffixes allowed)"
-                    ))
+                    Error::InvalidArgument(format!("{k}={v}: expected a number of bytes (K, M, G suffixes allowed)"))
                 }),
             }
         };
@@ -161,10 +152,7 @@ impl Config {
         }
         s.slot_bytes = s.slot_bytes.max(64).div_ceil(64) * 64;
         if !(2..=1024).contains(&s.nslots) {
-            return Err(Error::InvalidArgument(format!(
-                "OXCCL_NSLOTS must be between 2 and 1024, got {}",
-                s.nslots
-            )));
+            return Err(Error::InvalidArgument(format!("OXCCL_NSLOTS must be between 2 and 1024, got {}", s.nslots)));
         }
         if s.slot_bytes > 1 << 30 {
             return Err(Error::InvalidArgument(format!(
@@ -213,9 +201,7 @@ impl AlgoChoice {
         let mut c = AlgoChoice::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let parse_algo = |a: &str| {
-                Algo::parse(a).ok_or_else(|| {
-                    format!("'{a}' is not an algorithm (ring, tree, oneshot, direct)")
-                })
+                Algo::parse(a).ok_or_else(|| format!("'{a}' is not an algorithm (ring, tree, oneshot, direct)"))
             };
             match item.split_once(':') {
                 None => c.all = Some(parse_algo(item)?),
@@ -228,9 +214,10 @@ impl AlgoChoice {
                         "alltoall" => "all_to_all",
                         other => other,
                     };
-                    let name = Self::COLLS.iter().find(|n| **n == coll).ok_or_else(|| {
-                        format!("'{coll}' is not a collective ({})", Self::COLLS.join(", "))
-                    })?;
+                    let name = Self::COLLS
+                        .iter()
+                        .find(|n| **n == coll)
+                        .ok_or_else(|| format!("'{coll}' is not a collective ({})", Self::COLLS.join(", ")))?;
                     c.per.push((name, parse_algo(a.trim())?));
                 }
             }
@@ -238,14 +225,14 @@ impl AlgoChoice {
         Ok(c)
     }
 
-    /// The algorithm forced for `coll`, if any.
+    /// The algorithm forced for `coll`, if any. A plain value (`OXCCL_ALGO=ring`) applies
+    /// to the collectives that choose between rings, trees and one-shot (all-reduce,
+    /// reduce, broadcast, all-gather, reduce-scatter); point-to-point based calls
+    /// (send/recv, all-to-all, gather, scatter, barrier) have a single algorithm and are
+    /// forced only by name (`all_to_all:direct`).
     pub fn forced(&self, coll: &Collective) -> Option<Algo> {
-        self.per
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == coll.name())
-            .map(|(_, a)| *a)
-            .or(self.all)
+        let named = self.per.iter().rev().find(|(n, _)| *n == coll.name()).map(|(_, a)| *a);
+        named.or(if Algo::Direct.applies_to(coll) { None } else { self.all })
     }
 
     /// Whether anything is forced.
@@ -289,11 +276,7 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     }
 
     #[test]
@@ -301,75 +284,38 @@ mod tests {
         let s = Config::new().resolve_with(env(&[])).unwrap();
         assert_eq!(s.timeout, Some(DEFAULT_TIMEOUT));
         assert!(s.algo.is_empty());
-        let vars = [
-            ("OXCCL_ALGO", "ring"),
-            ("OXCCL_TIMEOUT", "2.5"),
-            ("OXCCL_SLOT_BYTES", "1M"),
-            ("OXCCL_DEBUG", "info"),
-        ];
+        let vars =
+            [("OXCCL_ALGO", "ring"), ("OXCCL_TIMEOUT", "2.5"), ("OXCCL_SLOT_BYTES", "1M"), ("OXCCL_DEBUG", "info")];
         let s = Config::new().resolve_with(env(&vars)).unwrap();
-        assert_eq!(s.algo.forced(&Collective::Barrier), Some(Algo::Ring));
+        assert_eq!(s.algo.forced(&Collective::AllGather { count: 1 }), Some(Algo::Ring));
+        assert_eq!(s.algo.forced(&Collective::Barrier), None, "barrier has one algorithm");
         assert_eq!(s.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(s.slot_bytes, 1 << 20);
         assert!(s.debug);
-        let s = Config::new()
-            .algo(Algo::Tree)
-            .slot_bytes(100)
-            .resolve_with(env(&vars))
-            .unwrap();
-        assert_eq!(
-            s.algo.forced(&Collective::AllReduce { count: 1 }),
-            Some(Algo::Tree)
-        );
+        let s = Config::new().algo(Algo::Tree).slot_bytes(100).resolve_with(env(&vars)).unwrap();
+        assert_eq!(s.algo.forced(&Collective::AllReduce { count: 1 }), Some(Algo::Tree));
         assert_eq!(s.slot_bytes, 128, "rounded up to whole cache lines");
-        let s = Config::new()
-            .resolve_with(env(&[("OXCCL_TIMEOUT", "0")]))
-            .unwrap();
+        let s = Config::new().resolve_with(env(&[("OXCCL_TIMEOUT", "0")])).unwrap();
         assert_eq!(s.timeout, None);
     }
 
     #[test]
     fn per_collective_algorithms() {
-        let s = Config::new()
-            .algo_spec("allreduce:tree, broadcast:ring")
-            .resolve_with(env(&[]))
-            .unwrap();
-        assert_eq!(
-            s.algo.forced(&Collective::AllReduce { count: 1 }),
-            Some(Algo::Tree)
-        );
-        assert_eq!(
-            s.algo.forced(&Collective::Broadcast { count: 1, root: 0 }),
-            Some(Algo::Ring)
-        );
+        let s = Config::new().algo_spec("allreduce:tree, broadcast:ring").resolve_with(env(&[])).unwrap();
+        assert_eq!(s.algo.forced(&Collective::AllReduce { count: 1 }), Some(Algo::Tree));
+        assert_eq!(s.algo.forced(&Collective::Broadcast { count: 1, root: 0 }), Some(Algo::Ring));
         assert_eq!(s.algo.forced(&Collective::AllGather { count: 1 }), None);
     }
 
     #[test]
     fn bad_values_are_errors_that_name_the_variable() {
-        for (k, v) in [
-            ("OXCCL_ALGO", "fastest"),
-            ("OXCCL_TIMEOUT", "soon"),
-            ("OXCCL_SLOT_BYTES", "lots"),
-            ("OXCCL_NSLOTS", "1"),
-        ] {
-            let e = Config::new()
-                .resolve_with(env(&[(k, v)]))
-                .unwrap_err()
-                .to_string();
+        for (k, v) in
+            [("OXCCL_ALGO", "fastest"), ("OXCCL_TIMEOUT", "soon"), ("OXCCL_SLOT_BYTES", "lots"), ("OXCCL_NSLOTS", "1")]
+        {
+            let e = Config::new().resolve_with(env(&[(k, v)])).unwrap_err().to_string();
             assert!(e.contains(k) || e.contains("NSLOTS"), "{e}");
         }
-        assert!(
-            Config::new()
-                .algo_spec("all_reduce:warp")
-                .resolve_with(env(&[]))
-                .is_err()
-        );
-        assert!(
-            Config::new()
-                .algo_spec("allscatter:ring")
-                .resolve_with(env(&[]))
-                .is_err()
-        );
+        assert!(Config::new().algo_spec("all_reduce:warp").resolve_with(env(&[])).is_err());
+        assert!(Config::new().algo_spec("allscatter:ring").resolve_with(env(&[])).is_err());
     }
 }

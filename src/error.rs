@@ -60,10 +60,7 @@ impl Error {
 
     /// Wraps an OS error with what oxccl was doing.
     pub fn system(context: impl Into<String>, source: io::Error) -> Error {
-        Error::System {
-            context: context.into(),
-            source,
-        }
+        Error::System { context: context.into(), source }
     }
 }
 
@@ -79,10 +76,7 @@ impl fmt::Display for Error {
                     1 => write!(f, "rank {}", peers[0])?,
                     _ => write!(f, "ranks {peers:?}")?,
                 }
-                write!(
-                    f,
-                    "; raise the timeout (Config::timeout or OXCCL_TIMEOUT) if they are only slow"
-                )
+                write!(f, "; raise the timeout (Config::timeout or OXCCL_TIMEOUT) if they are only slow")
             }
             Error::Aborted(m) => write!(f, "aborted: {m}"),
             Error::Remote(m) => write!(f, "remote error: {m}"),

@@ -52,14 +52,11 @@ pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -
 /// The plan for `coll` on `dtype` among `n` ranks.
 pub fn plan(coll: &Collective, dtype: DataType, n: usize, s: &Settings) -> Result<Plan> {
     let elem = dtype.size();
-    let chunking = Chunking {
-        chunk: (s.slot_bytes / elem).max(1),
-        align: (64 / elem).max(1),
-    };
+    let chunking = Chunking { chunk: (s.slot_bytes / elem).max(1), align: (64 / elem).max(1) };
     let out_bytes = match *coll {
-        Collective::AllGather { count }
-        | Collective::AllToAll { count }
-        | Collective::Gather { count, .. } => count.saturating_mul(n),
+        Collective::AllGather { count } | Collective::AllToAll { count } | Collective::Gather { count, .. } => {
+            count.saturating_mul(n)
+        }
         c => c.count(),
     }
     .saturating_mul(elem);
@@ -88,12 +85,7 @@ fn choose(coll: &Collective, elem: usize, n: usize, s: &Settings) -> Algo {
             [Algo::OneShot, Algo::Ring, Algo::Tree]
                 .into_iter()
                 .min_by(|a, b| {
-                    all_reduce_cost(*a, bytes, n, s.slot_bytes).total_cmp(&all_reduce_cost(
-                        *b,
-                        bytes,
-                        n,
-                        s.slot_bytes,
-                    ))
+                    all_reduce_cost(*a, bytes, n, s.slot_bytes).total_cmp(&all_reduce_cost(*b, bytes, n, s.slot_bytes))
                 })
                 .unwrap_or(Algo::Ring)
         }
@@ -109,48 +101,20 @@ mod tests {
 
     #[test]
     fn forced_algorithms_apply_or_fail() {
-        let s = Config::new()
-            .algo(Algo::Tree)
-            .resolve_with(|_| None)
-            .unwrap();
-        let p = plan(
-            &Collective::AllReduce { count: 10 },
-            DataType::Float32,
-            4,
-            &s,
-        )
-        .unwrap();
+        let s = Config::new().algo(Algo::Tree).resolve_with(|_| None).unwrap();
+        let p = plan(&Collective::AllReduce { count: 10 }, DataType::Float32, 4, &s).unwrap();
         assert_eq!(p.algo, Algo::Tree);
-        let e = plan(
-            &Collective::Broadcast { count: 10, root: 0 },
-            DataType::Float32,
-            4,
-            &s,
-        )
-        .unwrap_err();
+        let e = plan(&Collective::Broadcast { count: 10, root: 0 }, DataType::Float32, 4, &s).unwrap_err();
         assert!(matches!(e, Error::InvalidUsage(_)), "{e}");
     }
 
     #[test]
     fn small_messages_take_one_step_large_ones_the_ring() {
         let s = Settings::default();
-        let p = |bytes: usize, n| {
-            plan(
-                &Collective::AllReduce { count: bytes / 4 },
-                DataType::Float32,
-                n,
-                &s,
-            )
-            .unwrap()
-            .algo
-        };
+        let p =
+            |bytes: usize, n| plan(&Collective::AllReduce { count: bytes / 4 }, DataType::Float32, n, &s).unwrap().algo;
         assert_eq!(p(8, 2), Algo::OneShot);
         assert_eq!(p(64 << 20, 4), Algo::Ring);
-        assert_eq!(
-            plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, &s)
-                .unwrap()
-                .algo,
-            Algo::Direct
-        );
+        assert_eq!(plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, &s).unwrap().algo, Algo::Direct);
     }
 }

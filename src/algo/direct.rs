@@ -33,15 +33,7 @@ pub struct Exchange {
 impl Exchange {
     /// An exchange over `count` elements in messages of at most `chunk`.
     pub fn new(kind: ExchangeKind, count: usize, chunk: usize, channel: u8) -> Exchange {
-        Exchange {
-            kind,
-            count,
-            chunk: chunk.max(1),
-            channel,
-            at: 0,
-            phase: 0,
-            done: false,
-        }
+        Exchange { kind, count, chunk: chunk.max(1), channel, at: 0, phase: 0, done: false }
     }
 
     /// The next step.
@@ -59,6 +51,7 @@ impl Exchange {
             }
         };
         let mut s = Step::new(count, self.channel);
+        s.raw = true;
         if self.phase == 0 {
             if self.kind == ExchangeKind::AllReduce {
                 s.input = Some(Span::send(self.at));
@@ -115,28 +108,9 @@ pub struct P2p {
 impl P2p {
     /// A transfer of `count` elements between send-buffer offset `src` and receive-buffer
     /// offset `dst` (each used only where the kind needs it).
-    pub fn new(
-        kind: P2pKind,
-        src: usize,
-        dst: usize,
-        count: usize,
-        chunk: usize,
-        channel: u8,
-    ) -> P2p {
-        let chunk = if kind == P2pKind::Local {
-            count.max(1)
-        } else {
-            chunk.max(1)
-        };
-        P2p {
-            kind,
-            src,
-            dst,
-            count,
-            chunk,
-            channel,
-            at: 0,
-        }
+    pub fn new(kind: P2pKind, src: usize, dst: usize, count: usize, chunk: usize, channel: u8) -> P2p {
+        let chunk = if kind == P2pKind::Local { count.max(1) } else { chunk.max(1) };
+        P2p { kind, src, dst, count, chunk, channel, at: 0 }
     }
 
     /// The next step.

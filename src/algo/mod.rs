@@ -38,17 +38,11 @@ pub struct Span {
 impl Span {
     /// A span of the send buffer.
     pub const fn send(offset: usize) -> Span {
-        Span {
-            buf: Buf::Send,
-            offset,
-        }
+        Span { buf: Buf::Send, offset }
     }
     /// A span of the receive buffer.
     pub const fn recv(offset: usize) -> Span {
-        Span {
-            buf: Buf::Recv,
-            offset,
-        }
+        Span { buf: Buf::Recv, offset }
     }
 }
 
@@ -128,6 +122,10 @@ pub struct Step {
     pub send: Peers,
     /// Apply the reduction's final transformation (Avg's division) to the result.
     pub finalize: bool,
+    /// Every source is a raw contribution: a send forwards the input unchanged, and a
+    /// combining step applies the pre-operation to every source and folds them in
+    /// ascending rank order, so that every rank computing this step gets identical bits.
+    pub raw: bool,
 }
 
 impl Step {
@@ -141,6 +139,7 @@ impl Step {
             output: None,
             send: Peers::None,
             finalize: false,
+            raw: false,
         }
     }
 }
@@ -282,12 +281,7 @@ pub enum Collective {
 impl Collective {
     /// Whether the call combines data with a reduction operation.
     pub fn reduces(&self) -> bool {
-        matches!(
-            self,
-            Collective::AllReduce { .. }
-                | Collective::Reduce { .. }
-                | Collective::ReduceScatter { .. }
-        )
+        matches!(self, Collective::AllReduce { .. } | Collective::Reduce { .. } | Collective::ReduceScatter { .. })
     }
 
     /// The name used in messages and logs.
@@ -445,16 +439,8 @@ impl Topo {
     /// Ring `order` (a permutation of `0..n`) and double binary trees for rank `me`.
     pub fn new(me: Rank, order: Vec<Rank>) -> Topo {
         let n = order.len();
-        let ring_pos = order
-            .iter()
-            .position(|&r| r == me)
-            .expect("rank on its ring");
-        Topo {
-            me,
-            ring: order.into(),
-            ring_pos,
-            trees: tree::double_tree(n, me),
-        }
+        let ring_pos = order.iter().position(|&r| r == me).expect("rank on its ring");
+        Topo { me, ring: order.into(), ring_pos, trees: tree::double_tree(n, me) }
     }
 
     /// Number of ranks.
@@ -466,34 +452,14 @@ impl Topo {
 /// Appends to `out` the streams that run `coll` with `algo` on this rank. The caller has
 /// checked that `algo` applies, and handles single-rank communicators itself only for
 /// speed: every collective is also correct here with one rank.
-pub fn schedules(
-    coll: &Collective,
-    algo: Algo,
-    topo: &Topo,
-    chunking: Chunking,
-    out: &mut Vec<Schedule>,
-) {
+pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking, out: &mut Vec<Schedule>) {
     use Collective as C;
     let (me, n) = (topo.me, topo.n());
     let local = |src: usize, dst: usize, count: usize| {
-        Schedule::P2p(direct::P2p::new(
-            direct::P2pKind::Local,
-            src,
-            dst,
-            count,
-            count,
-            0,
-        ))
+        Schedule::P2p(direct::P2p::new(direct::P2pKind::Local, src, dst, count, count, 0))
     };
     let ring = |kind: ring::RingKind, count: usize| {
-        Schedule::Ring(ring::Ring::new(
-            kind,
-            topo.ring.clone(),
-            topo.ring_pos,
-            count,
-            chunking,
-            0,
-        ))
+        Schedule::Ring(ring::Ring::new(kind, topo.ring.clone(), topo.ring_pos, count, chunking, 0))
     };
     let p2p = |kind: direct::P2pKind, src: usize, dst: usize, count: usize| {
         Schedule::P2p(direct::P2p::new(kind, src, dst, count, chunking.chunk, 0))
@@ -519,9 +485,7 @@ pub fn schedules(
     match (*coll, algo) {
         (C::AllReduce { count }, Algo::Ring) => out.push(ring(ring::RingKind::AllReduce, count)),
         (C::Reduce { count, root }, _) => out.push(ring(ring::RingKind::Reduce { root }, count)),
-        (C::Broadcast { count, root }, _) => {
-            out.push(ring(ring::RingKind::Broadcast { root }, count))
-        }
+        (C::Broadcast { count, root }, _) => out.push(ring(ring::RingKind::Broadcast { root }, count)),
         (C::AllGather { count }, _) => out.push(ring(ring::RingKind::AllGather, count)),
         (C::ReduceScatter { count }, _) => out.push(ring(ring::RingKind::ReduceScatter, count)),
         (C::AllReduce { count }, Algo::Tree) => {
@@ -530,13 +494,9 @@ pub fn schedules(
                 if lo >= hi {
                     continue;
                 }
-                out.push(Schedule::TreeUp(tree::Up::new(
-                    *node, lo, hi, chunking, t as u8,
-                )));
+                out.push(Schedule::TreeUp(tree::Up::new(*node, lo, hi, chunking, t as u8)));
                 if node.parent.is_some() {
-                    out.push(Schedule::TreeDown(tree::Down::new(
-                        *node, lo, hi, chunking, t as u8,
-                    )));
+                    out.push(Schedule::TreeDown(tree::Down::new(*node, lo, hi, chunking, t as u8)));
                 }
             }
         }
@@ -546,12 +506,7 @@ pub fn schedules(
             chunking.chunk,
             0,
         ))),
-        (C::Barrier, _) => out.push(Schedule::AllToAll(direct::Exchange::new(
-            direct::ExchangeKind::Barrier,
-            0,
-            1,
-            0,
-        ))),
+        (C::Barrier, _) => out.push(Schedule::AllToAll(direct::Exchange::new(direct::ExchangeKind::Barrier, 0, 1, 0))),
         (C::AllToAll { count }, _) => {
             for p in (0..n).filter(|&p| p != me) {
                 out.push(p2p(direct::P2pKind::Send(p), p * count, 0, count));

@@ -56,26 +56,9 @@ pub struct Ring {
 
 impl Ring {
     /// The ring for the rank at position `pos` of `order` (at least 2 ranks).
-    pub fn new(
-        kind: RingKind,
-        order: Arc<[Rank]>,
-        pos: usize,
-        count: usize,
-        chunking: Chunking,
-        channel: u8,
-    ) -> Ring {
+    pub fn new(kind: RingKind, order: Arc<[Rank]>, pos: usize, count: usize, chunking: Chunking, channel: u8) -> Ring {
         assert!(order.len() >= 2 && pos < order.len());
-        let mut r = Ring {
-            kind,
-            order,
-            pos,
-            count,
-            chunking,
-            channel,
-            base: 0,
-            part: 0,
-            k: 0,
-        };
+        let mut r = Ring { kind, order, pos, count, chunking, channel, base: 0, part: 0, k: 0 };
         r.part = r.part_at(0);
         r
     }
@@ -97,10 +80,7 @@ impl Ring {
     }
 
     fn pos_of(&self, rank: Rank) -> usize {
-        self.order
-            .iter()
-            .position(|&r| r == rank)
-            .expect("root is on the ring")
+        self.order.iter().position(|&r| r == rank).expect("root is on the ring")
     }
 
     /// Steps in one loop.

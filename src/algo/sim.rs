@@ -19,10 +19,7 @@ pub struct Sym {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) as usize
     }
 }
@@ -56,11 +53,7 @@ pub fn run(
                         declared.insert((p, c, s));
                     });
                     let cur = sched.next_step();
-                    SimStream {
-                        sched,
-                        cur,
-                        declared,
-                    }
+                    SimStream { sched, cur, declared }
                 })
                 .collect()
         })
@@ -83,19 +76,10 @@ pub fn run(
                     ok &= s.declared.contains(&(p, step.channel, true));
                 });
                 if !ok {
-                    return Err(format!(
-                        "rank {me}: step {step:?} uses a link its stream did not declare"
-                    ));
+                    return Err(format!("rank {me}: step {step:?} uses a link its stream did not declare"));
                 }
-                let ready = step.recv.all(me, n, |p| {
-                    fifos
-                        .get(&(p, me, step.channel))
-                        .is_some_and(|q| !q.is_empty())
-                }) && step.send.all(me, n, |p| {
-                    fifos
-                        .get(&(me, p, step.channel))
-                        .is_none_or(|q| q.len() < nslots)
-                });
+                let ready = step.recv.all(me, n, |p| fifos.get(&(p, me, step.channel)).is_some_and(|q| !q.is_empty()))
+                    && step.send.all(me, n, |p| fifos.get(&(me, p, step.channel)).is_none_or(|q| q.len() < nslots));
                 // Randomly hold back ready steps to explore interleavings.
                 if !ready || rng.next() % 3 == 0 {
                     continue;
@@ -103,17 +87,9 @@ pub fn run(
                 let mut sources: Vec<(Rank, Vec<Sym>)> = Vec::new();
                 let mut err = None;
                 step.recv.for_each(me, n, |p| {
-                    let m = fifos
-                        .get_mut(&(p, me, step.channel))
-                        .unwrap()
-                        .pop_front()
-                        .unwrap();
+                    let m = fifos.get_mut(&(p, me, step.channel)).unwrap().pop_front().unwrap();
                     if m.len() != step.count {
-                        err = Some(format!(
-                            "rank {me} got {} elements from {p}, expected {}",
-                            m.len(),
-                            step.count
-                        ));
+                        err = Some(format!("rank {me} got {} elements from {p}, expected {}", m.len(), step.count));
                     }
                     sources.push((p, m));
                 });
@@ -127,15 +103,10 @@ pub fn run(
                     };
                     let end = sp.offset + step.count;
                     if end > buf.len() {
-                        return Err(format!(
-                            "rank {me}: input {sp:?}+{} out of bounds {}",
-                            step.count,
-                            buf.len()
-                        ));
+                        return Err(format!("rank {me}: input {sp:?}+{} out of bounds {}", step.count, buf.len()));
                     }
                     let v: Option<Vec<Sym>> = buf[sp.offset..end].iter().copied().collect();
-                    let v =
-                        v.ok_or_else(|| format!("rank {me}: input {sp:?} reads unwritten output"))?;
+                    let v = v.ok_or_else(|| format!("rank {me}: input {sp:?} reads unwritten output"))?;
                     sources.push((me, v));
                 }
                 let result: Vec<Sym> = if step.count == 0 {
@@ -147,9 +118,7 @@ pub fn run(
                     for (_, src) in &sources[1..] {
                         for (a, b) in acc.iter_mut().zip(src) {
                             if a.idx != b.idx || a.mask & b.mask != 0 || a.fin + b.fin != 0 {
-                                return Err(format!(
-                                    "rank {me}: bad combine {a:?} with {b:?} in {step:?}"
-                                ));
+                                return Err(format!("rank {me}: bad combine {a:?} with {b:?} in {step:?}"));
                             }
                             a.mask |= b.mask;
                         }
@@ -160,10 +129,7 @@ pub fn run(
                     acc
                 } else {
                     if sources.len() != 1 {
-                        return Err(format!(
-                            "rank {me}: copy step with {} sources: {step:?}",
-                            sources.len()
-                        ));
+                        return Err(format!("rank {me}: copy step with {} sources: {step:?}", sources.len()));
                     }
                     sources.pop().unwrap().1
                 };
@@ -172,20 +138,14 @@ pub fn run(
                         return Err(format!("rank {me}: output into the send buffer: {step:?}"));
                     }
                     if sp.offset + step.count > recv_len {
-                        return Err(format!(
-                            "rank {me}: output {sp:?}+{} out of bounds {recv_len}",
-                            step.count
-                        ));
+                        return Err(format!("rank {me}: output {sp:?}+{} out of bounds {recv_len}", step.count));
                     }
                     for (i, v) in result.iter().enumerate() {
                         recv[me][sp.offset + i] = Some(*v);
                     }
                 }
                 step.send.for_each(me, n, |p| {
-                    fifos
-                        .entry((me, p, step.channel))
-                        .or_default()
-                        .push_back(result.clone());
+                    fifos.entry((me, p, step.channel)).or_default().push_back(result.clone());
                 });
                 s.cur = s.sched.next_step();
                 progressed = true;
@@ -200,15 +160,10 @@ pub fn run(
             let any_ready = st.iter().enumerate().any(|(me, v)| {
                 v.iter().any(|s| {
                     s.cur.is_some_and(|step| {
-                        step.recv.all(me, n, |p| {
-                            fifos
-                                .get(&(p, me, step.channel))
-                                .is_some_and(|q| !q.is_empty())
-                        }) && step.send.all(me, n, |p| {
-                            fifos
-                                .get(&(me, p, step.channel))
-                                .is_none_or(|q| q.len() < nslots)
-                        })
+                        step.recv.all(me, n, |p| fifos.get(&(p, me, step.channel)).is_some_and(|q| !q.is_empty()))
+                            && step
+                                .send
+                                .all(me, n, |p| fifos.get(&(me, p, step.channel)).is_none_or(|q| q.len() < nslots))
                     })
                 })
             });
@@ -216,20 +171,14 @@ pub fn run(
                 let stuck: Vec<String> = st
                     .iter()
                     .enumerate()
-                    .flat_map(|(r, v)| {
-                        v.iter()
-                            .filter_map(move |s| s.cur.map(|c| format!("rank {r}: {c:?}")))
-                    })
+                    .flat_map(|(r, v)| v.iter().filter_map(move |s| s.cur.map(|c| format!("rank {r}: {c:?}"))))
                     .collect();
                 return Err(format!("deadlock:\n{}", stuck.join("\n")));
             }
         }
     }
     if let Some(((s, d, c), q)) = fifos.iter().find(|(_, q)| !q.is_empty()) {
-        return Err(format!(
-            "{} unread messages from {s} to {d} on channel {c}",
-            q.len()
-        ));
+        return Err(format!("{} unread messages from {s} to {d} on channel {c}", q.len()));
     }
     Ok(recv)
 }
@@ -239,81 +188,39 @@ mod tests {
     use super::*;
 
     fn input(rank: Rank, len: usize) -> Vec<Sym> {
-        (0..len)
-            .map(|i| Sym {
-                idx: i,
-                mask: 1 << rank,
-                fin: 0,
-            })
-            .collect()
+        (0..len).map(|i| Sym { idx: i, mask: 1 << rank, fin: 0 }).collect()
     }
 
     /// Sizes of the send and receive buffers, and the expected receive buffer of `r`.
     fn expect(coll: &Collective, n: usize, r: Rank) -> (usize, usize, Vec<Option<Sym>>) {
         let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-        let red = |idx| {
-            Some(Sym {
-                idx,
-                mask: all,
-                fin: 1,
-            })
-        };
-        let from = |idx, p: Rank| {
-            Some(Sym {
-                idx,
-                mask: 1 << p,
-                fin: 0,
-            })
-        };
+        let red = |idx| Some(Sym { idx, mask: all, fin: 1 });
+        let from = |idx, p: Rank| Some(Sym { idx, mask: 1 << p, fin: 0 });
         match *coll {
             Collective::AllReduce { count } => (count, count, (0..count).map(red).collect()),
-            Collective::Reduce { count, root } => (
-                count,
-                count,
-                (0..count)
-                    .map(|i| if r == root { red(i) } else { None })
-                    .collect(),
-            ),
-            Collective::Broadcast { count, root } => {
-                (count, count, (0..count).map(|i| from(i, root)).collect())
+            Collective::Reduce { count, root } => {
+                (count, count, (0..count).map(|i| if r == root { red(i) } else { None }).collect())
             }
-            Collective::AllGather { count } => (
-                count,
-                n * count,
-                (0..n * count)
-                    .map(|i| from(i % count.max(1), i / count.max(1)))
-                    .collect(),
-            ),
-            Collective::ReduceScatter { count } => (
-                n * count,
-                count,
-                (0..count).map(|i| red(r * count + i)).collect(),
-            ),
+            Collective::Broadcast { count, root } => (count, count, (0..count).map(|i| from(i, root)).collect()),
+            Collective::AllGather { count } => {
+                (count, n * count, (0..n * count).map(|i| from(i % count.max(1), i / count.max(1))).collect())
+            }
+            Collective::ReduceScatter { count } => (n * count, count, (0..count).map(|i| red(r * count + i)).collect()),
             Collective::AllToAll { count } => (
                 n * count,
                 n * count,
-                (0..n * count)
-                    .map(|i| from(r * count + i % count.max(1), i / count.max(1)))
-                    .collect(),
+                (0..n * count).map(|i| from(r * count + i % count.max(1), i / count.max(1))).collect(),
             ),
             Collective::Gather { count, root } => (
                 count,
                 n * count,
                 (0..n * count)
-                    .map(|i| {
-                        if r == root {
-                            from(i % count.max(1), i / count.max(1))
-                        } else {
-                            None
-                        }
-                    })
+                    .map(|i| if r == root { from(i % count.max(1), i / count.max(1)) } else { None })
                     .collect(),
             ),
-            Collective::Scatter { count, root } => (
-                n * count,
-                count,
-                (0..count).map(|i| from(r * count + i, root)).collect(),
-            ),
+            Collective::Scatter { count, root } => {
+                (n * count, count, (0..count).map(|i| from(r * count + i, root)).collect())
+            }
             _ => unreachable!(),
         }
     }
@@ -334,42 +241,18 @@ mod tests {
             expected.push(e);
         }
         for nslots in [2usize, 4] {
-            let got = run(
-                n,
-                streams.clone(),
-                &sends,
-                sizes.1,
-                coll.reduces(),
-                nslots,
-                seed,
-            )
-            .unwrap_or_else(|e| panic!("{coll:?} {algo:?} n={n} {chunking:?}: {e}"));
+            let got = run(n, streams.clone(), &sends, sizes.1, coll.reduces(), nslots, seed)
+                .unwrap_or_else(|e| panic!("{coll:?} {algo:?} n={n} {chunking:?}: {e}"));
             for r in 0..n {
-                assert_eq!(
-                    got[r], expected[r],
-                    "{coll:?} {algo:?} n={n} rank {r} {chunking:?}"
-                );
+                assert_eq!(got[r], expected[r], "{coll:?} {algo:?} n={n} rank {r} {chunking:?}");
             }
         }
     }
 
-    const CHUNKS: [Chunking; 2] = [
-        Chunking { chunk: 4, align: 1 },
-        Chunking { chunk: 8, align: 4 },
-    ];
+    const CHUNKS: [Chunking; 2] = [Chunking { chunk: 4, align: 1 }, Chunking { chunk: 8, align: 4 }];
 
     fn counts(c: &Chunking) -> Vec<usize> {
-        vec![
-            0,
-            1,
-            2,
-            3,
-            c.chunk - 1,
-            c.chunk,
-            c.chunk + 1,
-            5 * c.chunk + 3,
-            17 * c.chunk,
-        ]
+        vec![0, 1, 2, 3, c.chunk - 1, c.chunk, c.chunk + 1, 5 * c.chunk + 3, 17 * c.chunk]
     }
 
     #[test]
@@ -421,13 +304,7 @@ mod tests {
             let mut rl = 0;
             for r in 0..n {
                 let mut v = Vec::new();
-                schedules(
-                    &coll,
-                    Algo::Ring,
-                    &Topo::new(r, order.clone()),
-                    Chunking { chunk: 4, align: 1 },
-                    &mut v,
-                );
+                schedules(&coll, Algo::Ring, &Topo::new(r, order.clone()), Chunking { chunk: 4, align: 1 }, &mut v);
                 streams.push(v);
                 let (s, l, e) = expect(&coll, n, r);
                 rl = l;
@@ -445,13 +322,7 @@ mod tests {
             let streams: Vec<Vec<Schedule>> = (0..n)
                 .map(|r| {
                     let mut v = Vec::new();
-                    schedules(
-                        &Collective::Barrier,
-                        Algo::Direct,
-                        &Topo::new(r, (0..n).collect()),
-                        CHUNKS[0],
-                        &mut v,
-                    );
+                    schedules(&Collective::Barrier, Algo::Direct, &Topo::new(r, (0..n).collect()), CHUNKS[0], &mut v);
                     v
                 })
                 .collect();
@@ -465,26 +336,8 @@ mod tests {
             .map(|r| {
                 let topo = Topo::new(r, (0..n).collect());
                 let mut v = Vec::new();
-                schedules(
-                    &Collective::Send {
-                        count,
-                        peer: (r + 1) % n,
-                    },
-                    Algo::Direct,
-                    &topo,
-                    CHUNKS[0],
-                    &mut v,
-                );
-                schedules(
-                    &Collective::Recv {
-                        count,
-                        peer: (r + n - 1) % n,
-                    },
-                    Algo::Direct,
-                    &topo,
-                    CHUNKS[0],
-                    &mut v,
-                );
+                schedules(&Collective::Send { count, peer: (r + 1) % n }, Algo::Direct, &topo, CHUNKS[0], &mut v);
+                schedules(&Collective::Recv { count, peer: (r + n - 1) % n }, Algo::Direct, &topo, CHUNKS[0], &mut v);
                 v
             })
             .collect();
@@ -492,16 +345,7 @@ mod tests {
         let got = run(n, streams, &sends, count, false, 2, 5).unwrap();
         for r in 0..n {
             let p = (r + n - 1) % n;
-            assert_eq!(
-                got[r],
-                (0..count)
-                    .map(|i| Some(Sym {
-                        idx: i,
-                        mask: 1 << p,
-                        fin: 0
-                    }))
-                    .collect::<Vec<_>>()
-            );
+            assert_eq!(got[r], (0..count).map(|i| Some(Sym { idx: i, mask: 1 << p, fin: 0 })).collect::<Vec<_>>());
         }
     }
 

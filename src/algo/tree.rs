@@ -39,10 +39,7 @@ pub fn binary_tree(n: usize, rank: Rank, shift: usize) -> TreeNode {
         if x == mid {
             let left = (lo < mid).then(|| to_rank((lo + mid - 1) / 2));
             let right = (mid < hi).then(|| to_rank((mid + 1 + hi) / 2));
-            return TreeNode {
-                parent,
-                children: [left, right],
-            };
+            return TreeNode { parent, children: [left, right] };
         }
         parent = Some(to_rank(mid));
         if x < mid {
@@ -80,13 +77,7 @@ pub struct Up {
 impl Up {
     /// The up stream over `[lo, hi)` for `node`.
     pub fn new(node: TreeNode, lo: usize, hi: usize, chunking: Chunking, channel: u8) -> Up {
-        Up {
-            node,
-            hi,
-            at: lo,
-            chunk: chunking.chunk,
-            channel,
-        }
+        Up { node, hi, at: lo, chunk: chunking.chunk, channel }
     }
 
     /// The next step.
@@ -137,17 +128,8 @@ pub struct Down {
 impl Down {
     /// The down stream over `[lo, hi)` for a non-root `node`.
     pub fn new(node: TreeNode, lo: usize, hi: usize, chunking: Chunking, channel: u8) -> Down {
-        assert!(
-            node.parent.is_some(),
-            "the root's down stream is fused into its up stream"
-        );
-        Down {
-            node,
-            hi,
-            at: lo,
-            chunk: chunking.chunk,
-            channel,
-        }
+        assert!(node.parent.is_some(), "the root's down stream is fused into its up stream");
+        Down { node, hi, at: lo, chunk: chunking.chunk, channel }
     }
 
     /// The next step.
@@ -190,10 +172,7 @@ mod tests {
                 assert_eq!(nodes[*c].parent, Some(r), "n={n} child {c} of {r}");
             }
             if let Some(p) = nodes[r].parent {
-                assert!(
-                    nodes[p].children.contains(&Some(r)),
-                    "n={n}: {r} not a child of {p}"
-                );
+                assert!(nodes[p].children.contains(&Some(r)), "n={n}: {r} not a child of {p}");
             }
         }
         let mut seen = vec![false; n];
@@ -221,10 +200,7 @@ mod tests {
             for r in 0..n {
                 let [a, b] = double_tree(n, r);
                 let inner = |t: TreeNode| t.children.iter().any(|c| c.is_some());
-                assert!(
-                    !(inner(a) && inner(b)),
-                    "n={n} rank {r} inner in both trees"
-                );
+                assert!(!(inner(a) && inner(b)), "n={n} rank {r} inner in both trees");
             }
         }
     }

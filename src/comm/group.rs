@@ -18,12 +18,7 @@ pub struct Group<'b> {
 
 impl<'b> Group<'b> {
     pub(super) fn new(rank: usize, nranks: usize) -> Group<'b> {
-        Group {
-            rank,
-            nranks,
-            specs: Vec::new(),
-            _bufs: PhantomData,
-        }
+        Group { rank, nranks, specs: Vec::new(), _bufs: PhantomData }
     }
 
     fn check_peer(&self, what: &str, peer: usize) -> Result<()> {
@@ -39,10 +34,7 @@ impl<'b> Group<'b> {
     /// Adds a send of `buf` to `peer`.
     pub fn send<T: Element>(&mut self, buf: &'b [T], peer: usize) -> Result<()> {
         self.check_peer("send", peer)?;
-        let coll = Collective::Send {
-            count: buf.len(),
-            peer,
-        };
+        let coll = Collective::Send { count: buf.len(), peer };
         self.specs.push(spec::<T>(coll, None, buf, &mut []));
         Ok(())
     }
@@ -50,21 +42,13 @@ impl<'b> Group<'b> {
     /// Adds a receive into `buf` from `peer`.
     pub fn recv<T: Element>(&mut self, buf: &'b mut [T], peer: usize) -> Result<()> {
         self.check_peer("recv", peer)?;
-        let coll = Collective::Recv {
-            count: buf.len(),
-            peer,
-        };
+        let coll = Collective::Recv { count: buf.len(), peer };
         self.specs.push(spec::<T>(coll, None, &[], buf));
         Ok(())
     }
 
     /// Adds an all-reduce (see [`Comm::all_reduce`](super::Comm::all_reduce)).
-    pub fn all_reduce<T: Element>(
-        &mut self,
-        send: &'b [T],
-        recv: &'b mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
+    pub fn all_reduce<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T], op: ReduceOp) -> Result<()> {
         if send.len() != recv.len() {
             return Err(Error::InvalidArgument(format!(
                 "all_reduce: send buffer has {} elements, recv buffer {}; they must match",
@@ -72,26 +56,13 @@ impl<'b> Group<'b> {
                 recv.len()
             )));
         }
-        self.specs.push(spec::<T>(
-            Collective::AllReduce { count: send.len() },
-            Some(op),
-            send,
-            recv,
-        ));
+        self.specs.push(spec::<T>(Collective::AllReduce { count: send.len() }, Some(op), send, recv));
         Ok(())
     }
 
     /// Adds an in-place all-reduce.
-    pub fn all_reduce_in_place<T: Element>(
-        &mut self,
-        buf: &'b mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
-        self.specs.push(spec_in_place::<T>(
-            Collective::AllReduce { count: buf.len() },
-            Some(op),
-            buf,
-        ));
+    pub fn all_reduce_in_place<T: Element>(&mut self, buf: &'b mut [T], op: ReduceOp) -> Result<()> {
+        self.specs.push(spec_in_place::<T>(Collective::AllReduce { count: buf.len() }, Some(op), buf));
         Ok(())
     }
 

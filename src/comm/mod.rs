@@ -12,7 +12,7 @@ pub use group::Group;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::algo::{self, Collective, Topo};
+use crate::algo::{self, Algo, Collective, Topo};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::exec::{self, Call, Ctx, Stream};
@@ -70,6 +70,8 @@ struct Scratch {
     calls: Vec<Call>,
     streams: Vec<Stream>,
     scheds: Vec<algo::Schedule>,
+    exec: exec::Scratch,
+    prepared: Vec<Prepared>,
 }
 
 // SAFETY: `Call` holds raw pointers into the caller's buffers only while a call runs;
@@ -117,15 +119,10 @@ impl Comm {
     /// As [`Comm::init_all`], with a configuration.
     pub fn init_all_with(nranks: usize, config: &Config) -> Result<Vec<Comm>> {
         if nranks == 0 {
-            return Err(invalid(
-                "a communicator needs at least one rank, got 0".into(),
-            ));
+            return Err(invalid("a communicator needs at least one rank, got 0".into()));
         }
         let settings = Arc::new(config.resolve()?);
-        let shape = FifoShape {
-            nslots: settings.nslots,
-            slot_bytes: settings.slot_bytes,
-        };
+        let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
         let world = World::new(nranks, shape)?;
         let order: Vec<usize> = (0..nranks).collect();
         let comms: Vec<Comm> = (0..nranks)
@@ -190,30 +187,19 @@ impl Comm {
 
     /// A handle that aborts this communicator from another thread.
     pub fn abort_handle(&self) -> AbortHandle {
-        AbortHandle {
-            flag: self.aborted.clone(),
-            bell: self.bell.clone(),
-        }
+        AbortHandle { flag: self.aborted.clone(), bell: self.bell.clone() }
     }
 
     fn check_root(&self, what: &str, root: usize) -> Result<()> {
         if root >= self.nranks {
-            return Err(invalid(format!(
-                "{what} {root} is out of range for a communicator of {} ranks",
-                self.nranks
-            )));
+            return Err(invalid(format!("{what} {root} is out of range for a communicator of {} ranks", self.nranks)));
         }
         Ok(())
     }
 
     /// Sum (or another op) of every rank's `send` into every rank's `recv`
     /// (`ncclAllReduce`). Both slices have the same length on every rank.
-    pub fn all_reduce<T: Element>(
-        &mut self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
+    pub fn all_reduce<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
         if send.len() != recv.len() {
             return Err(invalid(format!(
                 "all_reduce: send buffer has {} elements, recv buffer {}; they must match",
@@ -233,13 +219,7 @@ impl Comm {
 
     /// Reduces every rank's `send` onto `root`'s `recv` (`ncclReduce`). `recv` must have
     /// `send.len()` elements on the root and is ignored elsewhere (pass `&mut []`).
-    pub fn reduce<T: Element>(
-        &mut self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-        root: usize,
-    ) -> Result<()> {
+    pub fn reduce<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
         self.check_root("reduce: root", root)?;
         let recv: &mut [T] = if self.rank == root {
             if recv.len() != send.len() {
@@ -253,25 +233,14 @@ impl Comm {
         } else {
             &mut []
         };
-        let coll = Collective::Reduce {
-            count: send.len(),
-            root,
-        };
+        let coll = Collective::Reduce { count: send.len(), root };
         self.run1(spec::<T>(coll, Some(op), send, recv))
     }
 
     /// In-place reduce: `buf` is the input everywhere and the output on `root`.
-    pub fn reduce_in_place<T: Element>(
-        &mut self,
-        buf: &mut [T],
-        op: ReduceOp,
-        root: usize,
-    ) -> Result<()> {
+    pub fn reduce_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
         self.check_root("reduce: root", root)?;
-        let coll = Collective::Reduce {
-            count: buf.len(),
-            root,
-        };
+        let coll = Collective::Reduce { count: buf.len(), root };
         self.run1(spec_in_place::<T>(coll, Some(op), buf))
     }
 
@@ -291,10 +260,7 @@ impl Comm {
         } else {
             &[]
         };
-        let coll = Collective::Broadcast {
-            count: recv.len(),
-            root,
-        };
+        let coll = Collective::Broadcast { count: recv.len(), root };
         self.run1(spec::<T>(coll, None, send, recv))
     }
 
@@ -302,10 +268,7 @@ impl Comm {
     /// (`ncclBcast`).
     pub fn broadcast_in_place<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<()> {
         self.check_root("broadcast: root", root)?;
-        let coll = Collective::Broadcast {
-            count: buf.len(),
-            root,
-        };
+        let coll = Collective::Broadcast { count: buf.len(), root };
         self.run1(spec_in_place::<T>(coll, None, buf))
     }
 
@@ -349,12 +312,7 @@ impl Comm {
 
     /// Reduces every rank's `send` and scatters it: rank `r` receives block `r`
     /// (`ncclReduceScatter`): `send.len() == recv.len() * size()`.
-    pub fn reduce_scatter<T: Element>(
-        &mut self,
-        send: &[T],
-        recv: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
+    pub fn reduce_scatter<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
         let n = self.nranks;
         if recv.len().checked_mul(n) != Some(send.len()) {
             return Err(invalid(format!(
@@ -370,11 +328,7 @@ impl Comm {
 
     /// In-place reduce-scatter: `buf` is the input and this rank's block
     /// `buf[rank*c..(rank+1)*c]` receives the result.
-    pub fn reduce_scatter_in_place<T: Element>(
-        &mut self,
-        buf: &mut [T],
-        op: ReduceOp,
-    ) -> Result<()> {
+    pub fn reduce_scatter_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
         let c = self.block_len("reduce_scatter", buf.len())?;
         let coll = Collective::ReduceScatter { count: c };
         let mut s = spec_in_place::<T>(coll, Some(op), buf);
@@ -418,10 +372,7 @@ impl Comm {
         } else {
             &mut []
         };
-        let coll = Collective::Gather {
-            count: send.len(),
-            root,
-        };
+        let coll = Collective::Gather { count: send.len(), root };
         self.run1(spec::<T>(coll, None, send, recv))
     }
 
@@ -443,10 +394,7 @@ impl Comm {
         } else {
             &[]
         };
-        let coll = Collective::Scatter {
-            count: recv.len(),
-            root,
-        };
+        let coll = Collective::Scatter { count: recv.len(), root };
         self.run1(spec::<T>(coll, None, send, recv))
     }
 
@@ -505,10 +453,7 @@ impl Comm {
 
     fn ensure_alive(&self) -> Result<()> {
         if self.aborted.load(Ordering::Relaxed) {
-            return Err(Error::Aborted(format!(
-                "rank {}: the communicator was aborted",
-                self.rank
-            )));
+            return Err(Error::Aborted(format!("rank {}: the communicator was aborted", self.rank)));
         }
         Ok(())
     }
@@ -521,66 +466,124 @@ impl Comm {
     /// Plans and runs a batch of calls (one call, or a group).
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
         self.ensure_alive()?;
-        let mut sc = std::mem::take(&mut self.scratch);
-        let r = self.run_batch(specs, &mut sc);
-        sc.calls.clear();
-        sc.streams.clear();
-        sc.scheds.clear();
-        self.scratch = sc;
-        r
-    }
-
-    fn run_batch(&mut self, specs: &[CallSpec], sc: &mut Scratch) -> Result<()> {
-        let (calls, streams, scheds) = (&mut sc.calls, &mut sc.streams, &mut sc.scheds);
+        let sc = &mut self.scratch;
+        let mut all_connected = true;
+        let mut one_shot = false;
         for s in specs {
             self.seq += 1;
             if s.coll.count() == 0 && s.coll != Collective::Barrier {
                 continue;
             }
-            let p = plan::plan(&s.coll, s.dtype, self.nranks, &self.settings)?;
-            let reducer = match (&s.op, s.coll.reduces()) {
-                (Some(op), true) => Some(Reducer::new(s.dtype, *op, self.nranks)?),
-                _ => None,
+            let prep = match sc.prepared.iter().position(|p| p.matches(s)) {
+                Some(i) => sc.prepared[i],
+                None => {
+                    let p = Prepared::new(s, self.nranks, &self.settings)?;
+                    if sc.prepared.len() == PREPARED_CACHE {
+                        sc.prepared.remove(0);
+                    }
+                    sc.prepared.push(p);
+                    p
+                }
             };
-            calls.push(Call {
+            all_connected &= prep.connected;
+            one_shot = prep.plan.algo == Algo::OneShot;
+            sc.calls.push(Call {
                 send: s.send,
                 send_len: s.send_len,
                 recv: s.recv,
                 recv_len: s.recv_len,
                 elem: s.dtype.size(),
-                reducer,
-                desc: exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), p.algo),
-                nt: p.nt,
+                reducer: prep.reducer,
+                desc: prep.desc,
+                nt: prep.plan.nt,
                 seq: self.seq,
             });
-            scheds.clear();
-            algo::schedules(&s.coll, p.algo, &self.topo, p.chunking, scheds);
-            let call = calls.len() - 1;
-            streams.extend(scheds.drain(..).map(|sc| Stream::new(sc, call)));
+            let call = sc.calls.len() - 1;
+            algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
+            sc.streams.extend(sc.scheds.drain(..).map(|sched| Stream::new(sched, call)));
         }
-        if streams.is_empty() {
-            return Ok(());
+        let mut r = Ok(());
+        if let [s] = specs
+            && let [call] = &sc.calls[..]
+            && self.nranks > 1
+            && all_connected
+            && let Collective::AllReduce { count } = s.coll
+            && one_shot
+            && count * call.elem <= self.settings.slot_bytes
+        {
+            let mut ctx = Ctx {
+                me: self.rank,
+                n: self.nranks,
+                links: &mut self.links,
+                transport: &*self.transport,
+                bell: &self.bell,
+                backoff: BackoffConfig::default(),
+                timeout: self.settings.timeout,
+                aborted: &self.aborted,
+                scratch: &mut sc.exec,
+            };
+            r = exec::all_reduce_one_slot(&mut ctx, call, count);
+        } else if !sc.streams.is_empty() {
+            let mut ctx = Ctx {
+                me: self.rank,
+                n: self.nranks,
+                links: &mut self.links,
+                transport: &*self.transport,
+                bell: &self.bell,
+                backoff: BackoffConfig::default(),
+                timeout: self.settings.timeout,
+                aborted: &self.aborted,
+                scratch: &mut sc.exec,
+            };
+            r = exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected);
         }
-        let mut ctx = Ctx {
-            me: self.rank,
-            n: self.nranks,
-            links: &mut self.links,
-            transport: &*self.transport,
-            bell: &self.bell,
-            backoff: BackoffConfig::default(),
-            timeout: self.settings.timeout,
-            aborted: &self.aborted,
-        };
-        exec::run(&mut ctx, calls, streams)
+        if r.is_ok() && !all_connected {
+            for s in specs {
+                if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s)) {
+                    p.connected = true;
+                }
+            }
+        }
+        sc.calls.clear();
+        sc.streams.clear();
+        r
     }
 }
 
-pub(crate) fn spec<T: Element>(
+/// How many distinct calls keep their plan cached.
+const PREPARED_CACHE: usize = 16;
+
+/// Everything about a call that depends only on its shape, cached so repeated calls
+/// (the common case in training loops and benchmarks) skip planning.
+#[derive(Clone, Copy)]
+struct Prepared {
     coll: Collective,
+    dtype: DataType,
     op: Option<ReduceOp>,
-    send: &[T],
-    recv: &mut [T],
-) -> CallSpec {
+    plan: plan::Plan,
+    reducer: Option<Reducer>,
+    desc: crate::transport::Desc,
+    /// The links this call uses are known to be connected.
+    connected: bool,
+}
+
+impl Prepared {
+    fn new(s: &CallSpec, nranks: usize, settings: &Settings) -> Result<Prepared> {
+        let plan = plan::plan(&s.coll, s.dtype, nranks, settings)?;
+        let reducer = match (&s.op, s.coll.reduces()) {
+            (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
+            _ => None,
+        };
+        let desc = exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), plan.algo);
+        Ok(Prepared { coll: s.coll, dtype: s.dtype, op: s.op, plan, reducer, desc, connected: false })
+    }
+
+    fn matches(&self, s: &CallSpec) -> bool {
+        self.coll == s.coll && self.dtype == s.dtype && self.op == s.op
+    }
+}
+
+pub(crate) fn spec<T: Element>(coll: Collective, op: Option<ReduceOp>, send: &[T], recv: &mut [T]) -> CallSpec {
     CallSpec {
         coll,
         dtype: T::DTYPE,
@@ -592,19 +595,7 @@ pub(crate) fn spec<T: Element>(
     }
 }
 
-pub(crate) fn spec_in_place<T: Element>(
-    coll: Collective,
-    op: Option<ReduceOp>,
-    buf: &mut [T],
-) -> CallSpec {
+pub(crate) fn spec_in_place<T: Element>(coll: Collective, op: Option<ReduceOp>, buf: &mut [T]) -> CallSpec {
     let p = buf.as_mut_ptr() as *mut u8;
-    CallSpec {
-        coll,
-        dtype: T::DTYPE,
-        op,
-        send: p,
-        send_len: buf.len(),
-        recv: p,
-        recv_len: buf.len(),
-    }
+    CallSpec { coll, dtype: T::DTYPE, op, send: p, send_len: buf.len(), recv: p, recv_len: buf.len() }
 }

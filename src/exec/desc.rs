@@ -15,11 +15,7 @@ pub fn encode(coll: &Collective, dtype: DataType, op: Option<&ReduceOp>, algo: A
         c => c.root().map_or(0xffff_ffff, |r| r as u64 & 0xffff_ffff),
     };
     let op = op.map_or(NO_OP, |o| o.code() as u64);
-    let w0 = coll.code() as u64
-        | (dtype as u64) << 8
-        | op << 16
-        | (algo.code() as u64) << 24
-        | root << 32;
+    let w0 = coll.code() as u64 | (dtype as u64) << 8 | op << 16 | (algo.code() as u64) << 24 | root << 32;
     [w0, coll.count() as u64]
 }
 
@@ -73,42 +69,15 @@ mod tests {
 
     #[test]
     fn descriptors_tell_calls_apart_and_read_well() {
-        let a = encode(
-            &Collective::AllReduce { count: 1000 },
-            DataType::Float32,
-            Some(&ReduceOp::Sum),
-            Algo::Ring,
-        );
-        let b = encode(
-            &Collective::AllReduce { count: 1001 },
-            DataType::Float32,
-            Some(&ReduceOp::Sum),
-            Algo::Ring,
-        );
-        let c = encode(
-            &Collective::Reduce {
-                count: 1000,
-                root: 2,
-            },
-            DataType::Float32,
-            Some(&ReduceOp::Max),
-            Algo::Ring,
-        );
+        let a = encode(&Collective::AllReduce { count: 1000 }, DataType::Float32, Some(&ReduceOp::Sum), Algo::Ring);
+        let b = encode(&Collective::AllReduce { count: 1001 }, DataType::Float32, Some(&ReduceOp::Sum), Algo::Ring);
+        let c =
+            encode(&Collective::Reduce { count: 1000, root: 2 }, DataType::Float32, Some(&ReduceOp::Max), Algo::Ring);
         assert_ne!(a, b);
         assert_eq!(describe(a), "all_reduce(count=1000, float, sum, ring)");
         assert_eq!(describe(c), "reduce(count=1000, float, max, ring, root=2)");
-        let s = encode(
-            &Collective::Send { count: 5, peer: 1 },
-            DataType::Int8,
-            None,
-            Algo::Direct,
-        );
-        let r = encode(
-            &Collective::Recv { count: 5, peer: 0 },
-            DataType::Int8,
-            None,
-            Algo::Direct,
-        );
+        let s = encode(&Collective::Send { count: 5, peer: 1 }, DataType::Int8, None, Algo::Direct);
+        let r = encode(&Collective::Recv { count: 5, peer: 0 }, DataType::Int8, None, Algo::Direct);
         assert_eq!(s, r);
         assert_eq!(describe(s), "send/recv(count=5, int8, direct)");
     }

@@ -57,12 +57,7 @@ pub struct Stream {
 impl Stream {
     /// A stream of `sched` for call number `call` of the batch.
     pub fn new(sched: Schedule, call: usize) -> Stream {
-        Stream {
-            sched,
-            call,
-            cur: None,
-            after: Vec::new(),
-        }
+        Stream { sched, call, cur: None, after: Vec::new() }
     }
 }
 
@@ -84,6 +79,8 @@ pub struct Ctx<'a> {
     pub timeout: Option<Duration>,
     /// Set by `abort`.
     pub aborted: &'a AtomicBool,
+    /// Reused per-step vectors.
+    pub scratch: &'a mut Scratch,
 }
 
 /// Connects every link the streams use (lazily: only the first call that needs a link
@@ -94,11 +91,7 @@ pub fn connect(ctx: &mut Ctx<'_>, streams: &[Stream]) -> Result<()> {
     for s in streams {
         s.sched.links(me, n, &mut |p, c, send| {
             let dir = if send { Dir::Send } else { Dir::Recv };
-            missing |= !ctx.links.has(LinkKey {
-                peer: p,
-                channel: c,
-                dir,
-            });
+            missing |= !ctx.links.has(LinkKey { peer: p, channel: c, dir });
         });
     }
     if !missing {
@@ -107,11 +100,7 @@ pub fn connect(ctx: &mut Ctx<'_>, streams: &[Stream]) -> Result<()> {
     let mut keys = Vec::new();
     for s in streams {
         s.sched.links(me, n, &mut |p, c, send| {
-            keys.push(LinkKey {
-                peer: p,
-                channel: c,
-                dir: if send { Dir::Send } else { Dir::Recv },
-            });
+            keys.push(LinkKey { peer: p, channel: c, dir: if send { Dir::Send } else { Dir::Recv } });
         });
     }
     ctx.links.ensure(ctx.transport, me, &keys)
@@ -143,9 +132,12 @@ fn ready(links: &Links, me: Rank, n: usize, s: &Step) -> bool {
         && s.send.all(me, n, |p| links.tx_ref(p, s.channel).can_send())
 }
 
-/// Runs `streams` (over `calls`) to completion.
-pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream]) -> Result<()> {
-    connect(ctx, streams)?;
+/// Runs `streams` (over `calls`) to completion, first connecting their links unless the
+/// caller knows they are connected.
+pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_links: bool) -> Result<()> {
+    if connect_links {
+        connect(ctx, streams)?;
+    }
     let grouped = calls.len() > 1;
     if grouped {
         order_shared_links(ctx.me, ctx.n, streams);
@@ -153,7 +145,6 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream]) -> Result<
     for s in streams.iter_mut() {
         s.cur = s.sched.next_step();
     }
-    let mut scratch = Scratch::default();
     loop {
         let mut progressed = false;
         let mut live = false;
@@ -170,7 +161,7 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream]) -> Result<
                 if !ready(ctx.links, ctx.me, ctx.n, &step) {
                     break;
                 }
-                execute(ctx, &calls[streams[i].call], &step, &mut scratch)?;
+                execute(ctx, &calls[streams[i].call], &step)?;
                 progressed = true;
                 streams[i].cur = streams[i].sched.next_step();
                 budget -= 1;
@@ -193,22 +184,12 @@ fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
     let links: &Links = ctx.links;
     let aborted = ctx.aborted;
-    let r = sync::wait_until(
-        &ctx.backoff,
-        ctx.bell,
-        ctx.timeout,
-        &|| aborted.load(Ordering::Relaxed),
-        &mut || {
-            streams
-                .iter()
-                .any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
-        },
-    );
+    let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
+        streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
+    });
     match r {
         Ok(()) => Ok(()),
-        Err(WaitError::Aborted) => Err(Error::Aborted(format!(
-            "rank {me}: the communicator was aborted"
-        ))),
+        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {me}: the communicator was aborted"))),
         Err(WaitError::Timeout) => {
             let mut peers = Vec::new();
             let mut what = String::new();
@@ -232,21 +213,22 @@ fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
             }
             peers.sort_unstable();
             peers.dedup();
-            Err(Error::Timeout {
-                op: what,
-                waited: ctx.timeout.unwrap_or_default(),
-                peers,
-            })
+            Err(Error::Timeout { op: what, waited: ctx.timeout.unwrap_or_default(), peers })
         }
     }
 }
 
-/// Per-run scratch space, so steps do not allocate.
+/// Vectors reused by every step, so steps do not allocate. Empty between steps.
 #[derive(Default)]
-struct Scratch {
+pub struct Scratch {
     srcs: Vec<(Rank, *const u8, bool)>,
     dsts: Vec<*mut u8>,
+    tmp: Vec<u8>,
 }
+
+// SAFETY: the pointers are only held during one step; between steps both vectors are
+// empty.
+unsafe impl Send for Scratch {}
 
 fn span_ptr(call: &Call, sp: Span, count: usize) -> Result<*mut u8> {
     let (base, len) = match sp.buf {
@@ -280,10 +262,11 @@ fn mismatch(me: Rank, peer: Rank, call: &Call, got: Desc, bytes: usize, want: us
 }
 
 /// Executes one ready step.
-fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step, sc: &mut Scratch) -> Result<()> {
+fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
     let (me, n, ch) = (ctx.me, ctx.n, step.channel);
     let bytes = step.count * call.elem;
     let links = &mut *ctx.links;
+    let sc = &mut *ctx.scratch;
     sc.srcs.clear();
     sc.dsts.clear();
     let mut err = None;
@@ -300,8 +283,7 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step, sc: &mut Scratch) -> Res
     if let Some(sp) = step.input {
         sc.srcs.push((me, span_ptr(call, sp, step.count)?, true));
     }
-    step.send
-        .for_each(me, n, |p| sc.dsts.push(links.tx_ref(p, ch).buffer(bytes)));
+    step.send.for_each(me, n, |p| sc.dsts.push(links.tx_ref(p, ch).buffer(bytes)));
     let out = match step.output {
         Some(sp) => Some(span_ptr(call, sp, step.count)?),
         None => None,
@@ -314,8 +296,9 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step, sc: &mut Scratch) -> Res
         // incoming slots; a span may equal the input span exactly (in-place calls).
         unsafe { compute(call, step, sc, out) };
     }
-    step.send
-        .for_each(me, n, |p| links.tx(p, ch).post(bytes, call.desc));
+    sc.srcs.clear();
+    sc.dsts.clear();
+    step.send.for_each(me, n, |p| links.tx(p, ch).post(bytes, call.desc));
     step.recv.for_each(me, n, |p| links.rx(p, ch).release());
     Ok(())
 }
@@ -342,11 +325,31 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
     // SAFETY (whole body): forwarded from the caller's contract.
     unsafe {
         match &call.reducer {
-            Some(r) => {
-                if sc.srcs.len() > 2 {
-                    // Same order on every rank, so every rank computes identical bits.
+            Some(r) if step.raw => {
+                if sc.dsts.is_empty() && sc.srcs.len() > 1 {
                     sc.srcs.sort_unstable_by_key(|s| s.0);
+                    if let Some(i) = sc.srcs.iter().position(|s| s.2 && s.1 == d0 as *const u8) {
+                        // In place: keep our contribution before the output is written.
+                        sc.tmp.clear();
+                        sc.tmp.extend_from_slice(std::slice::from_raw_parts(sc.srcs[i].1, bytes));
+                        sc.srcs[i].1 = sc.tmp.as_ptr();
+                    }
+                    fold_raw(r, d0, &sc.srcs, count, nt0);
+                } else {
+                    for &d in sc.dsts.iter() {
+                        reduce::copy(d, first, bytes, false);
+                    }
+                    if let Some(o) = out
+                        && o as *const u8 != first
+                    {
+                        r.load_input(o, first, count, call.nt);
+                        if step.finalize {
+                            r.finalize(o, o, count);
+                        }
+                    }
                 }
+            }
+            Some(r) => {
                 let (_, a, a_in) = sc.srcs[0];
                 if sc.srcs.len() == 1 {
                     if a_in {
@@ -395,5 +398,105 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
         if call.nt {
             reduce::store_fence();
         }
+    }
+}
+
+/// The small-message fast path of the one-shot all-reduce: the same messages and the
+/// same arithmetic (raw inputs folded in rank order) as the `Exchange` schedule's two
+/// steps, for a call that fits one slot, without the stream machinery. Links must be
+/// connected and the output must hold `count` elements.
+pub fn all_reduce_one_slot(ctx: &mut Ctx<'_>, call: &Call, count: usize) -> Result<()> {
+    let (me, n) = (ctx.me, ctx.n);
+    let bytes = count * call.elem;
+    let r = call.reducer.as_ref().ok_or_else(|| Error::Internal("one-shot all-reduce without a reducer".into()))?;
+    if bytes > ctx.links.tx_ref((me + 1) % n, 0).max_bytes() || call.send_len < count || call.recv_len < count {
+        return Err(Error::Internal(format!("one-slot all-reduce of {bytes} B does not fit")));
+    }
+    if !(0..n).filter(|&p| p != me).all(|p| ctx.links.tx_ref(p, 0).can_send()) {
+        wait_for(ctx, call, &|l: &Links, p| l.tx_ref(p, 0).can_send())?;
+    }
+    // Our own contribution is read back from the copy in a slot we send, so an in-place
+    // output can be overwritten before our turn in the rank order comes.
+    let mine = ctx.links.tx_ref((me + 1) % n, 0).buffer(bytes) as *const u8;
+    for p in (0..n).filter(|&p| p != me) {
+        let tx = ctx.links.tx(p, 0);
+        // SAFETY: the slot is ours (can_send) and holds `bytes` (checked above); the input
+        // holds `count` elements.
+        unsafe { reduce::copy(tx.buffer(bytes), call.send, bytes, false) };
+    }
+    for p in (0..n).filter(|&p| p != me) {
+        ctx.links.tx(p, 0).post(bytes, call.desc);
+    }
+    if !(0..n).filter(|&p| p != me).all(|p| ctx.links.rx_ref(p, 0).can_recv()) {
+        wait_for(ctx, call, &|l: &Links, p| l.rx_ref(p, 0).can_recv())?;
+    }
+    let sc = &mut *ctx.scratch;
+    sc.srcs.clear();
+    for p in 0..n {
+        if p == me {
+            sc.srcs.push((p, mine, true));
+        } else {
+            let m = ctx.links.rx_ref(p, 0).message();
+            if m.desc != call.desc || m.bytes != bytes {
+                sc.srcs.clear();
+                return Err(mismatch(me, p, call, m.desc, m.bytes, bytes));
+            }
+            sc.srcs.push((p, m.ptr, false));
+        }
+    }
+    // SAFETY: the output holds `count` elements (checked above); every source holds
+    // `bytes`: incoming slots stay ours until released below, and `mine` is a slot we
+    // posted, which only we write, after this call. No source aliases the output.
+    unsafe { fold_raw(r, call.recv, &sc.srcs, count, call.nt) };
+    sc.srcs.clear();
+    for p in (0..n).filter(|&p| p != me) {
+        ctx.links.rx(p, 0).release();
+    }
+    Ok(())
+}
+
+/// Folds raw contributions, already in rank order, into `dst`: `pre(s0) op pre(s1) op
+/// ...`, then the post-operation. Every rank evaluates the same expression, so all get
+/// identical bits.
+///
+/// # Safety
+/// `dst` writable and each source readable for `count` elements; no source aliases `dst`.
+unsafe fn fold_raw(r: &Reducer, dst: *mut u8, srcs: &[(Rank, *const u8, bool)], count: usize, nt: bool) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        let mut rest = &srcs[1..];
+        if r.has_pre() {
+            r.load_input(dst, srcs[0].1, count, false);
+        } else if let Some(s1) = rest.first() {
+            r.combine(dst, srcs[0].1, s1.1, count, nt && rest.len() == 1);
+            rest = &rest[1..];
+        } else {
+            reduce::copy(dst, srcs[0].1, count * r.dtype().size(), false);
+        }
+        for (i, s) in rest.iter().enumerate() {
+            r.combine_input(dst, dst, s.1, count, nt && i + 1 == rest.len());
+        }
+        if r.has_post() {
+            r.finalize(dst, dst, count);
+        }
+    }
+}
+
+/// Waits until `ok(links, peer)` holds for every peer.
+fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank) -> bool) -> Result<()> {
+    let (me, n) = (ctx.me, ctx.n);
+    let links: &Links = ctx.links;
+    let aborted = ctx.aborted;
+    let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
+        (0..n).filter(|&p| p != me).all(|p| ok(links, p))
+    });
+    match r {
+        Ok(()) => Ok(()),
+        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {me}: the communicator was aborted"))),
+        Err(WaitError::Timeout) => Err(Error::Timeout {
+            op: format!("rank {me}: {} #{}", desc::describe(call.desc), call.seq),
+            waited: ctx.timeout.unwrap_or_default(),
+            peers: (0..n).filter(|&p| p != me && !ok(links, p)).collect(),
+        }),
     }
 }

@@ -130,12 +130,7 @@ impl Reducer {
     }
 
     /// As [`Reducer::new`], at a given level (for tests and benches).
-    pub fn with_level(
-        dtype: DataType,
-        op: ReduceOp,
-        nranks: usize,
-        level: Level,
-    ) -> Result<Reducer> {
+    pub fn with_level(dtype: DataType, op: ReduceOp, nranks: usize, level: Level) -> Result<Reducer> {
         let (bin, premul, postdiv) = match op {
             ReduceOp::Sum => (BinOp::Sum, None, None),
             ReduceOp::Prod => (BinOp::Prod, None, None),
@@ -154,13 +149,7 @@ impl Reducer {
                 (BinOp::Sum, Some(s.bits()), None)
             }
         };
-        Ok(Reducer {
-            dtype,
-            op: bin,
-            k: kernels(dtype, level),
-            premul,
-            postdiv,
-        })
+        Ok(Reducer { dtype, op: bin, k: kernels(dtype, level), premul, postdiv })
     }
 
     /// The data type reduced.
@@ -185,11 +174,7 @@ impl Reducer {
     /// from each input.
     #[inline]
     pub unsafe fn combine(&self, dst: *mut u8, a: *const u8, b: *const u8, n: usize, nt: bool) {
-        let f = if nt {
-            self.k.binary_nt[self.op as usize]
-        } else {
-            self.k.binary[self.op as usize]
-        };
+        let f = if nt { self.k.binary_nt[self.op as usize] } else { self.k.binary[self.op as usize] };
         // SAFETY: forwarded from the caller's contract.
         unsafe { f(dst, a, b, n) }
     }
@@ -199,14 +184,7 @@ impl Reducer {
     /// # Safety
     /// As [`Reducer::combine`].
     #[inline]
-    pub unsafe fn combine_input(
-        &self,
-        dst: *mut u8,
-        acc: *const u8,
-        x: *const u8,
-        n: usize,
-        nt: bool,
-    ) {
+    pub unsafe fn combine_input(&self, dst: *mut u8, acc: *const u8, x: *const u8, n: usize, nt: bool) {
         // SAFETY: forwarded from the caller's contract.
         unsafe {
             match self.premul {

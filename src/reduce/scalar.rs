@@ -83,12 +83,7 @@ narrow_arith!(
 
 /// # Safety
 /// `a`, `b` readable, `dst` writable for `n` elements of `T`, equal or disjoint.
-pub(crate) unsafe fn binary<T: Arith, const OP: usize>(
-    dst: *mut u8,
-    a: *const u8,
-    b: *const u8,
-    n: usize,
-) {
+pub(crate) unsafe fn binary<T: Arith, const OP: usize>(dst: *mut u8, a: *const u8, b: *const u8, n: usize) {
     let (d, a, b) = (dst as *mut T, a as *const T, b as *const T);
     for i in 0..n {
         // SAFETY: i < n, within the caller's buffers; unaligned access is allowed.
@@ -107,13 +102,7 @@ pub(crate) unsafe fn binary<T: Arith, const OP: usize>(
 
 /// # Safety
 /// As [`binary`].
-pub(crate) unsafe fn mul_add<T: Arith>(
-    dst: *mut u8,
-    acc: *const u8,
-    x: *const u8,
-    n: usize,
-    s: u64,
-) {
+pub(crate) unsafe fn mul_add<T: Arith>(dst: *mut u8, acc: *const u8, x: *const u8, n: usize, s: u64) {
     let s = T::from_bits64(s);
     let (d, acc, x) = (dst as *mut T, acc as *const T, x as *const T);
     for i in 0..n {
@@ -132,10 +121,7 @@ pub(crate) unsafe fn scale<T: Arith>(dst: *mut u8, x: *const u8, n: usize, s: u6
     let (d, x) = (dst as *mut T, x as *const T);
     for i in 0..n {
         // SAFETY: i < n, within the caller's buffers.
-        unsafe {
-            d.add(i)
-                .write_unaligned(T::scale(x.add(i).read_unaligned(), s))
-        }
+        unsafe { d.add(i).write_unaligned(T::scale(x.add(i).read_unaligned(), s)) }
     }
 }
 
@@ -145,27 +131,13 @@ pub(crate) unsafe fn div<T: Arith>(dst: *mut u8, x: *const u8, n: usize, dv: u64
     let (d, x) = (dst as *mut T, x as *const T);
     for i in 0..n {
         // SAFETY: i < n, within the caller's buffers.
-        unsafe {
-            d.add(i)
-                .write_unaligned(T::div(x.add(i).read_unaligned(), dv))
-        }
+        unsafe { d.add(i).write_unaligned(T::div(x.add(i).read_unaligned(), dv)) }
     }
 }
 
 fn table<T: Arith>() -> TypeKernels {
-    let binary: [BinaryFn; 4] = [
-        binary::<T, 0>,
-        binary::<T, 1>,
-        binary::<T, 2>,
-        binary::<T, 3>,
-    ];
-    TypeKernels {
-        binary,
-        binary_nt: binary,
-        mul_add: mul_add::<T>,
-        scale: scale::<T>,
-        div: div::<T>,
-    }
+    let binary: [BinaryFn; 4] = [binary::<T, 0>, binary::<T, 1>, binary::<T, 2>, binary::<T, 3>];
+    TypeKernels { binary, binary_nt: binary, mul_add: mul_add::<T>, scale: scale::<T>, div: div::<T> }
 }
 
 /// The portable kernels for `dtype`.

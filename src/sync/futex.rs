@@ -14,11 +14,7 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration, shared: bool) {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    let op = if shared {
-        libc::FUTEX_WAIT
-    } else {
-        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG
-    };
+    let op = if shared { libc::FUTEX_WAIT } else { libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG };
     // SAFETY: `word` is a valid, aligned 32-bit atomic for the duration of the call and
     // `ts` a valid timespec; FUTEX_WAIT only reads them. Errors (EAGAIN when the value
     // already changed, EINTR, ETIMEDOUT) are all "return and re-check".
@@ -37,11 +33,7 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration, shared: bool) {
 
 /// Wakes every thread sleeping on `word`.
 pub fn wake_all(word: &AtomicU32, shared: bool) {
-    let op = if shared {
-        libc::FUTEX_WAKE
-    } else {
-        libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG
-    };
+    let op = if shared { libc::FUTEX_WAKE } else { libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG };
     // SAFETY: `word` is a valid aligned 32-bit atomic; FUTEX_WAKE does not access memory
     // beyond using its address as a key.
     unsafe {

@@ -10,8 +10,9 @@
 //! [`Doorbell`], which every producer rings after publishing data for that rank.
 
 pub mod futex;
+pub mod membarrier;
 
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The futex words of one doorbell. `#[repr(C)]` with fixed-size atomics so it can live
@@ -29,8 +30,9 @@ pub struct BellWords {
 /// credits to it.
 ///
 /// The owner sleeps only after announcing it in `sleeping` and re-checking its condition;
-/// a producer publishes its data, then (after a full fence) looks at `sleeping`. With both
-/// sides fenced, either the sleeper sees the data or the producer sees the sleeper.
+/// a producer publishes its data, then looks at `sleeping`. With both sides fenced (the
+/// sleeper with `membarrier`, see [`membarrier`]), either the sleeper sees the data or the
+/// producer sees the sleeper.
 #[derive(Clone)]
 pub struct Doorbell {
     words: *const BellWords,
@@ -49,11 +51,7 @@ impl Doorbell {
     pub fn new_private() -> Doorbell {
         let b = std::sync::Arc::new(BellWords::default());
         let words = &*b as *const BellWords;
-        Doorbell {
-            words,
-            shared: false,
-            _keep: b,
-        }
+        Doorbell { words, shared: false, _keep: b }
     }
 
     /// A doorbell at `words` inside memory kept alive by `keep`, shared between
@@ -62,16 +60,8 @@ impl Doorbell {
     /// # Safety
     /// `words` must point to a valid, 64-byte aligned `BellWords` that stays mapped while
     /// `keep` lives.
-    pub unsafe fn from_raw(
-        words: *const BellWords,
-        shared: bool,
-        keep: std::sync::Arc<dyn Send + Sync>,
-    ) -> Doorbell {
-        Doorbell {
-            words,
-            shared,
-            _keep: keep,
-        }
+    pub unsafe fn from_raw(words: *const BellWords, shared: bool, keep: std::sync::Arc<dyn Send + Sync>) -> Doorbell {
+        Doorbell { words, shared, _keep: keep }
     }
 
     fn words(&self) -> &BellWords {
@@ -83,7 +73,7 @@ impl Doorbell {
     /// owner may be waiting for.
     #[inline]
     pub fn ring(&self) {
-        fence(Ordering::SeqCst);
+        membarrier::light();
         let w = self.words();
         if w.sleeping.load(Ordering::Relaxed) != 0 {
             self.wake();
@@ -103,7 +93,7 @@ impl Doorbell {
         let w = self.words();
         let epoch = w.epoch.load(Ordering::SeqCst);
         w.sleeping.store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        membarrier::heavy(self.shared);
         if !ready() {
             futex::wait(&w.epoch, epoch, timeout, self.shared);
         }
@@ -133,11 +123,7 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        BackoffConfig {
-            spins: 16,
-            yield_for: Duration::from_micros(500),
-            max_sleep: Duration::from_millis(50),
-        }
+        BackoffConfig { spins: 16, yield_for: Duration::from_micros(500), max_sleep: Duration::from_millis(50) }
     }
 }
 
@@ -217,24 +203,11 @@ mod tests {
             f2.store(true, Ordering::Release);
             b2.ring();
         });
-        let cfg = BackoffConfig {
-            spins: 1,
-            yield_for: Duration::ZERO,
-            max_sleep: Duration::from_secs(10),
-        };
+        let cfg = BackoffConfig { spins: 1, yield_for: Duration::ZERO, max_sleep: Duration::from_secs(10) };
         let t0 = Instant::now();
-        let r = wait_until(
-            &cfg,
-            &bell,
-            Some(Duration::from_secs(10)),
-            &|| false,
-            &mut || flag.load(Ordering::Acquire),
-        );
+        let r = wait_until(&cfg, &bell, Some(Duration::from_secs(10)), &|| false, &mut || flag.load(Ordering::Acquire));
         assert_eq!(r, Ok(()));
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the ring did not wake the sleeper"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "the ring did not wake the sleeper");
         t.join().unwrap();
     }
 
@@ -242,13 +215,7 @@ mod tests {
     fn deadline_and_abort_end_a_wait() {
         let bell = Doorbell::new_private();
         let cfg = BackoffConfig::default();
-        let r = wait_until(
-            &cfg,
-            &bell,
-            Some(Duration::from_millis(20)),
-            &|| false,
-            &mut || false,
-        );
+        let r = wait_until(&cfg, &bell, Some(Duration::from_millis(20)), &|| false, &mut || false);
         assert_eq!(r, Err(WaitError::Timeout));
         let r = wait_until(&cfg, &bell, None, &|| true, &mut || false);
         assert_eq!(r, Err(WaitError::Aborted));

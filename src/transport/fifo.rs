@@ -55,10 +55,7 @@ impl FifoShape {
     /// Checks the shape is usable.
     pub fn validate(&self) -> Result<()> {
         if self.nslots < 2 || self.nslots > 1024 {
-            return Err(Error::InvalidArgument(format!(
-                "FIFO needs 2..=1024 slots, got {}",
-                self.nslots
-            )));
+            return Err(Error::InvalidArgument(format!("FIFO needs 2..=1024 slots, got {}", self.nslots)));
         }
         if self.slot_bytes < 64 || self.slot_bytes % 64 != 0 || self.slot_bytes > (1 << 30) {
             return Err(Error::InvalidArgument(format!(
@@ -111,11 +108,7 @@ impl Region {
                 std::io::Error::from(std::io::ErrorKind::OutOfMemory),
             ));
         }
-        Ok(Region {
-            ptr,
-            len,
-            _owner: Box::new(HeapBlock { ptr, layout }),
-        })
+        Ok(Region { ptr, len, _owner: Box::new(HeapBlock { ptr, layout }) })
     }
 
     /// Wraps memory owned by `owner` (e.g. a shared mapping).
@@ -124,11 +117,7 @@ impl Region {
     /// `ptr..ptr+len` must be valid, zero-initialised or laid out by [`Fifo::init`], and
     /// stay mapped while `owner` lives.
     pub unsafe fn from_raw(ptr: *mut u8, len: usize, owner: Box<dyn Send + Sync>) -> Region {
-        Region {
-            ptr,
-            len,
-            _owner: owner,
-        }
+        Region { ptr, len, _owner: owner }
     }
 
     /// Start of the memory.
@@ -185,8 +174,7 @@ impl Fifo {
         let f = Self::at(region, offset, shape)?;
         let c = f.ctrl();
         c.nslots.store(shape.nslots as u64, Ordering::Relaxed);
-        c.slot_bytes
-            .store(shape.slot_bytes as u64, Ordering::Relaxed);
+        c.slot_bytes.store(shape.slot_bytes as u64, Ordering::Relaxed);
         c.magic.store(MAGIC, Ordering::Release);
         Ok(f)
     }
@@ -196,11 +184,8 @@ impl Fifo {
     pub fn open(region: Arc<Region>, offset: usize, shape: FifoShape) -> Result<Fifo> {
         let f = Self::at(region, offset, shape)?;
         let c = f.ctrl();
-        let (m, n, s) = (
-            c.magic.load(Ordering::Acquire),
-            c.nslots.load(Ordering::Relaxed),
-            c.slot_bytes.load(Ordering::Relaxed),
-        );
+        let (m, n, s) =
+            (c.magic.load(Ordering::Acquire), c.nslots.load(Ordering::Relaxed), c.slot_bytes.load(Ordering::Relaxed));
         if m != MAGIC || n != shape.nslots as u64 || s != shape.slot_bytes as u64 {
             return Err(Error::Internal(format!(
                 "FIFO at offset {offset} is not initialised as expected (magic {m:#x}, {n} slots of {s} B; expected {} of {} B)",
@@ -212,11 +197,7 @@ impl Fifo {
 
     fn at(region: Arc<Region>, offset: usize, shape: FifoShape) -> Result<Fifo> {
         shape.validate()?;
-        if offset % 64 != 0
-            || offset
-                .checked_add(shape.region_bytes())
-                .is_none_or(|e| e > region.len())
-        {
+        if offset % 64 != 0 || offset.checked_add(shape.region_bytes()).is_none_or(|e| e > region.len()) {
             return Err(Error::Internal(format!(
                 "FIFO of {} B at offset {offset} does not fit a region of {} B",
                 shape.region_bytes(),
@@ -225,11 +206,7 @@ impl Fifo {
         }
         // SAFETY: offset + region_bytes <= region.len(), checked above.
         let base = unsafe { region.as_ptr().add(offset) };
-        Ok(Fifo {
-            region,
-            base,
-            shape,
-        })
+        Ok(Fifo { region, base, shape })
     }
 
     fn ctrl(&self) -> &Ctrl {
@@ -241,11 +218,7 @@ impl Fifo {
     #[inline]
     fn header(&self, slot: usize) -> *mut Header {
         // SAFETY: slot < nslots, so the header lies inside the FIFO's bytes.
-        unsafe {
-            self.base
-                .add(CTRL_BYTES + slot * (HEADER_BYTES + self.shape.slot_bytes))
-                as *mut Header
-        }
+        unsafe { self.base.add(CTRL_BYTES + slot * (HEADER_BYTES + self.shape.slot_bytes)) as *mut Header }
     }
 
     #[inline]
@@ -262,21 +235,12 @@ impl Fifo {
 
     /// The sending end. Exactly one may exist per FIFO.
     pub fn sender(&self, peer_bell: Doorbell) -> FifoTx {
-        FifoTx {
-            fifo: self.clone(),
-            head: 0,
-            tail_seen: Cell::new(0),
-            bell: peer_bell,
-        }
+        FifoTx { fifo: self.clone(), head: 0, tail_seen: Cell::new(0), bell: peer_bell }
     }
 
     /// The receiving end. Exactly one may exist per FIFO.
     pub fn receiver(&self, peer_bell: Doorbell) -> FifoRx {
-        FifoRx {
-            fifo: self.clone(),
-            tail: 0,
-            bell: peer_bell,
-        }
+        FifoRx { fifo: self.clone(), tail: 0, bell: peer_bell }
     }
 
     /// The shape.
@@ -311,8 +275,7 @@ impl FifoTx {
         if self.head - self.tail_seen.get() < n {
             return true;
         }
-        self.tail_seen
-            .set(self.fifo.ctrl().tail.load(Ordering::Acquire));
+        self.tail_seen.set(self.fifo.ctrl().tail.load(Ordering::Acquire));
         self.head - self.tail_seen.get() < n
     }
 
@@ -321,17 +284,14 @@ impl FifoTx {
     #[inline]
     pub fn buffer(&self, bytes: usize) -> *mut u8 {
         debug_assert!(bytes <= self.max_bytes());
-        self.fifo
-            .data((self.head % self.fifo.shape.nslots as u64) as usize, bytes)
+        self.fifo.data((self.head % self.fifo.shape.nslots as u64) as usize, bytes)
     }
 
     /// Publishes the next message: `bytes` of payload already written to
     /// [`FifoTx::buffer`], described by `desc`.
     #[inline]
     pub fn post(&mut self, bytes: usize, desc: Desc) {
-        let h = self
-            .fifo
-            .header((self.head % self.fifo.shape.nslots as u64) as usize);
+        let h = self.fifo.header((self.head % self.fifo.shape.nslots as u64) as usize);
         // SAFETY: the header lies in the live region; the receiver reads these fields only
         // after observing the release store of `seq` below.
         unsafe {
@@ -372,9 +332,7 @@ impl FifoRx {
     /// True when the next message has arrived.
     #[inline]
     pub fn can_recv(&self) -> bool {
-        let h = self
-            .fifo
-            .header((self.tail % self.fifo.shape.nslots as u64) as usize);
+        let h = self.fifo.header((self.tail % self.fifo.shape.nslots as u64) as usize);
         // SAFETY: the header lies in the live region; seq is atomic.
         unsafe { (*h).seq.load(Ordering::Acquire) == self.tail + 1 }
     }
@@ -389,19 +347,12 @@ impl FifoRx {
         let (bytes, desc) = unsafe {
             (
                 (*h).bytes.load(Ordering::Relaxed) as usize,
-                [
-                    (*h).desc[0].load(Ordering::Relaxed),
-                    (*h).desc[1].load(Ordering::Relaxed),
-                ],
+                [(*h).desc[0].load(Ordering::Relaxed), (*h).desc[1].load(Ordering::Relaxed)],
             )
         };
         // A corrupt size must not make us read outside the slot.
         let bytes = bytes.min(self.fifo.shape.slot_bytes);
-        Msg {
-            ptr: self.fifo.data(slot, bytes),
-            bytes,
-            desc,
-        }
+        Msg { ptr: self.fifo.data(slot, bytes), bytes, desc }
     }
 
     /// Returns the current slot to the sender.
@@ -425,18 +376,12 @@ mod tests {
     fn pair(shape: FifoShape) -> (FifoTx, FifoRx) {
         let r = Arc::new(Region::heap(shape.region_bytes()).unwrap());
         let f = Fifo::init(r, 0, shape).unwrap();
-        (
-            f.sender(Doorbell::new_private()),
-            f.receiver(Doorbell::new_private()),
-        )
+        (f.sender(Doorbell::new_private()), f.receiver(Doorbell::new_private()))
     }
 
     #[test]
     fn credits_bound_the_messages_in_flight() {
-        let (mut tx, mut rx) = pair(FifoShape {
-            nslots: 2,
-            slot_bytes: 128,
-        });
+        let (mut tx, mut rx) = pair(FifoShape { nslots: 2, slot_bytes: 128 });
         assert!(!rx.can_recv());
         for i in 0..2u8 {
             assert!(tx.can_send());
@@ -470,10 +415,7 @@ mod tests {
 
     #[test]
     fn streams_between_threads() {
-        let (mut tx, mut rx) = pair(FifoShape {
-            nslots: 4,
-            slot_bytes: 64,
-        });
+        let (mut tx, mut rx) = pair(FifoShape { nslots: 4, slot_bytes: 64 });
         let n = 20_000u64;
         let t = std::thread::spawn(move || {
             for i in 0..n {
@@ -501,46 +443,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes_and_layouts() {
-        assert!(
-            FifoShape {
-                nslots: 1,
-                slot_bytes: 64
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            FifoShape {
-                nslots: 4,
-                slot_bytes: 65
-            }
-            .validate()
-            .is_err()
-        );
-        let shape = FifoShape {
-            nslots: 2,
-            slot_bytes: 64,
-        };
+        assert!(FifoShape { nslots: 1, slot_bytes: 64 }.validate().is_err());
+        assert!(FifoShape { nslots: 4, slot_bytes: 65 }.validate().is_err());
+        let shape = FifoShape { nslots: 2, slot_bytes: 64 };
         let r = Arc::new(Region::heap(shape.region_bytes()).unwrap());
-        assert!(
-            Fifo::open(r.clone(), 0, shape).is_err(),
-            "uninitialised memory must not open"
-        );
-        assert!(
-            Fifo::init(r.clone(), 64, shape).is_err(),
-            "must not overrun the region"
-        );
+        assert!(Fifo::open(r.clone(), 0, shape).is_err(), "uninitialised memory must not open");
+        assert!(Fifo::init(r.clone(), 64, shape).is_err(), "must not overrun the region");
         Fifo::init(r.clone(), 0, shape).unwrap();
-        assert!(
-            Fifo::open(
-                r,
-                0,
-                FifoShape {
-                    nslots: 4,
-                    slot_bytes: 64
-                }
-            )
-            .is_err()
-        );
+        assert!(Fifo::open(r, 0, FifoShape { nslots: 4, slot_bytes: 64 }).is_err());
     }
 }

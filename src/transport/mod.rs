@@ -64,26 +64,15 @@ pub struct Links {
 impl Links {
     /// An empty table for `nranks` ranks.
     pub fn new(nranks: usize) -> Links {
-        Links {
-            tx: (0..nranks).map(|_| Vec::new()).collect(),
-            rx: (0..nranks).map(|_| Vec::new()).collect(),
-        }
+        Links { tx: (0..nranks).map(|_| Vec::new()).collect(), rx: (0..nranks).map(|_| Vec::new()).collect() }
     }
 
     /// Whether `key` is connected.
     pub fn has(&self, key: LinkKey) -> bool {
         let c = key.channel as usize;
         match key.dir {
-            Dir::Send => self
-                .tx
-                .get(key.peer)
-                .and_then(|v| v.get(c))
-                .is_some_and(|s| s.is_some()),
-            Dir::Recv => self
-                .rx
-                .get(key.peer)
-                .and_then(|v| v.get(c))
-                .is_some_and(|s| s.is_some()),
+            Dir::Send => self.tx.get(key.peer).and_then(|v| v.get(c)).is_some_and(|s| s.is_some()),
+            Dir::Recv => self.rx.get(key.peer).and_then(|v| v.get(c)).is_some_and(|s| s.is_some()),
         }
     }
 
@@ -97,10 +86,7 @@ impl Links {
         missing.dedup();
         for k in &missing {
             if k.peer >= self.tx.len() || k.peer == me {
-                return Err(Error::Internal(format!(
-                    "rank {me} asked for a link to rank {}",
-                    k.peer
-                )));
+                return Err(Error::Internal(format!("rank {me} asked for a link to rank {}", k.peer)));
             }
         }
         let eps = t.connect(me, &missing)?;
@@ -122,9 +108,7 @@ impl Links {
                     v[c] = Some(e);
                 }
                 _ => {
-                    return Err(Error::Internal(format!(
-                        "transport returned the wrong end for {k:?}"
-                    )));
+                    return Err(Error::Internal(format!("transport returned the wrong end for {k:?}")));
                 }
             }
         }
@@ -134,32 +118,24 @@ impl Links {
     /// The sending end to `peer` on `channel`; it must be connected.
     #[inline]
     pub fn tx(&mut self, peer: usize, channel: u8) -> &mut FifoTx {
-        self.tx[peer][channel as usize]
-            .as_mut()
-            .expect("link connected before use")
+        self.tx[peer][channel as usize].as_mut().expect("link connected before use")
     }
 
     /// The receiving end from `peer` on `channel`; it must be connected.
     #[inline]
     pub fn rx(&mut self, peer: usize, channel: u8) -> &mut FifoRx {
-        self.rx[peer][channel as usize]
-            .as_mut()
-            .expect("link connected before use")
+        self.rx[peer][channel as usize].as_mut().expect("link connected before use")
     }
 
     /// Read-only access for readiness checks.
     #[inline]
     pub fn tx_ref(&self, peer: usize, channel: u8) -> &FifoTx {
-        self.tx[peer][channel as usize]
-            .as_ref()
-            .expect("link connected before use")
+        self.tx[peer][channel as usize].as_ref().expect("link connected before use")
     }
 
     /// Read-only access for readiness checks.
     #[inline]
     pub fn rx_ref(&self, peer: usize, channel: u8) -> &FifoRx {
-        self.rx[peer][channel as usize]
-            .as_ref()
-            .expect("link connected before use")
+        self.rx[peer][channel as usize].as_ref().expect("link connected before use")
     }
 }

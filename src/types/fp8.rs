@@ -24,21 +24,13 @@ fn decode(bits: u8, ebits: u32, mbits: u32, ieee_special: bool) -> f32 {
     let bias = (1i32 << (ebits - 1)) - 1;
     let emax = (1 << ebits) - 1;
     if ieee_special && e == emax {
-        return if m == 0 {
-            sign * f32::INFINITY
-        } else {
-            f32::NAN
-        };
+        return if m == 0 { sign * f32::INFINITY } else { f32::NAN };
     }
     if !ieee_special && e == emax && m == (1 << mbits) - 1 {
         return f32::NAN;
     }
     let frac = m as f32 / (1u32 << mbits) as f32;
-    if e == 0 {
-        sign * frac * 2f32.powi(1 - bias)
-    } else {
-        sign * (1.0 + frac) * 2f32.powi(e as i32 - bias)
-    }
+    if e == 0 { sign * frac * 2f32.powi(1 - bias) } else { sign * (1.0 + frac) * 2f32.powi(e as i32 - bias) }
 }
 
 /// Nearest finite code, ties to even mantissa, saturating; used as a reference.

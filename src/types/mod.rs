@@ -104,11 +104,7 @@ impl DataType {
 
     /// The data type with NCCL's integer value `v`, if there is one.
     pub const fn from_i32(v: i32) -> Option<DataType> {
-        if v >= 0 && (v as usize) < Self::ALL.len() {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
-        }
+        if v >= 0 && (v as usize) < Self::ALL.len() { Some(Self::ALL[v as usize]) } else { None }
     }
 }
 
@@ -199,10 +195,7 @@ impl Scalar {
                 std::mem::size_of::<T>(),
             );
         }
-        Scalar {
-            dtype: T::DTYPE,
-            bits,
-        }
+        Scalar { dtype: T::DTYPE, bits }
     }
 
     /// Builds a scalar of `dtype` from raw little-endian bytes (at least `dtype.size()`).
@@ -213,10 +206,7 @@ impl Scalar {
         }
         let mut raw = [0u8; 8];
         raw[..n].copy_from_slice(&bytes[..n]);
-        Some(Scalar {
-            dtype,
-            bits: u64::from_le_bytes(raw),
-        })
+        Some(Scalar { dtype, bits: u64::from_le_bytes(raw) })
     }
 
     /// The data type of the scalar.
@@ -303,13 +293,7 @@ pub enum ReduceOp {
 
 impl ReduceOp {
     /// The five built-in operations (everything but `PreMulSum`).
-    pub const BUILTIN: [ReduceOp; 5] = [
-        ReduceOp::Sum,
-        ReduceOp::Prod,
-        ReduceOp::Max,
-        ReduceOp::Min,
-        ReduceOp::Avg,
-    ];
+    pub const BUILTIN: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min, ReduceOp::Avg];
 
     /// `PreMulSum` with a scalar of type `T`.
     pub fn pre_mul_sum<T: Element>(scalar: T) -> ReduceOp {
