@@ -232,7 +232,7 @@ impl AlgoChoice {
     /// forced only by name (`all_to_all:direct`).
     pub fn forced(&self, coll: &Collective) -> Option<Algo> {
         let named = self.per.iter().rev().find(|(n, _)| *n == coll.name()).map(|(_, a)| *a);
-        named.or(if Algo::Direct.applies_to(coll) { None } else { self.all })
+        named.or(if Algo::P2p.applies_to(coll) { None } else { self.all })
     }
 
     /// Whether anything is forced.

@@ -45,12 +45,14 @@ pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -
             pipeline(2.0 * depth, b / 2.0) + b / LINK_BPUS + b / REDUCE_BPUS
         }
         Algo::OneShot => STEP_US + (nf - 1.0) * b / LINK_BPUS + nf * b / REDUCE_BPUS,
-        Algo::Direct => f64::INFINITY,
+        Algo::Direct => 2.0 * STEP_US + 2.0 * b / REDUCE_BPUS,
+        Algo::P2p => f64::INFINITY,
     }
 }
 
-/// The plan for `coll` on `dtype` among `n` ranks.
-pub fn plan(coll: &Collective, dtype: DataType, n: usize, s: &Settings) -> Result<Plan> {
+/// The plan for `coll` on `dtype` among `n` ranks; `shared` says whether the ranks share
+/// an address space (direct algorithms need it).
+pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Settings) -> Result<Plan> {
     let elem = dtype.size();
     let chunking = Chunking { chunk: (s.slot_bytes / elem).max(1), align: (64 / elem).max(1) };
     let out_bytes = match *coll {
@@ -71,14 +73,26 @@ pub fn plan(coll: &Collective, dtype: DataType, n: usize, s: &Settings) -> Resul
                     a.name()
                 )));
             }
+            if a == Algo::Direct && !shared {
+                return Err(Error::InvalidUsage(format!(
+                    "algorithm 'direct' is forced but the ranks do not share an address space; it runs only between threads of one process ({})",
+                    coll.name()
+                )));
+            }
             a
         }
-        None => choose(coll, elem, n, s),
+        None => choose(coll, elem, n, shared, s),
     };
     Ok(Plan { algo, chunking, nt })
 }
 
-fn choose(coll: &Collective, elem: usize, n: usize, s: &Settings) -> Algo {
+/// Smallest call (bytes per rank) for which direct algorithms beat staging through slots.
+const DIRECT_MIN_BYTES: usize = 16 << 10;
+
+fn choose(coll: &Collective, elem: usize, n: usize, shared: bool, s: &Settings) -> Algo {
+    if shared && n > 1 && Algo::Direct.applies_to(coll) && coll.count() * elem >= DIRECT_MIN_BYTES {
+        return Algo::Direct;
+    }
     match coll {
         Collective::AllReduce { count } => {
             let bytes = count * elem;
@@ -90,7 +104,7 @@ fn choose(coll: &Collective, elem: usize, n: usize, s: &Settings) -> Algo {
                 .unwrap_or(Algo::Ring)
         }
         c if Algo::Ring.applies_to(c) => Algo::Ring,
-        _ => Algo::Direct,
+        _ => Algo::P2p,
     }
 }
 
@@ -102,9 +116,9 @@ mod tests {
     #[test]
     fn forced_algorithms_apply_or_fail() {
         let s = Config::new().algo(Algo::Tree).resolve_with(|_| None).unwrap();
-        let p = plan(&Collective::AllReduce { count: 10 }, DataType::Float32, 4, &s).unwrap();
+        let p = plan(&Collective::AllReduce { count: 10 }, DataType::Float32, 4, true, &s).unwrap();
         assert_eq!(p.algo, Algo::Tree);
-        let e = plan(&Collective::Broadcast { count: 10, root: 0 }, DataType::Float32, 4, &s).unwrap_err();
+        let e = plan(&Collective::Broadcast { count: 10, root: 0 }, DataType::Float32, 4, true, &s).unwrap_err();
         assert!(matches!(e, Error::InvalidUsage(_)), "{e}");
     }
 
@@ -115,6 +129,10 @@ mod tests {
             |bytes: usize, n| plan(&Collective::AllReduce { count: bytes / 4 }, DataType::Float32, n, &s).unwrap().algo;
         assert_eq!(p(8, 2), Algo::OneShot);
         assert_eq!(p(64 << 20, 4), Algo::Ring);
-        assert_eq!(plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, &s).unwrap().algo, Algo::Direct);
+        assert_eq!(plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, false, &s).unwrap().algo, Algo::P2p);
+        let shared = plan(&Collective::AllReduce { count: 1 << 20 }, DataType::Float32, 4, true, &s).unwrap();
+        assert_eq!(shared.algo, Algo::Direct);
+        let s = Config::new().algo(Algo::Direct).resolve_with(|_| None).unwrap();
+        assert!(plan(&Collective::AllReduce { count: 8 }, DataType::Float32, 2, false, &s).is_err());
     }
 }

@@ -361,7 +361,11 @@ pub enum Algo {
     /// Every rank sends its data to every other and reduces locally (all-reduce; one
     /// step of latency, n times the traffic).
     OneShot,
-    /// Direct point-to-point transfers (all-to-all, gather, scatter, send/recv, barrier).
+    /// Point-to-point transfers (all-to-all, gather, scatter, send/recv, barrier).
+    P2p,
+    /// Ranks that share an address space read and write each other's buffers directly:
+    /// each reduces or copies one block and writes it where it belongs, so every byte
+    /// crosses memory once (all-reduce, reduce, broadcast, all-gather, reduce-scatter).
     Direct,
 }
 
@@ -372,6 +376,7 @@ impl Algo {
             Algo::Ring => "ring",
             Algo::Tree => "tree",
             Algo::OneShot => "oneshot",
+            Algo::P2p => "p2p",
             Algo::Direct => "direct",
         }
     }
@@ -382,6 +387,7 @@ impl Algo {
             "ring" => Some(Algo::Ring),
             "tree" => Some(Algo::Tree),
             "oneshot" | "one_shot" | "one-shot" => Some(Algo::OneShot),
+            "p2p" => Some(Algo::P2p),
             "direct" => Some(Algo::Direct),
             _ => None,
         }
@@ -396,7 +402,7 @@ impl Algo {
     pub fn applies_to(&self, coll: &Collective) -> bool {
         use Collective as C;
         match self {
-            Algo::Ring => matches!(
+            Algo::Ring | Algo::Direct => matches!(
                 coll,
                 C::AllReduce { .. }
                     | C::Reduce { .. }
@@ -405,7 +411,7 @@ impl Algo {
                     | C::ReduceScatter { .. }
             ),
             Algo::Tree | Algo::OneShot => matches!(coll, C::AllReduce { .. }),
-            Algo::Direct => {
+            Algo::P2p => {
                 matches!(
                     coll,
                     C::AllToAll { .. }
@@ -419,6 +425,14 @@ impl Algo {
             }
         }
     }
+}
+
+/// The block `[lo, hi)` of `count` elements that rank `r` of `n` handles in a direct
+/// collective: near-equal blocks, cut on multiples of `align` elements.
+pub fn block(count: usize, n: usize, r: usize, align: usize) -> (usize, usize) {
+    let align = align.max(1);
+    let per = count.div_ceil(n).div_ceil(align) * align;
+    ((r * per).min(count), ((r + 1) * per).min(count))
 }
 
 /// Where a rank sits in the communicator's rings and trees (computed once per

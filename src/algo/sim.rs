@@ -274,7 +274,7 @@ mod tests {
                         colls.push(Collective::Scatter { count, root });
                     }
                     for coll in colls {
-                        for algo in [Algo::Ring, Algo::Tree, Algo::OneShot, Algo::Direct] {
+                        for algo in [Algo::Ring, Algo::Tree, Algo::OneShot, Algo::P2p] {
                             if algo.applies_to(&coll) {
                                 seed += 1;
                                 check(coll, algo, n, ch, seed);
@@ -322,7 +322,7 @@ mod tests {
             let streams: Vec<Vec<Schedule>> = (0..n)
                 .map(|r| {
                     let mut v = Vec::new();
-                    schedules(&Collective::Barrier, Algo::Direct, &Topo::new(r, (0..n).collect()), CHUNKS[0], &mut v);
+                    schedules(&Collective::Barrier, Algo::P2p, &Topo::new(r, (0..n).collect()), CHUNKS[0], &mut v);
                     v
                 })
                 .collect();
@@ -336,8 +336,8 @@ mod tests {
             .map(|r| {
                 let topo = Topo::new(r, (0..n).collect());
                 let mut v = Vec::new();
-                schedules(&Collective::Send { count, peer: (r + 1) % n }, Algo::Direct, &topo, CHUNKS[0], &mut v);
-                schedules(&Collective::Recv { count, peer: (r + n - 1) % n }, Algo::Direct, &topo, CHUNKS[0], &mut v);
+                schedules(&Collective::Send { count, peer: (r + 1) % n }, Algo::P2p, &topo, CHUNKS[0], &mut v);
+                schedules(&Collective::Recv { count, peer: (r + n - 1) % n }, Algo::P2p, &topo, CHUNKS[0], &mut v);
                 v
             })
             .collect();

@@ -469,6 +469,7 @@ impl Comm {
         let sc = &mut self.scratch;
         let mut all_connected = true;
         let mut one_shot = false;
+        let mut direct = false;
         for s in specs {
             self.seq += 1;
             if s.coll.count() == 0 && s.coll != Collective::Barrier {
@@ -477,7 +478,7 @@ impl Comm {
             let prep = match sc.prepared.iter().position(|p| p.matches(s)) {
                 Some(i) => sc.prepared[i],
                 None => {
-                    let p = Prepared::new(s, self.nranks, &self.settings)?;
+                    let p = Prepared::new(s, self.nranks, self.transport.shares_address_space(), &self.settings)?;
                     if sc.prepared.len() == PREPARED_CACHE {
                         sc.prepared.remove(0);
                     }
@@ -487,6 +488,13 @@ impl Comm {
             };
             all_connected &= prep.connected;
             one_shot = prep.plan.algo == Algo::OneShot;
+            direct = prep.plan.algo == Algo::Direct;
+            if direct && specs.len() > 1 {
+                return Err(Error::InvalidUsage(format!(
+                    "{} with the direct algorithm cannot run inside a group; force another algorithm for grouped calls",
+                    s.coll.name()
+                )));
+            }
             sc.calls.push(Call {
                 send: s.send,
                 send_len: s.send_len,
@@ -499,11 +507,27 @@ impl Comm {
                 seq: self.seq,
             });
             let call = sc.calls.len() - 1;
+            if direct {
+                continue;
+            }
             algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
             sc.streams.extend(sc.scheds.drain(..).map(|sched| Stream::new(sched, call)));
         }
         let mut r = Ok(());
-        if let [s] = specs
+        if direct && let ([s], [call]) = (specs, &sc.calls[..]) {
+            let mut ctx = Ctx {
+                me: self.rank,
+                n: self.nranks,
+                links: &mut self.links,
+                transport: &*self.transport,
+                bell: &self.bell,
+                backoff: BackoffConfig::default(),
+                timeout: self.settings.timeout,
+                aborted: &self.aborted,
+                scratch: &mut sc.exec,
+            };
+            r = exec::direct::run(&mut ctx, call, &s.coll);
+        } else if let [s] = specs
             && let [call] = &sc.calls[..]
             && self.nranks > 1
             && all_connected
@@ -568,8 +592,8 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(s: &CallSpec, nranks: usize, settings: &Settings) -> Result<Prepared> {
-        let plan = plan::plan(&s.coll, s.dtype, nranks, settings)?;
+    fn new(s: &CallSpec, nranks: usize, shared: bool, settings: &Settings) -> Result<Prepared> {
+        let plan = plan::plan(&s.coll, s.dtype, nranks, shared, settings)?;
         let reducer = match (&s.op, s.coll.reduces()) {
             (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
             _ => None,

@@ -76,8 +76,8 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(describe(a), "all_reduce(count=1000, float, sum, ring)");
         assert_eq!(describe(c), "reduce(count=1000, float, max, ring, root=2)");
-        let s = encode(&Collective::Send { count: 5, peer: 1 }, DataType::Int8, None, Algo::Direct);
-        let r = encode(&Collective::Recv { count: 5, peer: 0 }, DataType::Int8, None, Algo::Direct);
+        let s = encode(&Collective::Send { count: 5, peer: 1 }, DataType::Int8, None, Algo::P2p);
+        let r = encode(&Collective::Recv { count: 5, peer: 0 }, DataType::Int8, None, Algo::P2p);
         assert_eq!(s, r);
         assert_eq!(describe(s), "send/recv(count=5, int8, direct)");
     }

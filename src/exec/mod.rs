@@ -12,6 +12,7 @@
 //! copied to the other destinations. Large outputs are written with non-temporal stores.
 
 pub mod desc;
+pub mod direct;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -245,7 +246,7 @@ fn span_ptr(call: &Call, sp: Span, count: usize) -> Result<*mut u8> {
     Ok(unsafe { base.add(sp.offset * call.elem) })
 }
 
-fn mismatch(me: Rank, peer: Rank, call: &Call, got: Desc, bytes: usize, want: usize) -> Error {
+pub(crate) fn mismatch(me: Rank, peer: Rank, call: &Call, got: Desc, bytes: usize, want: usize) -> Error {
     if got == call.desc {
         return Error::Internal(format!(
             "rank {me}: message from rank {peer} holds {bytes} bytes, expected {want} in {} #{}",
@@ -483,7 +484,7 @@ unsafe fn fold_raw(r: &Reducer, dst: *mut u8, srcs: &[(Rank, *const u8, bool)], 
 }
 
 /// Waits until `ok(links, peer)` holds for every peer.
-fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank) -> bool) -> Result<()> {
+pub(crate) fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank) -> bool) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
     let links: &Links = ctx.links;
     let aborted = ctx.aborted;

@@ -62,6 +62,10 @@ impl Transport for InProc {
         "inproc"
     }
 
+    fn shares_address_space(&self) -> bool {
+        true
+    }
+
     fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>> {
         keys.iter()
             .map(|k| {

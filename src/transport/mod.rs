@@ -52,6 +52,12 @@ pub trait Transport: Send + Sync {
     /// same collective call (connections are made lazily, the first time a call needs
     /// them).
     fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>>;
+
+    /// Whether every rank of this transport lives in one address space, so that a buffer
+    /// address published by a peer can be read and written directly.
+    fn shares_address_space(&self) -> bool {
+        false
+    }
 }
 
 /// The connected FIFO ends of one rank, indexed by peer and channel.

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script).
+#
+#   ./scripts/test.sh
+#
+# Installs what it needs when missing, then checks formatting and lints and runs every
+# test: unit tests, the in-process multi-rank matrix, the API tests, the doc tests, and a
+# short run of the all_reduce_perf example over every data type and op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n=== %s\n' "$*"; }
+
+need_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+# --- prerequisites -----------------------------------------------------------------
+if ! need_cmd cargo; then
+  echo "cargo not found: install a Rust toolchain (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if need_cmd rustup; then
+      log "installing rustup component $comp"
+      rustup component add "$comp"
+    else
+      echo "cargo $comp is missing and rustup is not available to install it" >&2
+      exit 1
+    fi
+  fi
+done
+
+# --- static checks -----------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# --- tests -------------------------------------------------------------------------
+# The test profile is optimised (Cargo.toml) but keeps debug assertions.
+log "cargo test (unit, multi-rank, API, doc tests)"
+cargo test --workspace --all-features
+
+log "all_reduce_perf smoke run: every type and op, 3 ranks, results checked"
+target/debug/examples/all_reduce_perf -b 8 -e 256K -f 8 -t 3 -d all -o all -n 2 -w 1 -c 1
+
+log "all tests passed"

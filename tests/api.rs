@@ -1,0 +1,148 @@
+//! The API's promises beyond arithmetic: wrong arguments are errors that say what is
+//! wrong (never panics), count 0 completes everywhere, forced algorithms that do not apply
+//! are errors, mismatched calls are detected, abort unblocks a waiting rank.
+
+mod common;
+
+use std::time::Duration;
+
+use common::run_ranks;
+use oxccl::{Algo, Comm, Config, Error, ReduceOp};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn invalid_arg(r: oxccl::Result<()>, needle: &str) {
+    match r {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "message '{m}' lacks '{needle}'"),
+        other => panic!("expected InvalidArgument containing '{needle}', got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_lengths_and_ranks_are_clear_errors() {
+    // Errors are detected before any communication, so one rank of four can test them
+    // alone without hanging.
+    let mut comms = Comm::init_all(4).unwrap();
+    let c = &mut comms[1];
+    let (a, mut b) = (vec![0f32; 10], vec![0f32; 11]);
+    invalid_arg(c.all_reduce(&a, &mut b, ReduceOp::Sum), "send buffer has 10 elements, recv buffer 11");
+    let mut g = vec![0f32; 30];
+    invalid_arg(c.all_gather(&a, &mut g), "recv buffer has 30 elements, all_gather needs 40 (10 per rank x 4 ranks)");
+    invalid_arg(c.reduce_scatter(&g, &mut b, ReduceOp::Sum), "reduce_scatter needs 44 (11 per rank x 4 ranks)");
+    invalid_arg(c.broadcast(&a, &mut b, 1), "root's send buffer has 10 elements");
+    invalid_arg(c.broadcast_in_place(&mut b, 4), "root 4 is out of range for a communicator of 4 ranks");
+    invalid_arg(c.reduce(&a, &mut b, ReduceOp::Max, 9), "root 9 is out of range");
+    invalid_arg(c.send(&a, 4), "peer 4 is out of range");
+    invalid_arg(c.all_to_all(&a, &mut vec![0f32; 10]), "does not split into 4 equal blocks");
+    invalid_arg(c.all_gather_in_place(&mut b), "does not split into 4 equal blocks");
+    invalid_arg(c.gather(&a, &mut b, 1), "gather needs 40");
+    invalid_arg(c.scatter(&a, &mut b, 1), "scatter needs 44");
+    // A PreMulSum scalar must have the call's data type.
+    invalid_arg(
+        c.all_reduce(&a, &mut vec![0f32; 10], ReduceOp::pre_mul_sum(2.0f64)),
+        "PreMulSum scalar has type double",
+    );
+    // Sends to self must pair with receives from self.
+    match c.group(|g| g.send(&a, 1)) {
+        Err(Error::InvalidUsage(m)) => assert!(m.contains("sends to self"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(Comm::init_all(0), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn count_zero_completes_on_every_rank() {
+    run_ranks(3, &Config::new(), DEADLINE, |mut c| {
+        let e: [f32; 0] = [];
+        c.all_reduce(&e, &mut [], ReduceOp::Sum).unwrap();
+        c.all_gather(&e, &mut []).unwrap();
+        c.reduce_scatter(&e, &mut [], ReduceOp::Sum).unwrap();
+        c.broadcast(&e, &mut [], 0).unwrap();
+        c.all_to_all(&e, &mut []).unwrap();
+        c.send(&e, (c.rank() + 1) % 3).unwrap();
+        c.barrier().unwrap();
+    });
+}
+
+#[test]
+fn send_to_self_in_a_group_is_a_copy() {
+    run_ranks(2, &Config::new(), DEADLINE, |mut c| {
+        let me = c.rank();
+        let a = vec![me as u16 + 7; 100];
+        let mut b = vec![0u16; 100];
+        c.group(|g| {
+            g.send(&a, me)?;
+            g.recv(&mut b, me)
+        })
+        .unwrap();
+        assert_eq!(b, a);
+    });
+}
+
+#[test]
+fn forced_algorithm_that_does_not_apply_is_an_error() {
+    let cfg = Config::new().algo(Algo::Tree);
+    run_ranks(2, &cfg, DEADLINE, |mut c| {
+        let mut v = vec![1i32; 5];
+        c.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+        assert_eq!(v, [2; 5]);
+        match c.broadcast_in_place(&mut v, 0) {
+            Err(Error::InvalidUsage(m)) => assert!(m.contains("cannot run broadcast"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Barrier and point-to-point are not affected by a plain forced algorithm.
+        c.barrier().unwrap();
+    });
+}
+
+#[test]
+fn mismatched_calls_are_detected_not_reduced() {
+    let cfg = Config::new().timeout(Duration::from_secs(5));
+    let out = run_ranks(2, &cfg, DEADLINE, |mut c| {
+        let n = if c.rank() == 0 { 1000 } else { 1001 };
+        let send = vec![1f32; n];
+        let mut recv = vec![0f32; n];
+        c.all_reduce(&send, &mut recv, ReduceOp::Sum)
+    });
+    // At least the rank that receives first sees the mismatch; nobody gets a result.
+    let msgs: Vec<String> = out.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+    assert_eq!(msgs.len(), 2, "both ranks must fail: {out:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("count=1000") && m.contains("count=1001")),
+        "the error names both calls: {msgs:?}"
+    );
+}
+
+#[test]
+fn a_lone_rank_times_out_naming_its_peer() {
+    let cfg = Config::new().timeout(Duration::from_millis(300));
+    let out = run_ranks(2, &cfg, DEADLINE, |mut c| {
+        if c.rank() == 0 {
+            let mut v = vec![1f64; 10];
+            Some(c.all_reduce_in_place(&mut v, ReduceOp::Sum))
+        } else {
+            None
+        }
+    });
+    match &out[0] {
+        Some(Err(Error::Timeout { peers, .. })) => assert_eq!(peers, &[1]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn abort_unblocks_a_waiting_rank() {
+    let mut comms = Comm::init_all(2).unwrap();
+    let mut c0 = comms.remove(0);
+    let h = c0.abort_handle();
+    let t = std::thread::spawn(move || {
+        let mut v = vec![0u8; 4];
+        c0.all_reduce_in_place(&mut v, ReduceOp::Sum)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = std::time::Instant::now();
+    h.abort();
+    let r = t.join().unwrap();
+    assert!(matches!(r, Err(Error::Aborted(_))), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_millis(500), "abort took {:?}", t0.elapsed());
+}
