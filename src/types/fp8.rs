@@ -20,41 +20,38 @@ pub struct F8E4M3(u8);
 pub struct F8E5M2(u8);
 
 /// The constants that describe one 8-bit format, and its conversions to and from f32.
-///
-/// Public inside the crate so the SIMD kernels (`reduce/`) use the very same constants as
-/// the scalar conversion they are tested against.
 #[derive(Clone, Copy)]
-pub(crate) struct Format {
+struct Format {
     /// Exponent bits.
-    pub ebits: u32,
+    ebits: u32,
     /// Mantissa bits.
-    pub mbits: u32,
+    mbits: u32,
     /// True for E5M2: the top exponent holds infinities and NaNs (as in IEEE 754); false
     /// for E4M3, where only `S.1111.111` is NaN and there are no infinities.
-    pub ieee: bool,
+    ieee: bool,
 }
 
 impl Format {
     /// OCP E4M3.
-    pub const E4M3: Format = Format {
+    const E4M3: Format = Format {
         ebits: 4,
         mbits: 3,
         ieee: false,
     };
     /// OCP E5M2.
-    pub const E5M2: Format = Format {
+    const E5M2: Format = Format {
         ebits: 5,
         mbits: 2,
         ieee: true,
     };
 
     /// Exponent bias.
-    pub const fn bias(&self) -> u32 {
+    const fn bias(&self) -> u32 {
         (1 << (self.ebits - 1)) - 1
     }
 
     /// The code of the largest finite positive value (0x7e for E4M3, 0x7b for E5M2).
-    pub const fn max_code(&self) -> u8 {
+    const fn max_code(&self) -> u8 {
         if self.ieee {
             // Top exponent is reserved: largest exponent below it, all mantissa bits set.
             (((1u32 << self.ebits) - 2) << self.mbits | ((1 << self.mbits) - 1)) as u8
@@ -65,36 +62,36 @@ impl Format {
     }
 
     /// The f32 bits of the largest finite value (448 for E4M3, 57344 for E5M2).
-    pub const fn max_f32_bits(&self) -> u32 {
+    const fn max_f32_bits(&self) -> u32 {
         self.decode(self.max_code())
     }
 
     /// The f32 bits of the smallest normal value, 2^(1 - bias).
-    pub const fn min_normal_f32_bits(&self) -> u32 {
+    const fn min_normal_f32_bits(&self) -> u32 {
         (127 + 1 - self.bias()) << 23
     }
 
     /// What to subtract from the bits of a normal f32 to move its exponent to this
     /// format's bias: `(127 - bias) << 23`.
-    pub const fn rebias(&self) -> u32 {
+    const fn rebias(&self) -> u32 {
         (127 - self.bias()) << 23
     }
 
     /// Mantissa bits an f32 has beyond this format's: the right shift of the rounding.
-    pub const fn shift(&self) -> u32 {
+    const fn shift(&self) -> u32 {
         23 - self.mbits
     }
 
     /// An f32 whose unit in the last place is this format's smallest subnormal, 2^(1 -
     /// bias - mbits): adding it to a value below the smallest normal rounds that value,
     /// ties to even, to a whole number of subnormal steps, which then sit in the low bits.
-    pub const fn subnormal_magic_bits(&self) -> u32 {
+    const fn subnormal_magic_bits(&self) -> u32 {
         ((127 - self.bias()) + self.shift() + 1) << 23
     }
 
     /// Exact f32 bits of `code`. NaN codes give a quiet NaN with the code's sign and
     /// payload, as an f16 to f32 conversion would.
-    pub const fn decode(&self, code: u8) -> u32 {
+    const fn decode(&self, code: u8) -> u32 {
         let c = code as u32;
         let sign = (c & 0x80) << 24;
         let e = (c >> self.mbits) & ((1 << self.ebits) - 1);
@@ -129,7 +126,7 @@ impl Format {
     /// Rounds `x` to the nearest code, ties to even, saturating to the largest finite
     /// value; NaN gives `S.1111111` (a NaN in both formats) with the sign of `x`.
     #[inline]
-    pub fn encode(&self, x: f32) -> u8 {
+    fn encode(&self, x: f32) -> u8 {
         let bits = x.to_bits();
         let sign = ((bits >> 24) & 0x80) as u8;
         let abs = bits & 0x7fff_ffff;
@@ -154,7 +151,7 @@ impl Format {
     }
 
     /// The f32 bits of all 256 codes.
-    pub const fn table(&self) -> [u32; 256] {
+    const fn table(&self) -> [u32; 256] {
         let mut t = [0u32; 256];
         let mut c = 0;
         while c < 256 {
@@ -181,6 +178,17 @@ macro_rules! fp8 {
             pub const fn to_bits(self) -> u8 {
                 self.0
             }
+            /// f32 bits of the largest finite value (for the SIMD conversions in
+            /// `reduce/`, which repeat [`Self::from_f32`]'s steps lane by lane).
+            pub(crate) const MAX_F32_BITS: u32 = $fmt.max_f32_bits();
+            /// f32 bits of the smallest normal value.
+            pub(crate) const MIN_NORMAL_F32_BITS: u32 = $fmt.min_normal_f32_bits();
+            /// Subtracted from a normal f32's bits to rebias its exponent.
+            pub(crate) const REBIAS: u32 = $fmt.rebias();
+            /// Right shift that drops the extra f32 mantissa bits.
+            pub(crate) const SHIFT: u32 = $fmt.shift();
+            /// f32 bits of the constant whose addition rounds subnormals.
+            pub(crate) const SUBNORMAL_MAGIC: u32 = $fmt.subnormal_magic_bits();
             /// Exact widening to f32 (NaN stays NaN, with its sign).
             #[inline]
             pub fn to_f32(self) -> f32 {
