@@ -9,9 +9,26 @@
 //! `OXCCL_SIMD=scalar|avx2|avx512`).
 //!
 //! Aliasing rule for every kernel: `dst` may be the same address as an input (in-place),
-//! but must not partially overlap one.
+//! but must not partially overlap one. Pointers need no alignment.
+//!
+//! Every level computes bit-for-bit what the portable kernels (`scalar.rs`) compute, NaN
+//! payloads aside: integers wrap; Max/Min ignore NaN and order -0 below +0; f16, bf16
+//! and fp8 are widened to f32, computed, and rounded to nearest even once per op (fp8
+//! saturating to its largest finite value); PreMulSum's `acc + s * x` is fused.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::types::{DataType, ReduceOp, Scalar};
@@ -23,9 +40,9 @@ pub enum BinOp {
     Sum,
     /// a * b (integers wrap).
     Prod,
-    /// max(a, b), NaN ignored.
+    /// max(a, b), NaN ignored (NaN only if both are), -0 < +0.
     Max,
-    /// min(a, b), NaN ignored.
+    /// min(a, b), NaN ignored (NaN only if both are), -0 < +0.
     Min,
 }
 
@@ -41,20 +58,104 @@ pub enum Level {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW/VL/DQ (+ BF16 where present).
+    /// AVX-512 F/BW/VL/DQ (with AVX2, FMA and F16C). AVX512_BF16 is not used: its
+    /// conversions flush subnormals, which the semantics above do not allow.
     Avx512,
 }
 
 impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 3] = [Level::Scalar, Level::Avx2, Level::Avx512];
+
     /// The levels this CPU can run, lowest first.
     pub fn available() -> Vec<Level> {
-        vec![Level::Scalar]
+        let best = Level::best();
+        Level::ALL.into_iter().filter(|l| *l <= best).collect()
     }
 
-    /// The level used by default: the best available, unless `OXCCL_SIMD` forces one.
-    pub fn selected() -> Level {
-        Level::Scalar
+    /// The best level this CPU can run (detected once per process).
+    ///
+    /// AVX-512 needs F, BW, VL and DQ, and the AVX2 level's features too; AVX2 needs FMA
+    /// and F16C as well.
+    pub fn best() -> Level {
+        static BEST: OnceLock<Level> = OnceLock::new();
+        *BEST.get_or_init(detect)
     }
+
+    /// Whether this CPU can run the level.
+    pub fn is_available(self) -> bool {
+        self <= Level::best()
+    }
+
+    /// The level used by default: the best available, unless `OXCCL_SIMD` forces one
+    /// (`scalar`, `avx2` or `avx512`). A forced level this CPU lacks falls back to the
+    /// best one below it; an unknown value is ignored, with a warning on stderr. Decided
+    /// once per process.
+    pub fn selected() -> Level {
+        static SELECTED: OnceLock<Level> = OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            let env = std::env::var("OXCCL_SIMD").ok();
+            resolve(env.as_deref(), Level::best()).unwrap_or_else(|e| {
+                eprintln!("oxccl: {e}");
+                Level::best()
+            })
+        })
+    }
+
+    /// The name `OXCCL_SIMD` accepts: `scalar`, `avx2` or `avx512`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Level {
+    type Err = String;
+
+    /// Accepts `scalar`, `avx2` and `avx512` (any case; `avx512f` and `avx-512` too).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "none" | "portable" => Ok(Level::Scalar),
+            "avx2" => Ok(Level::Avx2),
+            "avx512" | "avx512f" | "avx-512" => Ok(Level::Avx512),
+            _ => Err(format!("unknown SIMD level '{s}' (expected one of scalar, avx2, avx512)")),
+        }
+    }
+}
+
+/// The level `OXCCL_SIMD=env` selects on a CPU whose best level is `best`: the forced
+/// level capped at `best`, or `best` when unset or empty.
+fn resolve(env: Option<&str>, best: Level) -> std::result::Result<Level, String> {
+    match env.map(str::trim) {
+        None | Some("") => Ok(best),
+        Some(v) => v.parse::<Level>().map(|l| l.min(best)).map_err(|e| format!("OXCCL_SIMD: {e}; using {best}")),
+    }
+}
+
+/// The best level this CPU supports.
+fn detect() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq");
+        if avx2 && avx512 {
+            return Level::Avx512;
+        }
+        if avx2 {
+            return Level::Avx2;
+        }
+    }
+    Level::Scalar
 }
 
 /// `dst[i] = a[i] op b[i]` for `n` elements.
@@ -71,8 +172,10 @@ pub type DivFn = unsafe fn(dst: *mut u8, x: *const u8, n: usize, d: u64);
 pub struct TypeKernels {
     /// Indexed by `BinOp as usize`: temporal stores.
     pub binary: [BinaryFn; 4],
-    /// Indexed by `BinOp as usize`: non-temporal stores where the level has them (the
-    /// caller issues no fence; [`store_fence`] publishes them).
+    /// Indexed by `BinOp as usize`: non-temporal stores where the level has them, for
+    /// the 64-byte aligned part of `dst` (an output not aligned to its element size gets
+    /// ordinary stores). The kernels issue no fence: call [`store_fence`] before
+    /// publishing the output.
     pub binary_nt: [BinaryFn; 4],
     /// PreMulSum accumulate step.
     pub mul_add: MulAddFn,
@@ -82,22 +185,45 @@ pub struct TypeKernels {
     pub div: DivFn,
 }
 
-/// The kernels for `dtype` at `level` (falls back to a lower level where a kernel is not
-/// specialised).
+/// The kernels for `dtype` at `level`, or at the best level below it that this CPU has
+/// (so the pointers are always safe to call on this CPU). A table lookup: no allocation.
 pub fn kernels(dtype: DataType, level: Level) -> TypeKernels {
-    let _ = level;
-    scalar::kernels(dtype)
+    let i = dtype as usize;
+    match level.min(Level::best()) {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => avx512::KERNELS[i],
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => avx2::KERNELS[i],
+        _ => scalar::KERNELS[i],
+    }
 }
 
+/// Copies smaller than this use `ptr::copy_nonoverlapping` even when asked for
+/// non-temporal stores: aligning and streaming cost more than they save.
+pub const NT_COPY_MIN: usize = 4096;
+
 /// Copies `bytes` bytes; `nt` asks for non-temporal stores (for outputs far larger than
-/// the cache). Buffers must not overlap.
+/// the cache), which copies of at least [`NT_COPY_MIN`] bytes get at the selected level
+/// (AVX-512 or AVX2), for the 64-byte aligned part of `dst`. Call [`store_fence`] before
+/// publishing the data. Buffers must not overlap.
 ///
 /// # Safety
 /// `src` must be readable and `dst` writable for `bytes` bytes, and they must not overlap.
 pub unsafe fn copy(dst: *mut u8, src: *const u8, bytes: usize, nt: bool) {
-    let _ = nt;
-    // SAFETY: forwarded from the caller's contract.
-    unsafe { std::ptr::copy_nonoverlapping(src, dst, bytes) }
+    // SAFETY: forwarded from the caller's contract; each level's copy runs only
+    // when `Level::selected()` (never above the detected level) is that level.
+    unsafe {
+        if nt && bytes >= NT_COPY_MIN {
+            match Level::selected() {
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx512 => return avx512::copy_nt(dst, src, bytes),
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 => return avx2::copy_nt(dst, src, bytes),
+                _ => {}
+            }
+        }
+        std::ptr::copy_nonoverlapping(src, dst, bytes)
+    }
 }
 
 /// Orders earlier non-temporal stores before later stores (an `sfence` on x86). Call it
@@ -204,7 +330,7 @@ impl Reducer {
         unsafe {
             match self.premul {
                 None => {
-                    if dst as *const u8 != x {
+                    if !std::ptr::eq(dst, x) {
                         copy(dst, x, n * self.dtype.size(), nt)
                     }
                 }
@@ -223,7 +349,7 @@ impl Reducer {
         unsafe {
             match self.postdiv {
                 None => {
-                    if dst as *const u8 != x {
+                    if !std::ptr::eq(dst, x) {
                         copy(dst, x, n * self.dtype.size(), false)
                     }
                 }

@@ -2,7 +2,7 @@
 //! levels are tested against, and the tail handlers of those levels.
 
 use super::{BinaryFn, TypeKernels};
-use crate::types::{DataType, F8E4M3, F8E5M2};
+use crate::types::{F8E4M3, F8E5M2};
 use half::{bf16, f16};
 
 /// Arithmetic of one element type, as the reduction semantics define it.
@@ -46,8 +46,17 @@ macro_rules! float_arith {
         impl Arith for $t {
             #[inline(always)] fn sum(a: Self, b: Self) -> Self { a + b }
             #[inline(always)] fn prod(a: Self, b: Self) -> Self { a * b }
-            #[inline(always)] fn max(a: Self, b: Self) -> Self { a.max(b) }
-            #[inline(always)] fn min(a: Self, b: Self) -> Self { a.min(b) }
+            // `f32::max` leaves the sign of max(+0, -0) open (LLVM returns the first
+            // operand on x86 but orders zeros when it constant-folds); equal operands are
+            // resolved here so that -0 < +0 (IEEE 754-2019 maximumNumber): the op is then
+            // commutative and the result does not depend on the order ranks are combined.
+            // Equal operands have equal bits except for zeros, so AND/OR picks +0/-0.
+            #[inline(always)] fn max(a: Self, b: Self) -> Self {
+                if a == b { <$t>::from_bits(a.to_bits() & b.to_bits()) } else { a.max(b) }
+            }
+            #[inline(always)] fn min(a: Self, b: Self) -> Self {
+                if a == b { <$t>::from_bits(a.to_bits() | b.to_bits()) } else { a.min(b) }
+            }
             #[inline(always)] fn mul_add(acc: Self, x: Self, s: Self) -> Self { x.mul_add(s, acc) }
             #[inline(always)] fn scale(x: Self, s: Self) -> Self { x * s }
             #[inline(always)] fn div(x: Self, d: u64) -> Self { x / d as $t }
@@ -63,8 +72,8 @@ macro_rules! narrow_arith {
         impl Arith for $t {
             #[inline(always)] fn sum(a: Self, b: Self) -> Self { $from($to(a) + $to(b)) }
             #[inline(always)] fn prod(a: Self, b: Self) -> Self { $from($to(a) * $to(b)) }
-            #[inline(always)] fn max(a: Self, b: Self) -> Self { $from($to(a).max($to(b))) }
-            #[inline(always)] fn min(a: Self, b: Self) -> Self { $from($to(a).min($to(b))) }
+            #[inline(always)] fn max(a: Self, b: Self) -> Self { $from(<f32 as Arith>::max($to(a), $to(b))) }
+            #[inline(always)] fn min(a: Self, b: Self) -> Self { $from(<f32 as Arith>::min($to(a), $to(b))) }
             #[inline(always)] fn mul_add(acc: Self, x: Self, s: Self) -> Self {
                 $from($to(x).mul_add($to(s), $to(acc)))
             }
@@ -135,25 +144,23 @@ pub(crate) unsafe fn div<T: Arith>(dst: *mut u8, x: *const u8, n: usize, dv: u64
     }
 }
 
-fn table<T: Arith>() -> TypeKernels {
+const fn table<T: Arith>() -> TypeKernels {
     let binary: [BinaryFn; 4] = [binary::<T, 0>, binary::<T, 1>, binary::<T, 2>, binary::<T, 3>];
     TypeKernels { binary, binary_nt: binary, mul_add: mul_add::<T>, scale: scale::<T>, div: div::<T> }
 }
 
-/// The portable kernels for `dtype`.
-pub(crate) fn kernels(dtype: DataType) -> TypeKernels {
-    match dtype {
-        DataType::Int8 => table::<i8>(),
-        DataType::Uint8 => table::<u8>(),
-        DataType::Int32 => table::<i32>(),
-        DataType::Uint32 => table::<u32>(),
-        DataType::Int64 => table::<i64>(),
-        DataType::Uint64 => table::<u64>(),
-        DataType::Float16 => table::<f16>(),
-        DataType::Float32 => table::<f32>(),
-        DataType::Float64 => table::<f64>(),
-        DataType::Bfloat16 => table::<bf16>(),
-        DataType::Float8E4M3 => table::<F8E4M3>(),
-        DataType::Float8E5M2 => table::<F8E5M2>(),
-    }
-}
+/// The portable kernels of every data type, indexed by `DataType as usize`.
+pub(crate) const KERNELS: [TypeKernels; 12] = [
+    table::<i8>(),
+    table::<u8>(),
+    table::<i32>(),
+    table::<u32>(),
+    table::<i64>(),
+    table::<u64>(),
+    table::<f16>(),
+    table::<f32>(),
+    table::<f64>(),
+    table::<bf16>(),
+    table::<F8E4M3>(),
+    table::<F8E5M2>(),
+];

@@ -1,0 +1,408 @@
+//! The skeleton the x86 SIMD levels share: a kernel walks its buffers in blocks of 64
+//! bytes (one cache line, one AVX-512 register, two AVX2 registers). A level says how to
+//! move a block between memory and registers ([`Mem`]) and, per data type, how to widen
+//! a block to the lanes it computes in, narrow it back, and combine lanes ([`Block`]).
+//! The loops here are written once and inlined into each level's `#[target_feature]`
+//! entry points (see `level_kernels!`), so they compile to that level's instructions.
+//!
+//! Semantics are those of `scalar.rs`, lane by lane; the tests hold every level to it.
+
+use crate::types::{F8E4M3, F8E5M2};
+
+/// 64 bytes held in registers, and the loads and stores a level has for them.
+///
+/// Every method is `unsafe`: the pointers must be valid for the bytes moved, and the CPU
+/// must support the level (the methods carry its `#[target_feature]`).
+pub(super) trait Mem: Copy {
+    /// Loads 64 bytes from `p` (any alignment).
+    unsafe fn load(p: *const u8) -> Self;
+    /// Loads the first `bytes` (< 64) bytes from `p`, zero in the rest; reads no byte
+    /// past `p + bytes`.
+    unsafe fn load_part(p: *const u8, bytes: usize) -> Self;
+    /// Stores 64 bytes at `p` (any alignment).
+    unsafe fn store(self, p: *mut u8);
+    /// Stores 64 bytes at `p` (64-byte aligned) without keeping them in the cache.
+    unsafe fn store_nt(self, p: *mut u8);
+    /// Stores the first `bytes` (< 64) bytes at `p`; writes no byte past `p + bytes`.
+    unsafe fn store_part(self, p: *mut u8, bytes: usize);
+}
+
+/// One data type's arithmetic on a 64-byte block of its elements, at one level.
+///
+/// `V` is the block in registers, in the type's computing format: f16, bf16 and fp8 are
+/// widened to f32 lanes (so `V` is several f32 vectors) and rounded back once per op.
+pub(super) trait Block {
+    /// How the level holds 64 bytes.
+    type Mem: Mem;
+    /// The block in computing format.
+    type V: Copy;
+    /// Bytes per element.
+    const SIZE: usize;
+    /// Memory format to computing format (exact).
+    unsafe fn widen(m: Self::Mem) -> Self::V;
+    /// Computing format to memory format (round to nearest even; saturating for fp8).
+    unsafe fn narrow(v: Self::V) -> Self::Mem;
+    /// `a + b` (integers wrap).
+    unsafe fn sum(a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b` (integers wrap).
+    unsafe fn prod(a: Self::V, b: Self::V) -> Self::V;
+    /// maxNum: NaN only where both are; -0 < +0.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// minNum: NaN only where both are; -0 < +0.
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+    /// A scalar of the type (its raw bits, as in `Scalar::bits`) in every lane.
+    unsafe fn splat(bits: u64) -> Self::V;
+    /// `acc + x * s`, rounded once (fused for floats).
+    unsafe fn mul_add(acc: Self::V, x: Self::V, s: Self::V) -> Self::V;
+}
+
+/// Division, which only the float types vectorize (see [`int_div`] for integers).
+pub(super) trait FloatBlock: Block {
+    /// The divisor `d` (a rank count) converted as `scalar.rs` does, in every lane.
+    unsafe fn splat_divisor(d: u64) -> Self::V;
+    /// `x / d`.
+    unsafe fn div(x: Self::V, d: Self::V) -> Self::V;
+}
+
+/// Applies binary operation `OP` (`BinOp as usize`).
+///
+/// # Safety
+/// The CPU supports `K`'s level.
+#[inline(always)]
+pub(super) unsafe fn apply<K: Block, const OP: usize>(a: K::V, b: K::V) -> K::V {
+    // SAFETY: the caller guarantees the level's features.
+    unsafe {
+        match OP {
+            0 => K::sum(a, b),
+            1 => K::prod(a, b),
+            2 => K::max(a, b),
+            _ => K::min(a, b),
+        }
+    }
+}
+
+/// Where a streaming loop can start: the byte offset (a whole number of elements) that
+/// makes `dst + offset` 64-byte aligned, if that exists and leaves at least one full block.
+#[inline(always)]
+fn nt_start(dst: *mut u8, total: usize, size: usize) -> Option<usize> {
+    let head = (64 - dst as usize % 64) % 64;
+    (head.is_multiple_of(size) && head + 64 <= total).then_some(head)
+}
+
+/// `dst[i] = f(a[i], b[i])` over `n` elements of `K`, block by block; with `NT`, the
+/// 64-byte-aligned body of `dst` is written with non-temporal stores (no fence).
+///
+/// # Safety
+/// `a`, `b` readable and `dst` writable for `n` elements; `dst` equal to or disjoint
+/// from each input; the CPU supports `K`'s level.
+#[inline(always)]
+pub(super) unsafe fn map2<K: Block, const NT: bool>(
+    dst: *mut u8,
+    a: *const u8,
+    b: *const u8,
+    n: usize,
+    f: impl Fn(K::V, K::V) -> K::V,
+) {
+    let total = n * K::SIZE;
+    // SAFETY: every access is at `off..off + len` with `off + len <= total`, inside the
+    // caller's buffers; each block is loaded before it is stored, so `dst == a` or
+    // `dst == b` reads each input before overwriting it; `store_nt` gets 64-byte aligned
+    // addresses (`nt_start`); the caller guarantees the level's features.
+    unsafe {
+        let mut off = 0;
+        if NT && let Some(head) = nt_start(dst, total, K::SIZE) {
+            if head > 0 {
+                part2::<K>(dst, a, b, head, &f);
+            }
+            off = head;
+            while off + 64 <= total {
+                let r = f(load::<K>(a.add(off)), load::<K>(b.add(off)));
+                K::narrow(r).store_nt(dst.add(off));
+                off += 64;
+            }
+        }
+        while off + 64 <= total {
+            let r = f(load::<K>(a.add(off)), load::<K>(b.add(off)));
+            K::narrow(r).store(dst.add(off));
+            off += 64;
+        }
+        if off < total {
+            part2::<K>(dst.add(off), a.add(off), b.add(off), total - off, &f);
+        }
+    }
+}
+
+/// Loads and widens one full block.
+///
+/// # Safety
+/// `p` readable for 64 bytes; the CPU supports `K`'s level.
+#[inline(always)]
+unsafe fn load<K: Block>(p: *const u8) -> K::V {
+    // SAFETY: forwarded from the caller.
+    unsafe { K::widen(K::Mem::load(p)) }
+}
+
+/// `dst = f(a, b)` on the first `len` (< 64) bytes.
+///
+/// # Safety
+/// The pointers valid for `len` bytes (as in `map2`); the CPU supports `K`'s level.
+#[inline(always)]
+unsafe fn part2<K: Block>(dst: *mut u8, a: *const u8, b: *const u8, len: usize, f: &impl Fn(K::V, K::V) -> K::V) {
+    // SAFETY: forwarded from the caller; partial loads and stores stay within `len`.
+    unsafe {
+        let x = K::widen(K::Mem::load_part(a, len));
+        let y = K::widen(K::Mem::load_part(b, len));
+        K::narrow(f(x, y)).store_part(dst, len);
+    }
+}
+
+/// `dst[i] = f(x[i])` over `n` elements of `K`, block by block (temporal stores).
+///
+/// # Safety
+/// `x` readable and `dst` writable for `n` elements, equal or disjoint; the CPU supports
+/// `K`'s level.
+#[inline(always)]
+pub(super) unsafe fn map1<K: Block>(dst: *mut u8, x: *const u8, n: usize, f: impl Fn(K::V) -> K::V) {
+    let total = n * K::SIZE;
+    let mut off = 0;
+    // SAFETY: as in `map2`: in bounds, load before store, features guaranteed by caller.
+    unsafe {
+        while off + 64 <= total {
+            K::narrow(f(K::widen(K::Mem::load(x.add(off))))).store(dst.add(off));
+            off += 64;
+        }
+        if off < total {
+            let len = total - off;
+            K::narrow(f(K::widen(K::Mem::load_part(x.add(off), len)))).store_part(dst.add(off), len);
+        }
+    }
+}
+
+/// Integer division by a rank count, exact (truncating toward zero, as `scalar.rs`), and
+/// cheaper than its 128-bit division: 8- and 32-bit integers divide in f64 (exact, see
+/// below) in a loop the compiler vectorizes; 64-bit integers use the native division.
+///
+/// Why f64 is exact for |x| < 2^32 and 1 <= d <= 2^32: the true quotient x/d is at least
+/// 1/d away from the next integer toward larger magnitude, and the f64 quotient is within
+/// |x/d| * 2^-53 < 1/d of the true one (as |x| < 2^53), so truncation gives the same
+/// integer. Divisors above 2^32 exceed every |x| and give 0.
+///
+/// # Safety
+/// `x` readable and `dst` writable for `n` elements of `T`, equal or disjoint.
+#[inline(always)]
+pub(super) unsafe fn int_div<T: IntDiv>(dst: *mut u8, x: *const u8, n: usize, d: u64) {
+    let (dp, xp) = (dst as *mut T, x as *const T);
+    // SAFETY: the caller's contract covers `n` elements of `T` at both pointers; unaligned
+    // accesses are used.
+    unsafe {
+        if !T::fast(d) {
+            return super::scalar::div::<T>(dst, x, n, d);
+        }
+        for i in 0..n {
+            dp.add(i).write_unaligned(xp.add(i).read_unaligned().div_by(d));
+        }
+    }
+}
+
+/// An integer type with a fast exact division by a `u64` (see [`int_div`]).
+pub(super) trait IntDiv: super::scalar::Arith {
+    /// Whether `div_by` handles `d` (otherwise the 128-bit reference is used).
+    fn fast(d: u64) -> bool;
+    /// `self / d`, truncating toward zero.
+    fn div_by(self, d: u64) -> Self;
+}
+
+macro_rules! int_div_via_f64 {
+    ($($t:ty),*) => {$(
+        impl IntDiv for $t {
+            #[inline(always)]
+            fn fast(d: u64) -> bool {
+                d != 0 && d <= 1 << 32
+            }
+            #[inline(always)]
+            fn div_by(self, d: u64) -> Self {
+                (self as f64 / d as f64) as $t
+            }
+        }
+    )*};
+}
+int_div_via_f64!(i8, u8, i32, u32);
+
+impl IntDiv for i64 {
+    #[inline(always)]
+    fn fast(d: u64) -> bool {
+        d != 0 && d <= i64::MAX as u64
+    }
+    #[inline(always)]
+    fn div_by(self, d: u64) -> Self {
+        self / d as i64
+    }
+}
+
+impl IntDiv for u64 {
+    #[inline(always)]
+    fn fast(d: u64) -> bool {
+        d != 0
+    }
+    #[inline(always)]
+    fn div_by(self, d: u64) -> Self {
+        self / d
+    }
+}
+
+/// Defines a level's kernel entry points and its table of [`TypeKernels`]
+/// (`super::TypeKernels`), given the level's `#[target_feature]` list. Every entry point
+/// is a thin wrapper that enables the level's features around a loop of this module.
+macro_rules! level_kernels {
+    ($features:literal) => {
+        use super::simd::{self, Block, FloatBlock, IntDiv};
+        use super::{DivFn, TypeKernels};
+
+        /// `dst = a OP b` (see `simd::map2`).
+        ///
+        /// # Safety
+        /// As `BinaryFn`, and the CPU supports this level.
+        #[target_feature(enable = $features)]
+        unsafe fn binary<K: Block, const OP: usize, const NT: bool>(
+            dst: *mut u8,
+            a: *const u8,
+            b: *const u8,
+            n: usize,
+        ) {
+            // SAFETY: the caller's contract is `map2`'s; `apply` runs inside this
+            // function's enabled features.
+            unsafe { simd::map2::<K, NT>(dst, a, b, n, |x, y| simd::apply::<K, OP>(x, y)) }
+        }
+
+        /// `dst = acc + s * x`.
+        ///
+        /// # Safety
+        /// As `MulAddFn`, and the CPU supports this level.
+        #[target_feature(enable = $features)]
+        unsafe fn mul_add<K: Block>(dst: *mut u8, acc: *const u8, x: *const u8, n: usize, s: u64) {
+            // SAFETY: as in `binary`.
+            unsafe {
+                let s = K::splat(s);
+                simd::map2::<K, false>(dst, acc, x, n, |acc, x| K::mul_add(acc, x, s))
+            }
+        }
+
+        /// `dst = s * x`.
+        ///
+        /// # Safety
+        /// As `ScaleFn`, and the CPU supports this level.
+        #[target_feature(enable = $features)]
+        unsafe fn scale<K: Block>(dst: *mut u8, x: *const u8, n: usize, s: u64) {
+            // SAFETY: as in `binary`.
+            unsafe {
+                let s = K::splat(s);
+                simd::map1::<K>(dst, x, n, |x| K::prod(x, s))
+            }
+        }
+
+        /// `dst = x / d` for float types.
+        ///
+        /// # Safety
+        /// As `DivFn`, and the CPU supports this level.
+        #[target_feature(enable = $features)]
+        unsafe fn div_float<K: FloatBlock>(dst: *mut u8, x: *const u8, n: usize, d: u64) {
+            // SAFETY: as in `binary`.
+            unsafe {
+                let d = K::splat_divisor(d);
+                simd::map1::<K>(dst, x, n, |x| K::div(x, d))
+            }
+        }
+
+        /// `dst = x / d` for integer types: a scalar loop compiled for this level.
+        ///
+        /// # Safety
+        /// As `DivFn`, and the CPU supports this level.
+        #[target_feature(enable = $features)]
+        unsafe fn div_int<T: IntDiv>(dst: *mut u8, x: *const u8, n: usize, d: u64) {
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { simd::int_div::<T>(dst, x, n, d) }
+        }
+
+        /// The kernels of one data type, with its division kernel.
+        const fn table<K: Block>(div: DivFn) -> TypeKernels {
+            TypeKernels {
+                binary: [binary::<K, 0, false>, binary::<K, 1, false>, binary::<K, 2, false>, binary::<K, 3, false>],
+                binary_nt: [binary::<K, 0, true>, binary::<K, 1, true>, binary::<K, 2, true>, binary::<K, 3, true>],
+                mul_add: mul_add::<K>,
+                scale: scale::<K>,
+                div,
+            }
+        }
+
+        /// This level's kernels for every data type, indexed by `DataType as usize`.
+        pub(super) const KERNELS: [TypeKernels; 12] = [
+            table::<W<i8>>(div_int::<i8>),
+            table::<W<u8>>(div_int::<u8>),
+            table::<W<i32>>(div_int::<i32>),
+            table::<W<u32>>(div_int::<u32>),
+            table::<W<i64>>(div_int::<i64>),
+            table::<W<u64>>(div_int::<u64>),
+            table::<W<f16>>(div_float::<W<f16>>),
+            table::<W<f32>>(div_float::<W<f32>>),
+            table::<W<f64>>(div_float::<W<f64>>),
+            table::<W<bf16>>(div_float::<W<bf16>>),
+            table::<W<F8E4M3>>(div_float::<W<F8E4M3>>),
+            table::<W<F8E5M2>>(div_float::<W<F8E5M2>>),
+        ];
+    };
+}
+pub(super) use level_kernels;
+
+/// The constants of the bit-level f32 to fp8 rounding (the steps of
+/// `F8E4M3::from_f32`, which the levels repeat lane by lane).
+#[derive(Clone, Copy)]
+pub(super) struct Fp8Params {
+    /// f32 bits of the largest finite value: larger magnitudes saturate to it.
+    pub max: u32,
+    /// f32 bits of the smallest normal value: below it, the subnormal path.
+    pub min_normal: u32,
+    /// Subtracted from a normal f32's bits to rebias its exponent.
+    pub rebias: u32,
+    /// The right shift that drops the f32's extra mantissa bits.
+    pub shift: u32,
+    /// f32 bits of the constant whose addition rounds a subnormal.
+    pub magic: u32,
+}
+
+impl Fp8Params {
+    /// E4M3.
+    pub const E4M3: Fp8Params = Fp8Params {
+        max: F8E4M3::MAX_F32_BITS,
+        min_normal: F8E4M3::MIN_NORMAL_F32_BITS,
+        rebias: F8E4M3::REBIAS,
+        shift: F8E4M3::SHIFT,
+        magic: F8E4M3::SUBNORMAL_MAGIC,
+    };
+    /// E5M2.
+    pub const E5M2: Fp8Params = Fp8Params {
+        max: F8E5M2::MAX_F32_BITS,
+        min_normal: F8E5M2::MIN_NORMAL_F32_BITS,
+        rebias: F8E5M2::REBIAS,
+        shift: F8E5M2::SHIFT,
+        magic: F8E5M2::SUBNORMAL_MAGIC,
+    };
+
+    /// The rounding increment below one unit of the result: `2^(shift-1) - 1`.
+    pub const fn half_minus_one(&self) -> u32 {
+        (1 << (self.shift - 1)) - 1
+    }
+}
+
+/// `[e(0), e(1), ...]` for the listed indices, written out: `unroll!([0, 1], |i| a[i])`
+/// is `[a[0], a[1]]`. The levels use it for their arrays of registers instead of
+/// `array::map` or loops: nothing is left for the optimizer to unroll or inline, so each
+/// kernel compiles to one straight block per 64 bytes, with no calls.
+macro_rules! unroll {
+    ([$($i:literal),*], |$v:ident| $e:expr) => {
+        [$({
+            let $v = $i;
+            $e
+        }),*]
+    };
+}
+pub(super) use unroll;
