@@ -68,8 +68,8 @@ fn count_zero_completes_on_every_rank() {
 fn send_to_self_in_a_group_is_a_copy() {
     run_ranks(2, &Config::new(), DEADLINE, |mut c| {
         let me = c.rank();
-        let a = vec![me as u16 + 7; 100];
-        let mut b = vec![0u16; 100];
+        let a = vec![me as u32 + 7; 100];
+        let mut b = vec![0u32; 100];
         c.group(|g| {
             g.send(&a, me)?;
             g.recv(&mut b, me)

@@ -17,7 +17,7 @@ pub fn run_ranks<R: Send + 'static>(
     deadline: Duration,
     f: impl Fn(Comm) -> R + Send + Sync + 'static,
 ) -> Vec<R> {
-    let comms = Comm::init_all_with(n, &cfg.clone().timeout(deadline)).expect("init_all");
+    let comms = Comm::init_all_with(n, cfg).expect("init_all");
     let f = std::sync::Arc::new(f);
     let (tx, rx) = std::sync::mpsc::channel();
     for comm in comms {
