@@ -75,7 +75,7 @@ pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Sett
             }
             if a == Algo::Direct && !shared {
                 return Err(Error::InvalidUsage(format!(
-                    "algorithm 'direct' is forced but the ranks do not share an address space; it runs only between threads of one process ({})",
+                    "algorithm 'direct' is forced for {}, but it runs only between threads of one process, and not inside a group",
                     coll.name()
                 )));
             }

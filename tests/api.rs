@@ -146,3 +146,27 @@ fn abort_unblocks_a_waiting_rank() {
     assert!(matches!(r, Err(Error::Aborted(_))), "{r:?}");
     assert!(t0.elapsed() < Duration::from_millis(500), "abort took {:?}", t0.elapsed());
 }
+
+#[test]
+fn collectives_and_point_to_point_in_one_group() {
+    let out = run_ranks(3, &Config::new(), DEADLINE, |mut c| {
+        let (me, n) = (c.rank(), c.size());
+        let big = vec![me as f32 + 1.0; 100_000];
+        let mut sum = vec![0f32; big.len()];
+        let mine = [me as i64; 3];
+        let mut all = [0i64; 9];
+        let token = [me as u8; 70_000];
+        let mut got = [0u8; 70_000];
+        c.group(|g| {
+            g.all_reduce(&big, &mut sum, ReduceOp::Sum)?;
+            g.send(&token, (me + 1) % n)?;
+            g.all_gather(&mine, &mut all)?;
+            g.recv(&mut got, (me + n - 1) % n)
+        })
+        .unwrap();
+        assert!(sum.iter().all(|&x| x == 6.0));
+        assert_eq!(all, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+        assert!(got.iter().all(|&b| b as usize == (me + n - 1) % n));
+    });
+    let _ = out;
+}

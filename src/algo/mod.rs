@@ -463,6 +463,12 @@ impl Topo {
     }
 }
 
+/// The channel of point-to-point sends and receives. Collectives are issued in the same
+/// order on every rank, but a send and its matching receive may sit at different places
+/// among a group's collectives on the two ranks, so they must not share a FIFO with
+/// collectives.
+pub const P2P_CHANNEL: u8 = 2;
+
 /// Appends to `out` the streams that run `coll` with `algo` on this rank. The caller has
 /// checked that `algo` applies, and handles single-rank communicators itself only for
 /// speed: every collective is also correct here with one rank.
@@ -548,8 +554,22 @@ pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking,
                 out.push(p2p(direct::P2pKind::Recv(root), 0, 0, count));
             }
         }
-        (C::Send { count, peer }, _) => out.push(p2p(direct::P2pKind::Send(peer), 0, 0, count)),
-        (C::Recv { count, peer }, _) => out.push(p2p(direct::P2pKind::Recv(peer), 0, 0, count)),
+        (C::Send { count, peer }, _) => out.push(Schedule::P2p(direct::P2p::new(
+            direct::P2pKind::Send(peer),
+            0,
+            0,
+            count,
+            chunking.chunk,
+            P2P_CHANNEL,
+        ))),
+        (C::Recv { count, peer }, _) => out.push(Schedule::P2p(direct::P2p::new(
+            direct::P2pKind::Recv(peer),
+            0,
+            0,
+            count,
+            chunking.chunk,
+            P2P_CHANNEL,
+        ))),
         (C::SelfCopy { .. }, _) => {}
     }
 }

@@ -2,74 +2,80 @@
 
 use std::marker::PhantomData;
 
-use super::{CallSpec, spec, spec_in_place};
+use super::CallSpec;
+use super::calls::Ranks;
 use crate::algo::Collective;
 use crate::error::{Error, Result};
 use crate::types::{Element, ReduceOp};
 
 /// Operations being collected by [`Comm::group`](super::Comm::group). The buffers stay
-/// borrowed until the group has run.
+/// borrowed until the group has run. Every method checks its arguments as the
+/// communicator's method of the same name does.
 pub struct Group<'b> {
-    rank: usize,
-    nranks: usize,
+    ranks: Ranks,
     specs: Vec<CallSpec>,
     _bufs: PhantomData<&'b mut ()>,
 }
 
 impl<'b> Group<'b> {
-    pub(super) fn new(rank: usize, nranks: usize) -> Group<'b> {
-        Group { rank, nranks, specs: Vec::new(), _bufs: PhantomData }
+    pub(super) fn new(ranks: Ranks) -> Group<'b> {
+        Group { ranks, specs: Vec::new(), _bufs: PhantomData }
     }
 
-    fn check_peer(&self, what: &str, peer: usize) -> Result<()> {
-        if peer >= self.nranks {
-            return Err(Error::InvalidArgument(format!(
-                "{what}: peer {peer} is out of range for a communicator of {} ranks",
-                self.nranks
-            )));
-        }
+    fn push(&mut self, s: Result<CallSpec>) -> Result<()> {
+        self.specs.push(s?);
         Ok(())
     }
 
     /// Adds a send of `buf` to `peer`.
     pub fn send<T: Element>(&mut self, buf: &'b [T], peer: usize) -> Result<()> {
-        self.check_peer("send", peer)?;
-        let coll = Collective::Send { count: buf.len(), peer };
-        self.specs.push(spec::<T>(coll, None, buf, &mut []));
-        Ok(())
+        self.push(self.ranks.send(buf, peer))
     }
 
     /// Adds a receive into `buf` from `peer`.
     pub fn recv<T: Element>(&mut self, buf: &'b mut [T], peer: usize) -> Result<()> {
-        self.check_peer("recv", peer)?;
-        let coll = Collective::Recv { count: buf.len(), peer };
-        self.specs.push(spec::<T>(coll, None, &[], buf));
-        Ok(())
+        self.push(self.ranks.recv(buf, peer))
     }
 
-    /// Adds an all-reduce (see [`Comm::all_reduce`](super::Comm::all_reduce)).
+    /// Adds an all-reduce.
     pub fn all_reduce<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T], op: ReduceOp) -> Result<()> {
-        if send.len() != recv.len() {
-            return Err(Error::InvalidArgument(format!(
-                "all_reduce: send buffer has {} elements, recv buffer {}; they must match",
-                send.len(),
-                recv.len()
-            )));
-        }
-        self.specs.push(spec::<T>(Collective::AllReduce { count: send.len() }, Some(op), send, recv));
-        Ok(())
+        self.push(self.ranks.all_reduce(send, recv, op))
     }
 
     /// Adds an in-place all-reduce.
     pub fn all_reduce_in_place<T: Element>(&mut self, buf: &'b mut [T], op: ReduceOp) -> Result<()> {
-        self.specs.push(spec_in_place::<T>(Collective::AllReduce { count: buf.len() }, Some(op), buf));
-        Ok(())
+        self.push(self.ranks.all_reduce_in_place(buf, op))
+    }
+
+    /// Adds a reduce.
+    pub fn reduce<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T], op: ReduceOp, root: usize) -> Result<()> {
+        self.push(self.ranks.reduce(send, recv, op, root))
+    }
+
+    /// Adds a broadcast.
+    pub fn broadcast<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T], root: usize) -> Result<()> {
+        self.push(self.ranks.broadcast(send, recv, root))
+    }
+
+    /// Adds an all-gather.
+    pub fn all_gather<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T]) -> Result<()> {
+        self.push(self.ranks.all_gather(send, recv))
+    }
+
+    /// Adds a reduce-scatter.
+    pub fn reduce_scatter<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T], op: ReduceOp) -> Result<()> {
+        self.push(self.ranks.reduce_scatter(send, recv, op))
+    }
+
+    /// Adds an all-to-all.
+    pub fn all_to_all<T: Element>(&mut self, send: &'b [T], recv: &'b mut [T]) -> Result<()> {
+        self.push(self.ranks.all_to_all(send, recv))
     }
 
     /// Checks and returns the batch. A send to self is paired, in order, with a receive
     /// from self and becomes a local copy.
     pub(super) fn finish(self) -> Result<Vec<CallSpec>> {
-        let me = self.rank;
+        let me = self.ranks.rank;
         let mut out = Vec::with_capacity(self.specs.len());
         let mut self_sends = std::collections::VecDeque::new();
         let mut self_recvs = std::collections::VecDeque::new();

@@ -5,6 +5,7 @@
 //! number), and the translation of a call into a plan and streams for the executor. It
 //! moves no bytes itself.
 
+mod calls;
 mod group;
 
 pub use group::Group;
@@ -105,10 +106,6 @@ pub(crate) struct CallSpec {
     pub recv_len: usize,
 }
 
-fn invalid(msg: String) -> Error {
-    Error::InvalidArgument(msg)
-}
-
 impl Comm {
     /// Creates `nranks` communicators whose ranks are threads of this process; move each
     /// to its own thread. Like `ncclCommInitAll`.
@@ -119,7 +116,7 @@ impl Comm {
     /// As [`Comm::init_all`], with a configuration.
     pub fn init_all_with(nranks: usize, config: &Config) -> Result<Vec<Comm>> {
         if nranks == 0 {
-            return Err(invalid("a communicator needs at least one rank, got 0".into()));
+            return Err(Error::InvalidArgument("a communicator needs at least one rank, got 0".into()));
         }
         let settings = Arc::new(config.resolve()?);
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
@@ -190,212 +187,98 @@ impl Comm {
         AbortHandle { flag: self.aborted.clone(), bell: self.bell.clone() }
     }
 
-    fn check_root(&self, what: &str, root: usize) -> Result<()> {
-        if root >= self.nranks {
-            return Err(invalid(format!("{what} {root} is out of range for a communicator of {} ranks", self.nranks)));
-        }
-        Ok(())
+    fn ranks(&self) -> calls::Ranks {
+        calls::Ranks { rank: self.rank, n: self.nranks }
     }
 
     /// Sum (or another op) of every rank's `send` into every rank's `recv`
     /// (`ncclAllReduce`). Both slices have the same length on every rank.
     pub fn all_reduce<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
-        if send.len() != recv.len() {
-            return Err(invalid(format!(
-                "all_reduce: send buffer has {} elements, recv buffer {}; they must match",
-                send.len(),
-                recv.len()
-            )));
-        }
-        let coll = Collective::AllReduce { count: send.len() };
-        self.run1(spec::<T>(coll, Some(op), send, recv))
+        let s = self.ranks().all_reduce(send, recv, op)?;
+        self.run1(s)
     }
 
     /// In-place all-reduce: `buf` is both input and output.
     pub fn all_reduce_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        let coll = Collective::AllReduce { count: buf.len() };
-        self.run1(spec_in_place::<T>(coll, Some(op), buf))
+        let s = self.ranks().all_reduce_in_place(buf, op)?;
+        self.run1(s)
     }
 
     /// Reduces every rank's `send` onto `root`'s `recv` (`ncclReduce`). `recv` must have
     /// `send.len()` elements on the root and is ignored elsewhere (pass `&mut []`).
     pub fn reduce<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
-        self.check_root("reduce: root", root)?;
-        let recv: &mut [T] = if self.rank == root {
-            if recv.len() != send.len() {
-                return Err(invalid(format!(
-                    "reduce: the root's recv buffer has {} elements, send buffer {}; they must match",
-                    recv.len(),
-                    send.len()
-                )));
-            }
-            recv
-        } else {
-            &mut []
-        };
-        let coll = Collective::Reduce { count: send.len(), root };
-        self.run1(spec::<T>(coll, Some(op), send, recv))
+        let s = self.ranks().reduce(send, recv, op, root)?;
+        self.run1(s)
     }
 
     /// In-place reduce: `buf` is the input everywhere and the output on `root`.
     pub fn reduce_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp, root: usize) -> Result<()> {
-        self.check_root("reduce: root", root)?;
-        let coll = Collective::Reduce { count: buf.len(), root };
-        self.run1(spec_in_place::<T>(coll, Some(op), buf))
+        let s = self.ranks().reduce_in_place(buf, op, root)?;
+        self.run1(s)
     }
 
     /// Copies `root`'s `send` into every rank's `recv` (`ncclBroadcast`). `send` is read
     /// only on the root (pass `&[]` elsewhere) and must have `recv.len()` elements there.
     pub fn broadcast<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
-        self.check_root("broadcast: root", root)?;
-        let send: &[T] = if self.rank == root {
-            if send.len() != recv.len() {
-                return Err(invalid(format!(
-                    "broadcast: the root's send buffer has {} elements, recv buffer {}; they must match",
-                    send.len(),
-                    recv.len()
-                )));
-            }
-            send
-        } else {
-            &[]
-        };
-        let coll = Collective::Broadcast { count: recv.len(), root };
-        self.run1(spec::<T>(coll, None, send, recv))
+        let s = self.ranks().broadcast(send, recv, root)?;
+        self.run1(s)
     }
 
     /// In-place broadcast: `root`'s `buf` is copied into every other rank's `buf`
     /// (`ncclBcast`).
     pub fn broadcast_in_place<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<()> {
-        self.check_root("broadcast: root", root)?;
-        let coll = Collective::Broadcast { count: buf.len(), root };
-        self.run1(spec_in_place::<T>(coll, None, buf))
+        let s = self.ranks().broadcast_in_place(buf, root)?;
+        self.run1(s)
     }
 
     /// Gathers every rank's `send` into every rank's `recv`, in rank order
     /// (`ncclAllGather`): `recv.len() == send.len() * size()`.
     pub fn all_gather<T: Element>(&mut self, send: &[T], recv: &mut [T]) -> Result<()> {
-        let n = self.nranks;
-        if send.len().checked_mul(n) != Some(recv.len()) {
-            return Err(invalid(format!(
-                "all_gather: recv buffer has {} elements, all_gather needs {} ({} per rank x {n} ranks)",
-                recv.len(),
-                send.len().saturating_mul(n),
-                send.len()
-            )));
-        }
-        let coll = Collective::AllGather { count: send.len() };
-        self.run1(spec::<T>(coll, None, send, recv))
+        let s = self.ranks().all_gather(send, recv)?;
+        self.run1(s)
     }
 
     /// In-place all-gather: this rank's block `buf[rank*c..(rank+1)*c]` (with
     /// `c = buf.len() / size()`) is its input.
     pub fn all_gather_in_place<T: Element>(&mut self, buf: &mut [T]) -> Result<()> {
-        let c = self.block_len("all_gather", buf.len())?;
-        let coll = Collective::AllGather { count: c };
-        let mut s = spec_in_place::<T>(coll, None, buf);
-        // SAFETY: rank * c + c <= buf.len() (block_len checked divisibility).
-        s.send = unsafe { s.send.add(self.rank * c * T::DTYPE.size()) };
-        s.send_len = c;
+        let s = self.ranks().all_gather_in_place(buf)?;
         self.run1(s)
-    }
-
-    fn block_len(&self, what: &str, len: usize) -> Result<usize> {
-        let n = self.nranks;
-        if len % n != 0 {
-            return Err(invalid(format!(
-                "{what}: buffer of {len} elements does not split into {n} equal blocks (one per rank)"
-            )));
-        }
-        Ok(len / n)
     }
 
     /// Reduces every rank's `send` and scatters it: rank `r` receives block `r`
     /// (`ncclReduceScatter`): `send.len() == recv.len() * size()`.
     pub fn reduce_scatter<T: Element>(&mut self, send: &[T], recv: &mut [T], op: ReduceOp) -> Result<()> {
-        let n = self.nranks;
-        if recv.len().checked_mul(n) != Some(send.len()) {
-            return Err(invalid(format!(
-                "reduce_scatter: send buffer has {} elements, reduce_scatter needs {} ({} per rank x {n} ranks)",
-                send.len(),
-                recv.len().saturating_mul(n),
-                recv.len()
-            )));
-        }
-        let coll = Collective::ReduceScatter { count: recv.len() };
-        self.run1(spec::<T>(coll, Some(op), send, recv))
+        let s = self.ranks().reduce_scatter(send, recv, op)?;
+        self.run1(s)
     }
 
     /// In-place reduce-scatter: `buf` is the input and this rank's block
     /// `buf[rank*c..(rank+1)*c]` receives the result.
     pub fn reduce_scatter_in_place<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
-        let c = self.block_len("reduce_scatter", buf.len())?;
-        let coll = Collective::ReduceScatter { count: c };
-        let mut s = spec_in_place::<T>(coll, Some(op), buf);
-        // SAFETY: rank * c + c <= buf.len().
-        s.recv = unsafe { s.recv.add(self.rank * c * T::DTYPE.size()) };
-        s.recv_len = c;
+        let s = self.ranks().reduce_scatter_in_place(buf, op)?;
         self.run1(s)
     }
 
     /// Block `j` of every rank's `send` goes to rank `j`, landing at block `i` of its
     /// `recv` for sender `i` (`ncclAlltoAll`). Both buffers hold `size()` equal blocks.
     pub fn all_to_all<T: Element>(&mut self, send: &[T], recv: &mut [T]) -> Result<()> {
-        if send.len() != recv.len() {
-            return Err(invalid(format!(
-                "all_to_all: send buffer has {} elements, recv buffer {}; they must match",
-                send.len(),
-                recv.len()
-            )));
-        }
-        let c = self.block_len("all_to_all", send.len())?;
-        let coll = Collective::AllToAll { count: c };
-        self.run1(spec::<T>(coll, None, send, recv))
+        let s = self.ranks().all_to_all(send, recv)?;
+        self.run1(s)
     }
 
     /// Every rank's `send` is concatenated, in rank order, into `root`'s `recv`
     /// (`ncclGather`). `recv` needs `send.len() * size()` elements on the root and is
     /// ignored elsewhere.
     pub fn gather<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
-        self.check_root("gather: root", root)?;
-        let n = self.nranks;
-        let recv: &mut [T] = if self.rank == root {
-            if send.len().checked_mul(n) != Some(recv.len()) {
-                return Err(invalid(format!(
-                    "gather: the root's recv buffer has {} elements, gather needs {} ({} per rank x {n} ranks)",
-                    recv.len(),
-                    send.len().saturating_mul(n),
-                    send.len()
-                )));
-            }
-            recv
-        } else {
-            &mut []
-        };
-        let coll = Collective::Gather { count: send.len(), root };
-        self.run1(spec::<T>(coll, None, send, recv))
+        let s = self.ranks().gather(send, recv, root)?;
+        self.run1(s)
     }
 
     /// Block `j` of `root`'s `send` goes to rank `j`'s `recv` (`ncclScatter`). `send`
     /// needs `recv.len() * size()` elements on the root and is ignored elsewhere.
     pub fn scatter<T: Element>(&mut self, send: &[T], recv: &mut [T], root: usize) -> Result<()> {
-        self.check_root("scatter: root", root)?;
-        let n = self.nranks;
-        let send: &[T] = if self.rank == root {
-            if recv.len().checked_mul(n) != Some(send.len()) {
-                return Err(invalid(format!(
-                    "scatter: the root's send buffer has {} elements, scatter needs {} ({} per rank x {n} ranks)",
-                    send.len(),
-                    recv.len().saturating_mul(n),
-                    recv.len()
-                )));
-            }
-            send
-        } else {
-            &[]
-        };
-        let coll = Collective::Scatter { count: recv.len(), root };
-        self.run1(spec::<T>(coll, None, send, recv))
+        let s = self.ranks().scatter(send, recv, root)?;
+        self.run1(s)
     }
 
     /// Sends `buf` to `peer`, which must call [`Comm::recv`] with as many elements
@@ -412,15 +295,7 @@ impl Comm {
 
     /// Returns once every rank has entered the barrier.
     pub fn barrier(&mut self) -> Result<()> {
-        let s = CallSpec {
-            coll: Collective::Barrier,
-            dtype: DataType::Uint8,
-            op: None,
-            send: std::ptr::null(),
-            send_len: 0,
-            recv: std::ptr::null_mut(),
-            recv_len: 0,
-        };
+        let s = self.ranks().barrier();
         self.run1(s)
     }
 
@@ -445,7 +320,7 @@ impl Comm {
     where
         F: FnOnce(&mut Group<'b>) -> Result<()>,
     {
-        let mut g = Group::new(self.rank, self.nranks);
+        let mut g = Group::new(self.ranks());
         f(&mut g)?;
         let specs = g.finish()?;
         self.run(&specs)
@@ -470,15 +345,18 @@ impl Comm {
         let mut all_connected = true;
         let mut one_shot = false;
         let mut direct = false;
+        // Direct algorithms synchronise the whole call with their peers; inside a group
+        // they could wait on a peer that waits on another member of the group.
+        let shared = self.transport.shares_address_space() && specs.len() == 1;
         for s in specs {
             self.seq += 1;
             if s.coll.count() == 0 && s.coll != Collective::Barrier {
                 continue;
             }
-            let prep = match sc.prepared.iter().position(|p| p.matches(s)) {
+            let prep = match sc.prepared.iter().position(|p| p.matches(s, shared)) {
                 Some(i) => sc.prepared[i],
                 None => {
-                    let p = Prepared::new(s, self.nranks, self.transport.shares_address_space(), &self.settings)?;
+                    let p = Prepared::new(s, self.nranks, shared, &self.settings)?;
                     if sc.prepared.len() == PREPARED_CACHE {
                         sc.prepared.remove(0);
                     }
@@ -489,12 +367,6 @@ impl Comm {
             all_connected &= prep.connected;
             one_shot = prep.plan.algo == Algo::OneShot;
             direct = prep.plan.algo == Algo::Direct;
-            if direct && specs.len() > 1 {
-                return Err(Error::InvalidUsage(format!(
-                    "{} with the direct algorithm cannot run inside a group; force another algorithm for grouped calls",
-                    s.coll.name()
-                )));
-            }
             sc.calls.push(Call {
                 send: s.send,
                 send_len: s.send_len,
@@ -563,7 +435,7 @@ impl Comm {
         }
         if r.is_ok() && !all_connected {
             for s in specs {
-                if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s)) {
+                if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s, shared)) {
                     p.connected = true;
                 }
             }
@@ -584,6 +456,7 @@ struct Prepared {
     coll: Collective,
     dtype: DataType,
     op: Option<ReduceOp>,
+    shared: bool,
     plan: plan::Plan,
     reducer: Option<Reducer>,
     desc: crate::transport::Desc,
@@ -599,27 +472,10 @@ impl Prepared {
             _ => None,
         };
         let desc = exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), plan.algo);
-        Ok(Prepared { coll: s.coll, dtype: s.dtype, op: s.op, plan, reducer, desc, connected: false })
+        Ok(Prepared { coll: s.coll, dtype: s.dtype, op: s.op, shared, plan, reducer, desc, connected: false })
     }
 
-    fn matches(&self, s: &CallSpec) -> bool {
-        self.coll == s.coll && self.dtype == s.dtype && self.op == s.op
+    fn matches(&self, s: &CallSpec, shared: bool) -> bool {
+        self.coll == s.coll && self.dtype == s.dtype && self.op == s.op && self.shared == shared
     }
-}
-
-pub(crate) fn spec<T: Element>(coll: Collective, op: Option<ReduceOp>, send: &[T], recv: &mut [T]) -> CallSpec {
-    CallSpec {
-        coll,
-        dtype: T::DTYPE,
-        op,
-        send: send.as_ptr() as *const u8,
-        send_len: send.len(),
-        recv: recv.as_mut_ptr() as *mut u8,
-        recv_len: recv.len(),
-    }
-}
-
-pub(crate) fn spec_in_place<T: Element>(coll: Collective, op: Option<ReduceOp>, buf: &mut [T]) -> CallSpec {
-    let p = buf.as_mut_ptr() as *mut u8;
-    CallSpec { coll, dtype: T::DTYPE, op, send: p, send_len: buf.len(), recv: p, recv_len: buf.len() }
 }
