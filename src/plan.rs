@@ -125,8 +125,9 @@ mod tests {
     #[test]
     fn small_messages_take_one_step_large_ones_the_ring() {
         let s = Settings::default();
-        let p =
-            |bytes: usize, n| plan(&Collective::AllReduce { count: bytes / 4 }, DataType::Float32, n, &s).unwrap().algo;
+        let p = |bytes: usize, n| {
+            plan(&Collective::AllReduce { count: bytes / 4 }, DataType::Float32, n, false, &s).unwrap().algo
+        };
         assert_eq!(p(8, 2), Algo::OneShot);
         assert_eq!(p(64 << 20, 4), Algo::Ring);
         assert_eq!(plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, false, &s).unwrap().algo, Algo::P2p);
