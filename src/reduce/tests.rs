@@ -548,6 +548,7 @@ fn copy_copies_exactly() {
             let mut src = Buf::random_bytes(bytes, &mut r);
             let ps = src.ptr(os);
             let want = src.bytes(os, bytes).to_vec();
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut runs: Vec<(&str, CopyFn)> = vec![("copy", copy_temporal), ("copy nt", copy_nt)];
             #[cfg(target_arch = "x86_64")]
             {
@@ -669,6 +670,7 @@ fn divisors(r: &mut Rng) -> Vec<u64> {
 
 /// 64-bit division by magic numbers against u128 division, with exact multiples and their
 /// neighbours (where a multiply-based division goes wrong first).
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn div64_magic_is_exact() {
     let mut r = Rng(0xd1d0_0064);
