@@ -100,8 +100,8 @@ fn min_ps(a: __m256, b: __m256) -> __m256 {
     _mm256_blendv_ps(m, a, _mm256_cmp_ps::<_CMP_UNORD_Q>(b, b))
 }
 
-/// Implements [`Block`] for a type computed in `K` vectors of 8 f32 lanes, given its
-/// widening, narrowing and scalar conversion.
+/// Implements [`Block`] for a type computed in `$k` vectors of 8 f32 lanes (`$idx` lists
+/// their indices, for `unroll!`), given its widening, narrowing and scalar conversion.
 macro_rules! f32_lanes {
     ($t:ty, $k:literal, $idx:tt, $widen:ident, $narrow:ident, $to_f32:expr) => {
         impl Block for W<$t> {

@@ -86,8 +86,8 @@ fn min_ps(a: __m512, b: __m512) -> __m512 {
     _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(b, b), a)
 }
 
-/// Implements [`Block`] for a type computed in `K` vectors of 16 f32 lanes, given its
-/// widening, narrowing and scalar conversion.
+/// Implements [`Block`] for a type computed in `$k` vectors of 16 f32 lanes (`$idx` lists
+/// their indices, for `unroll!`), given its widening, narrowing and scalar conversion.
 macro_rules! f32_lanes {
     ($t:ty, $k:literal, $idx:tt, $widen:ident, $narrow:ident, $to_f32:expr) => {
         impl Block for W<$t> {
@@ -278,12 +278,11 @@ fn e4m3_to_f16(w: __m512i) -> __m512i {
 }
 
 /// 16 f32 to 16 fp8 codes as i32 in [-128, 127] (the code's byte, read as signed): the
-/// steps of `F8E4M3::from_f32`, lane by lane. |v| is clamped to the largest finite
-/// value (infinities too) by `vminps`, which keeps NaN (its second operand); subnormals
-/// round by adding a
-/// constant; normals are rebiased and rounded to nearest even on the bits; NaN is the
-/// only value whose code lands above 0x7f, and the clamp makes it 0x7f; the sign then
-/// goes to bit 7.
+/// steps of `F8E4M3::from_f32`, lane by lane. |v| is clamped to the largest finite value
+/// (infinities too) by `vminps`, which keeps NaN (its second operand); subnormals round
+/// by adding a constant; normals are rebiased and rounded to nearest even on the bits;
+/// NaN is the only value whose code lands above 0x7f, and the clamp makes it 0x7f; the
+/// sign then goes to bit 7.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 fn fp8_encode(v: __m512, p: Fp8Params) -> __m512i {

@@ -179,13 +179,9 @@ pub(super) unsafe fn map1<K: Block>(dst: *mut u8, x: *const u8, n: usize, f: imp
 }
 
 /// Integer division by a rank count, exact (truncating toward zero, as `scalar.rs`), and
-/// cheaper than its 128-bit division: 8- and 32-bit integers divide in f64 (exact, see
-/// below) in a loop the compiler vectorizes; 64-bit integers use the native division.
-///
-/// Why f64 is exact for |x| < 2^32 and 1 <= d <= 2^32: the true quotient x/d is at least
-/// 1/d away from the next integer toward larger magnitude, and the f64 quotient is within
-/// |x/d| * 2^-53 < 1/d of the true one (as |x| < 2^53), so truncation gives the same
-/// integer. Divisors above 2^32 exceed every |x| and give 0.
+/// much cheaper than the reference's 128-bit division: 8- and 32-bit integers multiply by
+/// a reciprocal in f64, in a loop the compiler vectorizes; 64-bit integers multiply by a
+/// magic number (see [`Div64`]).
 ///
 /// # Safety
 /// `x` readable and `dst` writable for `n` elements of `T`, equal or disjoint.
@@ -195,9 +191,10 @@ pub(super) unsafe fn int_div<T: IntDiv>(dst: *mut u8, x: *const u8, n: usize, d:
     // SAFETY: the caller's contract covers `n` elements of `T` at both pointers; unaligned
     // accesses are used.
     unsafe {
-        if !T::fast(d) {
+        let Some(d) = T::divisor(d) else {
+            // Division by zero: the reference panics, as Rust's division does.
             return super::scalar::div::<T>(dst, x, n, d);
-        }
+        };
         for i in 0..n {
             dp.add(i).write_unaligned(xp.add(i).read_unaligned().div_by(d));
         }
@@ -206,47 +203,134 @@ pub(super) unsafe fn int_div<T: IntDiv>(dst: *mut u8, x: *const u8, n: usize, d:
 
 /// An integer type with a fast exact division by a `u64` (see [`int_div`]).
 pub(super) trait IntDiv: super::scalar::Arith {
-    /// Whether `div_by` handles `d` (otherwise the 128-bit reference is used).
-    fn fast(d: u64) -> bool;
+    /// What the division needs to know about the divisor, worked out once per call.
+    type Divisor: Copy;
+    /// The divisor's form, or `None` for zero.
+    fn divisor(d: u64) -> Option<Self::Divisor>;
     /// `self / d`, truncating toward zero.
-    fn div_by(self, d: u64) -> Self;
+    fn div_by(self, d: Self::Divisor) -> Self;
+}
+
+/// 1/d rounded up to an f64, for some d >= 1: a value in (0, 1]. Only [`Recip::new`]
+/// makes one, which [`IntDiv::div_by`]'s unchecked conversion relies on.
+///
+/// Why `trunc(x * r)` is exact for |x| <= 2^32 and any d >= 1: write |x|/d = q + f
+/// (q whole, f = 0 or f >= 1/d). As r is within a factor (1 + 2^-52) above 1/d, the
+/// exact product lies in [q + f, (q + f)(1 + 2^-52)]: at least q, so its rounding is too
+/// (q is representable); and below q + 1 by at least (1 - |x| 2^-52)/d, which exceeds
+/// half an ulp of q + 1 (at most (q + 1) 2^-53, and (q + 1) d <= |x| + d; divisors
+/// above 2^33 give products below 1/2 anyway). So the rounded product truncates to q.
+#[derive(Clone, Copy)]
+pub(super) struct Recip(f64);
+
+impl Recip {
+    /// 1/d rounded up, or `None` for d = 0.
+    fn new(d: u64) -> Option<Recip> {
+        if d == 0 {
+            return None;
+        }
+        let df = d as f64; // exact for d <= 2^53; larger divisors only give zeros
+        let r = 1.0 / df;
+        // The sign of r * d - 1, exactly.
+        Some(Recip(if r.mul_add(df, -1.0) < 0.0 { r.next_up() } else { r }))
+    }
 }
 
 macro_rules! int_div_via_f64 {
     ($($t:ty),*) => {$(
         impl IntDiv for $t {
+            type Divisor = Recip;
             #[inline(always)]
-            fn fast(d: u64) -> bool {
-                d != 0 && d <= 1 << 32
+            fn divisor(d: u64) -> Option<Recip> {
+                Recip::new(d)
             }
             #[inline(always)]
-            fn div_by(self, d: u64) -> Self {
-                (self as f64 / d as f64) as $t
+            fn div_by(self, r: Recip) -> Self {
+                let q = self as f64 * r.0;
+                // SAFETY: r is in (0, 1] (`Recip`), so q is finite with |q| <= |self|
+                // (equal only for r = 1, exactly): truncated, it fits the type. The
+                // unchecked conversion lets the loop vectorize; a saturating `as` does not.
+                unsafe { q.to_int_unchecked::<$t>() }
             }
         }
     )*};
 }
 int_div_via_f64!(i8, u8, i32, u32);
 
-impl IntDiv for i64 {
-    #[inline(always)]
-    fn fast(d: u64) -> bool {
-        d != 0 && d <= i64::MAX as u64
+/// Unsigned 64-bit division by an invariant divisor without a `div` instruction
+/// (Granlund and Montgomery, "Division by invariant integers using multiplication",
+/// 1994; the branch-free form libdivide uses).
+#[derive(Clone, Copy)]
+pub(super) enum Div64 {
+    /// d = 2^k: a shift.
+    Shift(u32),
+    /// 2^(l-1) < d < 2^l, l <= 63: with t = (m * x) >> 64, the quotient is
+    /// (t + ((x - t) >> 1)) >> (l - 1), where m = floor(2^(64+l) / d) - 2^64 + 1.
+    Magic {
+        /// The multiplier (its 2^64 bit implied).
+        m: u64,
+        /// l - 1.
+        s: u32,
+    },
+    /// d > 2^63: the quotient is 0 or 1.
+    Big(u64),
+}
+
+impl Div64 {
+    /// The form of divisor `d`, or `None` for zero.
+    pub(super) fn new(d: u64) -> Option<Div64> {
+        if d == 0 {
+            return None;
+        }
+        if d.is_power_of_two() {
+            return Some(Div64::Shift(d.trailing_zeros()));
+        }
+        if d > 1 << 63 {
+            return Some(Div64::Big(d));
+        }
+        let l = 64 - (d - 1).leading_zeros(); // ceil(log2 d), in 2..=63
+        let m = ((1u128 << (64 + l)) / d as u128 - (1u128 << 64) + 1) as u64;
+        Some(Div64::Magic { m, s: l - 1 })
     }
+
+    /// `x / d`.
     #[inline(always)]
-    fn div_by(self, d: u64) -> Self {
-        self / d as i64
+    pub(super) fn div(self, x: u64) -> u64 {
+        match self {
+            Div64::Shift(k) => x >> k,
+            Div64::Magic { m, s } => {
+                let t = ((m as u128 * x as u128) >> 64) as u64;
+                (t + ((x - t) >> 1)) >> s
+            }
+            Div64::Big(d) => (x >= d) as u64,
+        }
     }
 }
 
 impl IntDiv for u64 {
+    type Divisor = Div64;
     #[inline(always)]
-    fn fast(d: u64) -> bool {
-        d != 0
+    fn divisor(d: u64) -> Option<Div64> {
+        Div64::new(d)
     }
     #[inline(always)]
-    fn div_by(self, d: u64) -> Self {
-        self / d
+    fn div_by(self, d: Div64) -> Self {
+        d.div(self)
+    }
+}
+
+impl IntDiv for i64 {
+    type Divisor = Div64;
+    #[inline(always)]
+    fn divisor(d: u64) -> Option<Div64> {
+        Div64::new(d)
+    }
+    /// Divides the magnitude (truncation toward zero is symmetric), then puts the sign
+    /// back; i64::MIN / 1 wraps back to i64::MIN, as in the reference.
+    #[inline(always)]
+    fn div_by(self, d: Div64) -> Self {
+        let q = d.div(self.unsigned_abs()) as i64;
+        if self < 0 { q.wrapping_neg() } else { q }
     }
 }
 

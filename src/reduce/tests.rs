@@ -83,14 +83,25 @@ struct Buf {
 impl Buf {
     const SLACK: usize = 192;
 
-    fn new(len: usize, fill: impl FnMut() -> u8) -> Buf {
-        let mut mem: Vec<u8> = std::iter::repeat_with(fill).take(len + Self::SLACK).collect();
+    /// Every byte `fill`.
+    fn new(len: usize, fill: u8) -> Buf {
+        let mut mem = vec![fill; len + Self::SLACK];
         let base = mem.as_mut_ptr().align_offset(64);
         Buf { mem, base }
     }
 
+    /// Random bytes.
+    fn random_bytes(len: usize, r: &mut Rng) -> Buf {
+        let mut b = Buf::new(len, 0);
+        for c in b.mem.chunks_mut(8) {
+            c.copy_from_slice(&r.next().to_le_bytes()[..c.len()]);
+        }
+        b
+    }
+
+    /// Random elements of `dt` (see [`random_elem`]).
     fn random(len: usize, dt: DataType, r: &mut Rng) -> Buf {
-        let mut b = Buf::new(len, || 0);
+        let mut b = Buf::new(len, 0);
         let size = dt.size();
         // Element-sized chunks from the allocation start: offsets that are not multiples
         // of the size see mixed bytes, which is fine (still random).
@@ -113,6 +124,9 @@ impl Buf {
 
 /// Compares `n` elements of `dt`: same bits, or both NaN.
 fn assert_same(dt: DataType, want: &[u8], got: &[u8], what: &dyn Fn() -> String) {
+    if want == got {
+        return; // the common case, checked by memcmp
+    }
     let size = dt.size();
     for (i, (w, g)) in want.chunks(size).zip(got.chunks(size)).enumerate() {
         let load = |c: &[u8]| {
@@ -189,7 +203,7 @@ fn check2(dt: DataType, n: usize, out: Out, r: &mut Rng, kernel: Call, reference
     let bytes = n * dt.size();
     let (oa, ob) = (random_offset(dt.size(), r), random_offset(dt.size(), r));
     let (mut a, mut b) = (Buf::random(bytes, dt, r), Buf::random(bytes, dt, r));
-    let mut want = Buf::new(bytes, || 0);
+    let mut want = Buf::new(bytes, 0);
     let (pa, pb) = (a.ptr(oa), b.ptr(ob));
     // SAFETY: the buffers hold `bytes` bytes (plus slack) past each pointer; disjoint.
     unsafe { reference.run(want.ptr(0), pa, pb, n) };
@@ -198,16 +212,15 @@ fn check2(dt: DataType, n: usize, out: Out, r: &mut Rng, kernel: Call, reference
     let what = || format!("{} (n {n}, a +{oa}, b +{ob}, out {out:?})", what());
     match out {
         Out::Separate(od) => {
-            let mut d = Buf::new(bytes, || 0xa5);
+            let mut d = Buf::new(bytes, 0xa5);
             let pd = d.ptr(od);
             // SAFETY: as above; `d` is a third, disjoint buffer.
             unsafe { kernel.run(pd, pa, pb, n) };
             assert_same(dt, &want, d.bytes(od, bytes), &what);
-            let outside = d.mem.iter().enumerate().filter(|(i, _)| {
-                let i = i.wrapping_sub(d.base + od);
-                i >= bytes
-            });
-            assert!(outside.into_iter().all(|(_, v)| *v == 0xa5), "{}: wrote outside dst", what());
+            let untouched = Buf::new(bytes, 0xa5).mem;
+            let end = d.base + od + bytes;
+            let outside_same = d.mem[..end - bytes] == untouched[..end - bytes] && d.mem[end..] == untouched[end..];
+            assert!(outside_same, "{}: wrote outside dst", what());
             assert_eq!((a.mem == a0, b.mem == b0), (true, true), "{}: input changed", what());
         }
         Out::OverA | Out::OverB => {
@@ -414,9 +427,10 @@ fn copy_copies_exactly() {
     for bytes in sizes {
         for _ in 0..4 {
             let (os, od) = (r.below(64), r.below(64));
-            let mut src = Buf::new(bytes, || r.next() as u8);
+            let mut src = Buf::random_bytes(bytes, &mut r);
             let ps = src.ptr(os);
             let want = src.bytes(os, bytes).to_vec();
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut runs: Vec<(&str, CopyFn)> = vec![("copy", copy_temporal), ("copy nt", copy_nt)];
             #[cfg(target_arch = "x86_64")]
             {
@@ -428,7 +442,7 @@ fn copy_copies_exactly() {
                 }
             }
             for (name, f) in runs {
-                let mut dst = Buf::new(bytes, || 0x5a);
+                let mut dst = Buf::new(bytes, 0x5a);
                 let pd = dst.ptr(od);
                 // SAFETY: `bytes` bytes at each pointer; separate buffers; the level was
                 // checked available.
@@ -491,5 +505,80 @@ fn reducer_avg_and_premulsum() {
         store_fence();
         assert!(d.iter().all(|v| *v == 0), "{level} premulsum");
         assert!(Reducer::with_level(DataType::Int8, ReduceOp::pre_mul_sum(1.0f32), 2, level).is_err());
+    }
+}
+
+/// Divisors of every size: small, around powers of two, and random magnitudes.
+fn divisors(r: &mut Rng) -> Vec<u64> {
+    let mut d: Vec<u64> = (1..=40).collect();
+    for k in 2..64 {
+        let p = 1u64 << k;
+        d.extend([p - 1, p, p + 1]);
+    }
+    d.extend([u64::MAX, u64::MAX - 1, i64::MAX as u64, (1 << 63) + 1]);
+    for _ in 0..200 {
+        d.push((r.next() >> r.below(64)).max(1));
+    }
+    d
+}
+
+/// 64-bit division by magic numbers against u128 division, with exact multiples and their
+/// neighbours (where a multiply-based division goes wrong first).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn div64_magic_is_exact() {
+    let mut r = Rng(0xd1d0_0064);
+    for d in divisors(&mut r) {
+        let div = simd::Div64::new(d).unwrap();
+        let mut xs = vec![0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1, 1 << 63];
+        for _ in 0..50 {
+            let k = r.next() >> r.below(64);
+            let m = k.wrapping_mul(d);
+            xs.extend([m, m.wrapping_sub(1), m.wrapping_add(1), r.next()]);
+        }
+        for x in xs {
+            assert_eq!(div.div(x), x / d, "{x} / {d}");
+        }
+    }
+    assert!(simd::Div64::new(0).is_none());
+}
+
+/// Integer Avg division at every level against the reference, on exact multiples of the
+/// divisor and their neighbours, for every integer type.
+#[test]
+fn int_div_exact_multiples() {
+    let mut r = Rng(0x3_1415_9265);
+    let ds = divisors(&mut r);
+    for level in simd_levels() {
+        for dt in &DataType::ALL[..6] {
+            let size = dt.size();
+            let bits = 8 * size as u32;
+            let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
+            let signed = matches!(dt, DataType::Int8 | DataType::Int32 | DataType::Int64);
+            // The largest magnitude a positive value of the type has.
+            let top = if signed { mask >> 1 } else { mask };
+            let (k, s) = (kernels(*dt, level), scalar::KERNELS[*dt as usize]);
+            for &d in &ds {
+                let mut xs = vec![0, 1, top, top.wrapping_add(1) & mask, mask];
+                for _ in 0..40 {
+                    // A multiple of d that fits the type, its neighbours and its negation
+                    // (two's complement in the type's width).
+                    let dd = d.min(top);
+                    let q = (r.next() >> r.below(64)) % (top / dd).saturating_add(1);
+                    let m = q * dd;
+                    for x in [m, m.wrapping_sub(1), m.wrapping_add(1), m.wrapping_neg()] {
+                        xs.push(x & mask);
+                    }
+                }
+                let input: Vec<u8> = xs.iter().flat_map(|v| v.to_le_bytes()[..size].to_vec()).collect();
+                let (mut got, mut want) = (vec![0u8; input.len()], vec![0u8; input.len()]);
+                // SAFETY: all three buffers hold `xs.len()` elements.
+                unsafe {
+                    (k.div)(got.as_mut_ptr(), input.as_ptr(), xs.len(), d);
+                    (s.div)(want.as_mut_ptr(), input.as_ptr(), xs.len(), d);
+                }
+                assert_eq!(got, want, "{level} {dt} / {d}");
+            }
+        }
     }
 }

@@ -167,14 +167,19 @@ macro_rules! fp8 {
             }
             /// f32 bits of the largest finite value (for the SIMD conversions in
             /// `reduce/`, which repeat [`Self::from_f32`]'s steps lane by lane).
+            #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
             pub(crate) const MAX_F32_BITS: u32 = $fmt.max_f32_bits();
             /// f32 bits of the smallest normal value.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
             pub(crate) const MIN_NORMAL_F32_BITS: u32 = $fmt.min_normal_f32_bits();
             /// Subtracted from a normal f32's bits to rebias its exponent.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
             pub(crate) const REBIAS: u32 = $fmt.rebias();
             /// Right shift that drops the extra f32 mantissa bits.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
             pub(crate) const SHIFT: u32 = $fmt.shift();
             /// f32 bits of the constant whose addition rounds subnormals.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
             pub(crate) const SUBNORMAL_MAGIC: u32 = $fmt.subnormal_magic_bits();
             /// Exact widening to f32 (NaN stays NaN, with its sign).
             #[inline]
