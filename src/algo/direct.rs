@@ -36,8 +36,21 @@ impl Exchange {
         Exchange { kind, count, chunk: chunk.max(1), channel, at: 0, phase: 0, done: false }
     }
 
-    /// The next step.
-    pub fn next(&mut self) -> Option<Step> {
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, me: Rank, n: usize, f: &mut dyn FnMut(Rank, u8, bool)) {
+        for p in (0..n).filter(|&p| p != me) {
+            f(p, self.channel, true);
+            f(p, self.channel, false);
+        }
+    }
+}
+
+impl Iterator for Exchange {
+    type Item = Step;
+
+    /// The next step, or `None` when the stream is finished.
+    fn next(&mut self) -> Option<Step> {
         if self.done {
             return None;
         }
@@ -70,14 +83,6 @@ impl Exchange {
             self.done = self.kind == ExchangeKind::Barrier;
         }
         Some(s)
-    }
-
-    /// Calls `f(peer, channel, is_send)` for the links used.
-    pub fn links(&self, me: Rank, n: usize, f: &mut dyn FnMut(Rank, u8, bool)) {
-        for p in (0..n).filter(|&p| p != me) {
-            f(p, self.channel, true);
-            f(p, self.channel, false);
-        }
     }
 }
 
@@ -113,8 +118,22 @@ impl P2p {
         P2p { kind, src, dst, count, chunk, channel, at: 0 }
     }
 
-    /// The next step.
-    pub fn next(&mut self) -> Option<Step> {
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
+        match self.kind {
+            P2pKind::Send(p) => f(p, self.channel, true),
+            P2pKind::Recv(p) => f(p, self.channel, false),
+            P2pKind::Local => {}
+        }
+    }
+}
+
+impl Iterator for P2p {
+    type Item = Step;
+
+    /// The next step, or `None` when the stream is finished.
+    fn next(&mut self) -> Option<Step> {
         if self.at >= self.count {
             return None;
         }
@@ -137,14 +156,5 @@ impl P2p {
         }
         self.at += count;
         Some(s)
-    }
-
-    /// Calls `f(peer, channel, is_send)` for the links used.
-    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
-        match self.kind {
-            P2pKind::Send(p) => f(p, self.channel, true),
-            P2pKind::Recv(p) => f(p, self.channel, false),
-            P2pKind::Local => {}
-        }
     }
 }

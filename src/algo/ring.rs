@@ -114,24 +114,6 @@ impl Ring {
         (self.pos + 2 * n - shift - (k % n)) % n
     }
 
-    /// The next step, or `None` at the end.
-    pub fn next(&mut self) -> Option<Step> {
-        loop {
-            if self.base >= self.count {
-                return None;
-            }
-            let step = self.step_at(self.k);
-            self.k += 1;
-            if self.k == self.steps() {
-                self.k = 0;
-                self.base += self.loop_len();
-                self.part = self.part_at(self.base);
-            }
-            if let Some(s) = step {
-                return Some(s);
-            }
-        }
-    }
 
     /// Step `k` of the current loop, or `None` if it carries no elements.
     fn step_at(&self, k: usize) -> Option<Step> {
@@ -234,5 +216,28 @@ impl Ring {
             f(self.next_rank(), self.channel, true);
         }
         let _ = self.me();
+    }
+}
+
+impl Iterator for Ring {
+    type Item = Step;
+
+    /// The next step, or `None` when the stream is finished.
+    fn next(&mut self) -> Option<Step> {
+        loop {
+            if self.base >= self.count {
+                return None;
+            }
+            let step = self.step_at(self.k);
+            self.k += 1;
+            if self.k == self.steps() {
+                self.k = 0;
+                self.base += self.loop_len();
+                self.part = self.part_at(self.base);
+            }
+            if let Some(s) = step {
+                return Some(s);
+            }
+        }
     }
 }

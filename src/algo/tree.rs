@@ -80,8 +80,26 @@ impl Up {
         Up { node, hi, at: lo, chunk: chunking.chunk, channel }
     }
 
-    /// The next step.
-    pub fn next(&mut self) -> Option<Step> {
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
+        for c in self.node.children.iter().flatten() {
+            f(*c, self.channel, false);
+            if self.node.parent.is_none() {
+                f(*c, self.channel, true);
+            }
+        }
+        if let Some(p) = self.node.parent {
+            f(p, self.channel, true);
+        }
+    }
+}
+
+impl Iterator for Up {
+    type Item = Step;
+
+    /// The next step, or `None` when the stream is finished.
+    fn next(&mut self) -> Option<Step> {
         if self.at >= self.hi {
             return None;
         }
@@ -99,19 +117,6 @@ impl Up {
         }
         self.at += count;
         Some(s)
-    }
-
-    /// Calls `f(peer, channel, is_send)` for the links used.
-    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
-        for c in self.node.children.iter().flatten() {
-            f(*c, self.channel, false);
-            if self.node.parent.is_none() {
-                f(*c, self.channel, true);
-            }
-        }
-        if let Some(p) = self.node.parent {
-            f(p, self.channel, true);
-        }
     }
 }
 
@@ -132,8 +137,23 @@ impl Down {
         Down { node, hi, at: lo, chunk: chunking.chunk, channel }
     }
 
-    /// The next step.
-    pub fn next(&mut self) -> Option<Step> {
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
+        if let Some(p) = self.node.parent {
+            f(p, self.channel, false);
+        }
+        for c in self.node.children.iter().flatten() {
+            f(*c, self.channel, true);
+        }
+    }
+}
+
+impl Iterator for Down {
+    type Item = Step;
+
+    /// The next step, or `None` when the stream is finished.
+    fn next(&mut self) -> Option<Step> {
         if self.at >= self.hi {
             return None;
         }
@@ -144,16 +164,6 @@ impl Down {
         s.send = self.node.child_peers();
         self.at += count;
         Some(s)
-    }
-
-    /// Calls `f(peer, channel, is_send)` for the links used.
-    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
-        if let Some(p) = self.node.parent {
-            f(p, self.channel, false);
-        }
-        for c in self.node.children.iter().flatten() {
-            f(*c, self.channel, true);
-        }
     }
 }
 

@@ -59,7 +59,7 @@ impl Ranks {
 
     /// `len` split into one block per rank.
     fn blocks(&self, what: &str, len: usize) -> Result<usize> {
-        if len % self.n != 0 {
+        if !len.is_multiple_of(self.n) {
             return Err(invalid(format!(
                 "{what}: buffer of {len} elements does not split into {} equal blocks (one per rank)",
                 self.n

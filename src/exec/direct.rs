@@ -133,7 +133,7 @@ unsafe fn work(ctx: &mut Ctx<'_>, call: &Call, coll: &Collective, bufs: &[[u64; 
                 // Push: our block goes into every output (read once, written n times).
                 for k in 0..n {
                     let dst = recv(k, me * count);
-                    if dst as *const u8 != send(me, 0) {
+                    if !std::ptr::eq(dst, send(me, 0)) {
                         reduce::copy(dst, send(me, 0), count * e, call.nt);
                     }
                 }
@@ -141,7 +141,7 @@ unsafe fn work(ctx: &mut Ctx<'_>, call: &Call, coll: &Collective, bufs: &[[u64; 
             Collective::Broadcast { count, root } => {
                 // Pull: every rank copies the root's data, in parallel.
                 let dst = recv(me, 0);
-                if dst as *const u8 != send(root, 0) {
+                if !std::ptr::eq(dst, send(root, 0)) {
                     reduce::copy(dst, send(root, 0), count * e, call.nt);
                 }
             }
