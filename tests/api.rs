@@ -33,15 +33,12 @@ fn wrong_lengths_and_ranks_are_clear_errors() {
     invalid_arg(c.broadcast_in_place(&mut b, 4), "root 4 is out of range for a communicator of 4 ranks");
     invalid_arg(c.reduce(&a, &mut b, ReduceOp::Max, 9), "root 9 is out of range");
     invalid_arg(c.send(&a, 4), "peer 4 is out of range");
-    invalid_arg(c.all_to_all(&a, &mut vec![0f32; 10]), "does not split into 4 equal blocks");
+    invalid_arg(c.all_to_all(&a, &mut [0f32; 10]), "does not split into 4 equal blocks");
     invalid_arg(c.all_gather_in_place(&mut b), "does not split into 4 equal blocks");
     invalid_arg(c.gather(&a, &mut b, 1), "gather needs 40");
     invalid_arg(c.scatter(&a, &mut b, 1), "scatter needs 44");
     // A PreMulSum scalar must have the call's data type.
-    invalid_arg(
-        c.all_reduce(&a, &mut vec![0f32; 10], ReduceOp::pre_mul_sum(2.0f64)),
-        "PreMulSum scalar has type double",
-    );
+    invalid_arg(c.all_reduce(&a, &mut [0f32; 10], ReduceOp::pre_mul_sum(2.0f64)), "PreMulSum scalar has type double");
     // Sends to self must pair with receives from self.
     match c.group(|g| g.send(&a, 1)) {
         Err(Error::InvalidUsage(m)) => assert!(m.contains("sends to self"), "{m}"),

@@ -36,7 +36,6 @@ impl Exchange {
         Exchange { kind, count, chunk: chunk.max(1), channel, at: 0, phase: 0, done: false }
     }
 
-
     /// Calls `f(peer, channel, is_send)` for the links used.
     pub fn links(&self, me: Rank, n: usize, f: &mut dyn FnMut(Rank, u8, bool)) {
         for p in (0..n).filter(|&p| p != me) {
@@ -117,7 +116,6 @@ impl P2p {
         let chunk = if kind == P2pKind::Local { count.max(1) } else { chunk.max(1) };
         P2p { kind, src, dst, count, chunk, channel, at: 0 }
     }
-
 
     /// Calls `f(peer, channel, is_send)` for the links used.
     pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {

@@ -114,7 +114,6 @@ impl Ring {
         (self.pos + 2 * n - shift - (k % n)) % n
     }
 
-
     /// Step `k` of the current loop, or `None` if it carries no elements.
     fn step_at(&self, k: usize) -> Option<Step> {
         let n = self.n();

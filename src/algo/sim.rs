@@ -81,7 +81,7 @@ pub fn run(
                 let ready = step.recv.all(me, n, |p| fifos.get(&(p, me, step.channel)).is_some_and(|q| !q.is_empty()))
                     && step.send.all(me, n, |p| fifos.get(&(me, p, step.channel)).is_none_or(|q| q.len() < nslots));
                 // Randomly hold back ready steps to explore interleavings.
-                if !ready || rng.next() % 3 == 0 {
+                if !ready || rng.next().is_multiple_of(3) {
                     continue;
                 }
                 let mut sources: Vec<(Rank, Vec<Sym>)> = Vec::new();
@@ -343,9 +343,9 @@ mod tests {
             .collect();
         let sends: Vec<Vec<Sym>> = (0..n).map(|r| input(r, count)).collect();
         let got = run(n, streams, &sends, count, false, 2, 5).unwrap();
-        for r in 0..n {
+        for (r, g) in got.iter().enumerate() {
             let p = (r + n - 1) % n;
-            assert_eq!(got[r], (0..count).map(|i| Some(Sym { idx: i, mask: 1 << p, fin: 0 })).collect::<Vec<_>>());
+            assert_eq!(g, &(0..count).map(|i| Some(Sym { idx: i, mask: 1 << p, fin: 0 })).collect::<Vec<_>>());
         }
     }
 

@@ -80,7 +80,6 @@ impl Up {
         Up { node, hi, at: lo, chunk: chunking.chunk, channel }
     }
 
-
     /// Calls `f(peer, channel, is_send)` for the links used.
     pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
         for c in self.node.children.iter().flatten() {
@@ -136,7 +135,6 @@ impl Down {
         assert!(node.parent.is_some(), "the root's down stream is fused into its up stream");
         Down { node, hi, at: lo, chunk: chunking.chunk, channel }
     }
-
 
     /// Calls `f(peer, channel, is_send)` for the links used.
     pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {

@@ -329,7 +329,7 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
             Some(r) if step.raw => {
                 if sc.dsts.is_empty() && sc.srcs.len() > 1 {
                     sc.srcs.sort_unstable_by_key(|s| s.0);
-                    if let Some(i) = sc.srcs.iter().position(|s| s.2 && s.1 == d0 as *const u8) {
+                    if let Some(i) = sc.srcs.iter().position(|s| s.2 && std::ptr::eq(s.1, d0)) {
                         // In place: keep our contribution before the output is written.
                         sc.tmp.clear();
                         sc.tmp.extend_from_slice(std::slice::from_raw_parts(sc.srcs[i].1, bytes));
@@ -341,7 +341,7 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
                         reduce::copy(d, first, bytes, false);
                     }
                     if let Some(o) = out
-                        && o as *const u8 != first
+                        && !std::ptr::eq(o, first)
                     {
                         r.load_input(o, first, count, call.nt);
                         if step.finalize {
@@ -390,7 +390,7 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
                     reduce::copy(d, first, bytes, false);
                 }
                 if let Some(o) = out
-                    && o as *const u8 != first
+                    && !std::ptr::eq(o, first)
                 {
                     reduce::copy(o, first, bytes, call.nt);
                 }

@@ -154,7 +154,7 @@ pub fn wait_until(
         }
         iter = iter.wrapping_add(1);
         std::thread::yield_now();
-        if iter % 16 != 0 {
+        if !iter.is_multiple_of(16) {
             continue;
         }
         let now = Instant::now();

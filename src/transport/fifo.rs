@@ -57,7 +57,7 @@ impl FifoShape {
         if self.nslots < 2 || self.nslots > 1024 {
             return Err(Error::InvalidArgument(format!("FIFO needs 2..=1024 slots, got {}", self.nslots)));
         }
-        if self.slot_bytes < 64 || self.slot_bytes % 64 != 0 || self.slot_bytes > (1 << 30) {
+        if self.slot_bytes < 64 || !self.slot_bytes.is_multiple_of(64) || self.slot_bytes > (1 << 30) {
             return Err(Error::InvalidArgument(format!(
                 "FIFO slot size must be a multiple of 64 bytes between 64 B and 1 GiB, got {}",
                 self.slot_bytes
@@ -197,7 +197,7 @@ impl Fifo {
 
     fn at(region: Arc<Region>, offset: usize, shape: FifoShape) -> Result<Fifo> {
         shape.validate()?;
-        if offset % 64 != 0 || offset.checked_add(shape.region_bytes()).is_none_or(|e| e > region.len()) {
+        if !offset.is_multiple_of(64) || offset.checked_add(shape.region_bytes()).is_none_or(|e| e > region.len()) {
             return Err(Error::Internal(format!(
                 "FIFO of {} B at offset {offset} does not fit a region of {} B",
                 shape.region_bytes(),
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(unsafe { *m.ptr }, 0);
         rx.release();
         assert!(tx.can_send());
-        let big = vec![0xabu8; 100];
+        let big = [0xabu8; 100];
         // SAFETY: 100 <= slot_bytes; the slot is ours after can_send.
         unsafe { std::ptr::copy_nonoverlapping(big.as_ptr(), tx.buffer(100), 100) };
         tx.post(100, [1, 2]);
