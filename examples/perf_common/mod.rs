@@ -1,0 +1,1379 @@
+//! Shared harness of the `*_perf` examples: nccl-tests-compatible benchmarks of oxccl.
+//!
+//! A benchmark is a type implementing [`Collective`]: its buffer sizes for a count, its
+//! bus-bandwidth factor, how to run it out-of-place and in-place, and where its inputs go
+//! and what its outputs must hold (as [`Segment`]s of periodic tables). [`main`] does the
+//! rest, with nccl-tests' flags, output format and exit codes:
+//!
+//! - flags `-b -e -i -f -n -w -c -o -d -r -a -t -T -u -N -h` (and their long forms);
+//! - ranks are threads of this process (`-t N`, [`oxccl::Comm::init_all`]);
+//! - per size: warm-up, a barrier, `iters` timed back-to-back calls; every rank times
+//!   itself and `-a` aggregates (rank 0, average, min, max), out-of-place then in-place;
+//! - `-c N`: N checks per measurement, with inputs whose reduction is exact in any order,
+//!   compared element by element with a host reference; `#wrong` is summed over ranks;
+//! - exit status 0 when every value is right, 1 on wrong values or an oxccl error, 2 on a
+//!   bad command line.
+//!
+//! Data are periodic with a prime period ([`PERIOD`]), so filling and checking are copies
+//! and comparisons of short tables (memory speed), and a block landing at the wrong offset
+//! (a multiple of a power of two) is still caught.
+
+#![allow(dead_code)] // Each example uses a different part of the harness.
+
+use std::alloc::{self, Layout as AllocLayout};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use half::{bf16, f16};
+use oxccl::{Comm, Config, DataType, Element, F8E4M3, F8E5M2, ReduceOp};
+
+/// Period of the data patterns, in elements: prime, so that it divides no chunk size.
+pub const PERIOD: usize = 1021;
+
+/// Elements after each output checked to be left alone (out-of-bounds writes).
+const GUARD_ELEMS: usize = 64;
+
+/// Byte written into outputs before a check run, so a missing write shows.
+const POISON: u8 = 0xff;
+
+// ---------------------------------------------------------------------------------------
+// What a collective must describe.
+
+/// Buffer sizes of one call, in elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Elements of the send buffer (out-of-place).
+    pub send: usize,
+    /// Elements of the receive buffer (out-of-place).
+    pub recv: usize,
+    /// Elements of the single buffer of the in-place call.
+    pub in_place: usize,
+    /// The `count` column (nccl-tests' "param count").
+    pub count: usize,
+    /// The `size` column in elements (nccl-tests prints max(send, recv) bytes).
+    pub size: usize,
+}
+
+/// Where one part of a buffer's content comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Src {
+    /// Rank `r`'s input pattern.
+    Input(usize),
+    /// The reduction, over all ranks, of the input patterns.
+    Reduced,
+}
+
+/// `len` elements at element offset `at` of a buffer hold the pattern `src`, starting
+/// at pattern index `phase` (the index the data had in the sender's input).
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    /// Offset in the buffer, in elements.
+    pub at: usize,
+    /// Length in elements.
+    pub len: usize,
+    /// Which pattern.
+    pub src: Src,
+    /// Index of the first element in the pattern's (infinite, periodic) sequence.
+    pub phase: usize,
+}
+
+impl Segment {
+    /// `len` elements at `at` holding `src` from index `phase`.
+    pub fn new(at: usize, len: usize, src: Src, phase: usize) -> Segment {
+        Segment { at, len, src, phase }
+    }
+}
+
+/// Everything a call needs to know besides the buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct CallCtx {
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub nranks: usize,
+    /// The root (`-r`), for rooted collectives.
+    pub root: usize,
+}
+
+/// One collective, as a benchmark sees it. Each `*_perf` example implements this.
+pub trait Collective: Sync {
+    /// Program name, printed in the header and footer (`all_reduce_perf`).
+    const NAME: &'static str;
+    /// Whether `-o` applies (reductions); otherwise the op column says `none`.
+    const REDUCES: bool;
+    /// Whether `-r` applies; otherwise the root column says `-1`.
+    const ROOTED: bool = false;
+    /// Ranks (threads) when `-t` is not given.
+    const DEFAULT_RANKS: usize = 2;
+    /// Whether every rank ends with the same output (then their outputs are also
+    /// compared with each other, bit for bit).
+    const SAME_OUTPUT: bool = false;
+
+    /// Buffer sizes for `count` = size in bytes / element size (rounding down as the
+    /// collective needs, e.g. to a multiple of the number of ranks).
+    fn layout(&self, count: usize, nranks: usize) -> Layout;
+
+    /// Bytes behind algbw: algbw = alg_bytes / time (nccl-tests' `getBw`). Default: the
+    /// count column times the element size.
+    fn alg_bytes(&self, lay: &Layout, elem_size: usize, _nranks: usize) -> f64 {
+        (lay.count * elem_size) as f64
+    }
+
+    /// busbw = algbw x this factor (nccl-tests' definition).
+    fn bus_factor(&self, nranks: usize) -> f64;
+
+    /// One out-of-place call.
+    fn run<T: Element>(
+        &self,
+        comm: &mut Comm,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        ctx: CallCtx,
+    ) -> oxccl::Result<()>;
+
+    /// One in-place call on `buf` (`layout().in_place` elements).
+    fn run_in_place<T: Element>(&self, comm: &mut Comm, buf: &mut [T], op: ReduceOp, ctx: CallCtx)
+    -> oxccl::Result<()>;
+
+    /// This rank's input: segments of the send buffer (out-of-place) or of the in-place
+    /// buffer.
+    fn inputs(&self, lay: &Layout, ctx: CallCtx, in_place: bool) -> Vec<Segment>;
+
+    /// What this rank's output must hold: segments of the receive buffer (out-of-place)
+    /// or of the in-place buffer. Parts not covered are not checked (but the elements
+    /// just past the buffer are: nothing may be written there).
+    fn outputs(&self, lay: &Layout, ctx: CallCtx, in_place: bool) -> Vec<Segment>;
+}
+
+// ---------------------------------------------------------------------------------------
+// Ops and element types.
+
+/// A reduction as the command line names it (`-o`), or none for data movement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// `sum`.
+    Sum,
+    /// `prod`.
+    Prod,
+    /// `max`.
+    Max,
+    /// `min`.
+    Min,
+    /// `avg`.
+    Avg,
+    /// `mulsum`: PreMulSum with the scalar [`MULSUM_SCALAR`] in the call's type.
+    MulSum,
+    /// No reduction (broadcast, all-gather, ...).
+    None,
+}
+
+/// The PreMulSum scalar: 2 keeps every product exact in every type (also integers).
+pub const MULSUM_SCALAR: i64 = 2;
+
+impl OpKind {
+    /// Every reduction, in nccl-tests' order (what `-o all` runs).
+    pub const ALL: [OpKind; 6] = [OpKind::Sum, OpKind::Prod, OpKind::Max, OpKind::Min, OpKind::Avg, OpKind::MulSum];
+
+    /// nccl-tests' name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Sum => "sum",
+            OpKind::Prod => "prod",
+            OpKind::Max => "max",
+            OpKind::Min => "min",
+            OpKind::Avg => "avg",
+            OpKind::MulSum => "mulsum",
+            OpKind::None => "none",
+        }
+    }
+
+    fn parse(s: &str) -> Option<OpKind> {
+        OpKind::ALL.iter().copied().find(|o| o.name() == s)
+    }
+
+    /// The oxccl op for element type `T`.
+    pub fn reduce_op<T: PerfElem>(self) -> ReduceOp {
+        match self {
+            OpKind::Sum | OpKind::None => ReduceOp::Sum,
+            OpKind::Prod => ReduceOp::Prod,
+            OpKind::Max => ReduceOp::Max,
+            OpKind::Min => ReduceOp::Min,
+            OpKind::Avg => ReduceOp::Avg,
+            OpKind::MulSum => ReduceOp::pre_mul_sum(T::from_i64(MULSUM_SCALAR)),
+        }
+    }
+}
+
+/// An element type with what the checker needs: exact conversions of small integers and
+/// a host reference of each reduction.
+pub trait PerfElem: Element {
+    /// Integer type (arithmetic wraps).
+    const IS_INT: bool;
+    /// Floats: every integer in `[-MAX_EXACT, MAX_EXACT]` is exactly representable.
+    const MAX_EXACT: i64;
+    /// Floats: 2^MAX_POW2 is finite.
+    const MAX_POW2: u32;
+    /// `v` as this type: wrapping for integers, exact for floats (|v| <= MAX_EXACT).
+    fn from_i64(v: i64) -> Self;
+    /// The reduction of `vals` (one per rank) as oxccl defines it: wrapping integer
+    /// arithmetic; for floats, exact inputs folded in f64, Avg divided once at the end
+    /// (in f32 for f32 and narrower, then rounded to the type).
+    fn reduce_ref(op: OpKind, vals: &[Self]) -> Self;
+    /// Equal values (for floats: numerically, so -0 == +0; NaN equals NaN).
+    fn same(a: Self, b: Self) -> bool;
+}
+
+macro_rules! int_elem {
+    ($($t:ty),*) => {$(
+        impl PerfElem for $t {
+            const IS_INT: bool = true;
+            const MAX_EXACT: i64 = i64::MAX;
+            const MAX_POW2: u32 = 63;
+            fn from_i64(v: i64) -> Self {
+                v as $t
+            }
+            fn reduce_ref(op: OpKind, vals: &[Self]) -> Self {
+                let it = vals.iter().copied();
+                match op {
+                    OpKind::Sum => it.fold(0, |a: $t, b| a.wrapping_add(b)),
+                    OpKind::Prod => it.fold(1, |a: $t, b| a.wrapping_mul(b)),
+                    OpKind::Max => it.max().unwrap_or_default(),
+                    OpKind::Min => it.min().unwrap_or_default(),
+                    OpKind::Avg => {
+                        let s = it.fold(0, |a: $t, b| a.wrapping_add(b));
+                        ((s as i128) / (vals.len() as i128)) as $t
+                    }
+                    OpKind::MulSum => it.fold(0, |a: $t, b| {
+                        a.wrapping_add(b.wrapping_mul(MULSUM_SCALAR as $t))
+                    }),
+                    OpKind::None => vals[0],
+                }
+            }
+            fn same(a: Self, b: Self) -> bool {
+                a == b
+            }
+        }
+    )*};
+}
+int_elem!(i8, u8, i32, u32, i64, u64);
+
+macro_rules! float_elem {
+    ($t:ty, exact: $m:expr, pow2: $p:expr, to: $to:expr, from: $from:expr, avg: $avg:expr) => {
+        impl PerfElem for $t {
+            const IS_INT: bool = false;
+            const MAX_EXACT: i64 = $m;
+            const MAX_POW2: u32 = $p;
+            fn from_i64(v: i64) -> Self {
+                $from(v as f64)
+            }
+            fn reduce_ref(op: OpKind, vals: &[Self]) -> Self {
+                let to: fn($t) -> f64 = $to;
+                let it = vals.iter().map(|&v| to(v));
+                let r = match op {
+                    OpKind::Sum => it.sum(),
+                    OpKind::Prod => it.product(),
+                    OpKind::Max => it.fold(f64::NEG_INFINITY, f64::max),
+                    OpKind::Min => it.fold(f64::INFINITY, f64::min),
+                    OpKind::Avg => {
+                        let avg: fn(f64, usize) -> $t = $avg;
+                        return avg(it.sum(), vals.len());
+                    }
+                    OpKind::MulSum => it.map(|v| v * MULSUM_SCALAR as f64).sum(),
+                    OpKind::None => return vals[0],
+                };
+                $from(r)
+            }
+            fn same(a: Self, b: Self) -> bool {
+                let to: fn($t) -> f64 = $to;
+                let (x, y) = (to(a), to(b));
+                x == y || (x.is_nan() && y.is_nan())
+            }
+        }
+    };
+}
+float_elem!(f64, exact: 1 << 53, pow2: 1023, to: |v| v, from: |x| x,
+    avg: |s, n| s / n as f64);
+float_elem!(f32, exact: 1 << 24, pow2: 127, to: |v| v as f64, from: |x| x as f32,
+    avg: |s, n| s as f32 / n as f32);
+float_elem!(f16, exact: 2048, pow2: 15, to: |v| v.to_f64(), from: f16::from_f64,
+    avg: |s, n| f16::from_f32(s as f32 / n as f32));
+float_elem!(bf16, exact: 256, pow2: 127, to: |v| v.to_f64(), from: bf16::from_f64,
+    avg: |s, n| bf16::from_f32(s as f32 / n as f32));
+float_elem!(F8E4M3, exact: 16, pow2: 8, to: |v| v.to_f32() as f64,
+    from: |x| F8E4M3::from_f32(x as f32), avg: |s, n| F8E4M3::from_f32(s as f32 / n as f32));
+float_elem!(F8E5M2, exact: 8, pow2: 15, to: |v| v.to_f32() as f64,
+    from: |x| F8E5M2::from_f32(x as f32), avg: |s, n| F8E5M2::from_f32(s as f32 / n as f32));
+
+/// Runs `$body` with `$T` bound to the Rust type of the runtime `DataType` `$dt`.
+macro_rules! with_elem {
+    ($dt:expr, $T:ident => $body:expr) => {
+        match $dt {
+            oxccl::DataType::Int8 => {
+                type $T = i8;
+                $body
+            }
+            oxccl::DataType::Uint8 => {
+                type $T = u8;
+                $body
+            }
+            oxccl::DataType::Int32 => {
+                type $T = i32;
+                $body
+            }
+            oxccl::DataType::Uint32 => {
+                type $T = u32;
+                $body
+            }
+            oxccl::DataType::Int64 => {
+                type $T = i64;
+                $body
+            }
+            oxccl::DataType::Uint64 => {
+                type $T = u64;
+                $body
+            }
+            oxccl::DataType::Float16 => {
+                type $T = half::f16;
+                $body
+            }
+            oxccl::DataType::Float32 => {
+                type $T = f32;
+                $body
+            }
+            oxccl::DataType::Float64 => {
+                type $T = f64;
+                $body
+            }
+            oxccl::DataType::Bfloat16 => {
+                type $T = half::bf16;
+                $body
+            }
+            oxccl::DataType::Float8E4M3 => {
+                type $T = oxccl::F8E4M3;
+                $body
+            }
+            oxccl::DataType::Float8E5M2 => {
+                type $T = oxccl::F8E5M2;
+                $body
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Data: periodic tables whose reduction is exact in any order.
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The input of `rank` at pattern index `j`, as a small integer (for floats) or raw bits
+/// (for integers, which wrap). For floats the values keep every partial result exact:
+/// - sum, avg, mulsum: at most `k` ranks (those with `(rank + j) % n < k`) contribute a
+///   nonzero value, each of magnitude <= `a`, with `k * a * scalar <= MAX_EXACT`;
+/// - prod: values in {1, 2, -1, -2}, at most `MAX_POW2` factors of 2 per element;
+/// - max, min, none: any exact integer.
+fn gen_value<T: PerfElem>(op: OpKind, rank: usize, n: usize, j: usize, seed: u64) -> i64 {
+    let h = splitmix64(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ ((rank as u64) << 32) ^ j as u64);
+    if T::IS_INT {
+        return h as i64;
+    }
+    let m = T::MAX_EXACT;
+    let active = |k: usize| (rank + j) % n < k;
+    let uniform = |a: i64| (h % (2 * a as u64 + 1)) as i64 - a;
+    match op {
+        OpKind::Sum | OpKind::Avg | OpKind::MulSum => {
+            let s = if op == OpKind::MulSum { MULSUM_SCALAR } else { 1 };
+            let k = (n as i64).min(m / s).max(1);
+            let a = (m / (s * k)).max(1);
+            if active(k as usize) { uniform(a) } else { 0 }
+        }
+        OpKind::Prod => {
+            let k = n.min(T::MAX_POW2 as usize);
+            let mag = if active(k) && h & 1 == 1 { 2 } else { 1 };
+            if h & 2 != 0 { -mag } else { mag }
+        }
+        OpKind::Max | OpKind::Min | OpKind::None => uniform(m.min(1 << 53)),
+    }
+}
+
+/// One period of every rank's input, and of their reduction.
+pub struct Tables<T> {
+    inputs: Vec<Vec<T>>,
+    reduced: Vec<T>,
+}
+
+impl<T: PerfElem> Tables<T> {
+    /// The tables of check number `seed` for `op` over `n` ranks.
+    pub fn new(op: OpKind, n: usize, seed: u64) -> Tables<T> {
+        let inputs: Vec<Vec<T>> =
+            (0..n).map(|r| (0..PERIOD).map(|j| T::from_i64(gen_value::<T>(op, r, n, j, seed))).collect()).collect();
+        let reduced = if op == OpKind::None {
+            Vec::new()
+        } else {
+            let mut vals = Vec::with_capacity(n);
+            (0..PERIOD)
+                .map(|j| {
+                    vals.clear();
+                    vals.extend(inputs.iter().map(|t| t[j]));
+                    T::reduce_ref(op, &vals)
+                })
+                .collect()
+        };
+        Tables { inputs, reduced }
+    }
+
+    fn table(&self, src: Src) -> &[T] {
+        match src {
+            Src::Input(r) => &self.inputs[r],
+            Src::Reduced => &self.reduced,
+        }
+    }
+
+    /// Writes `seg` into `buf`.
+    pub fn fill(&self, buf: &mut [T], seg: &Segment) {
+        let t = self.table(seg.src);
+        let out = &mut buf[seg.at..seg.at + seg.len];
+        let mut pos = seg.phase % PERIOD;
+        let mut i = 0;
+        while i < out.len() {
+            let take = (PERIOD - pos).min(out.len() - i);
+            out[i..i + take].copy_from_slice(&t[pos..pos + take]);
+            i += take;
+            pos = 0;
+        }
+    }
+
+    /// Compares `buf` with `seg`: fast bytewise per period, element by element where a
+    /// period differs.
+    pub fn check(&self, buf: &[T], seg: &Segment, res: &mut CheckResult) {
+        let t = self.table(seg.src);
+        let got = &buf[seg.at..seg.at + seg.len];
+        let mut pos = seg.phase % PERIOD;
+        let mut i = 0;
+        while i < got.len() {
+            let take = (PERIOD - pos).min(got.len() - i);
+            let (g, w) = (&got[i..i + take], &t[pos..pos + take]);
+            if as_bytes(g) != as_bytes(w) {
+                for (k, (&a, &b)) in g.iter().zip(w).enumerate() {
+                    if as_bytes(&[a]) == as_bytes(&[b]) {
+                        continue;
+                    }
+                    if T::same(a, b) {
+                        res.inexact += 1;
+                    } else {
+                        if res.wrong == 0 {
+                            res.first = Some(format!("element {}: got {:?}, expected {:?}", seg.at + i + k, a, b));
+                        }
+                        res.wrong += 1;
+                    }
+                }
+            }
+            i += take;
+            pos = 0;
+        }
+    }
+}
+
+/// What a check found on one rank.
+#[derive(Default, Debug)]
+pub struct CheckResult {
+    /// Elements with a wrong value.
+    pub wrong: u64,
+    /// Elements with the right value but other bits (-0 for +0, another NaN).
+    pub inexact: u64,
+    /// The first wrong element, described.
+    pub first: Option<String>,
+}
+
+/// The bytes of a slice of elements.
+pub fn as_bytes<T: Element>(s: &[T]) -> &[u8] {
+    // SAFETY: `Element` is sealed to plain-old-data types (integers, floats, fp8 bytes)
+    // with no padding, so every byte of the slice is initialized; the length in bytes is
+    // exactly the slice's size.
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x100_0000_01b3);
+        h ^= h >> 29;
+    }
+    for &x in chunks.remainder() {
+        h = (h ^ x as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------------------
+// Buffers: allocated once at the largest size, page-aligned and touched up front.
+
+/// A page-aligned byte buffer viewed as elements of any type.
+pub struct Buf {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+// SAFETY: Buf owns its allocation exclusively (like a Vec<u8>); it is moved to and used
+// by one rank thread.
+unsafe impl Send for Buf {}
+
+const BUF_ALIGN: usize = 4096;
+
+impl Buf {
+    /// `bytes` bytes, every page written (so timing never pays first-touch faults).
+    pub fn new(bytes: usize) -> Buf {
+        let bytes = bytes.max(1);
+        let layout = AllocLayout::from_size_align(bytes, BUF_ALIGN).expect("buffer too large");
+        // SAFETY: the layout has a nonzero size.
+        let ptr = unsafe { alloc::alloc(layout) };
+        if ptr.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: ptr is valid for `bytes` writes; this also faults every page in.
+        unsafe { std::ptr::write_bytes(ptr, POISON, bytes) };
+        Buf { ptr, bytes }
+    }
+
+    /// Elements `off..off + len` as `&[T]`.
+    pub fn view<T: Element>(&self, off: usize, len: usize) -> &[T] {
+        let sz = std::mem::size_of::<T>();
+        assert!((off + len) * sz <= self.bytes, "view past the end of the buffer");
+        // SAFETY: in bounds (checked above); BUF_ALIGN is a multiple of T's alignment
+        // (<= 8) and offsets are whole elements, so the pointer is aligned; the bytes are
+        // initialized (written at allocation) and every bit pattern is a valid `Element`.
+        unsafe { std::slice::from_raw_parts((self.ptr as *const T).add(off), len) }
+    }
+
+    /// Elements `off..off + len` as `&mut [T]`.
+    pub fn view_mut<T: Element>(&mut self, off: usize, len: usize) -> &mut [T] {
+        let sz = std::mem::size_of::<T>();
+        assert!((off + len) * sz <= self.bytes, "view past the end of the buffer");
+        // SAFETY: as in `view`, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut((self.ptr as *mut T).add(off), len) }
+    }
+
+    /// Capacity in elements of `T`.
+    pub fn cap<T: Element>(&self) -> usize {
+        self.bytes / std::mem::size_of::<T>()
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        let layout = AllocLayout::from_size_align(self.bytes, BUF_ALIGN).unwrap();
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { alloc::dealloc(self.ptr, layout) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Between ranks: a barrier-based exchange for times and error counts (kept apart from the
+// library under test, as nccl-tests uses MPI/pthreads for these).
+
+struct Shared {
+    barrier: Barrier,
+    slots: Mutex<Vec<[u64; 3]>>,
+}
+
+impl Shared {
+    fn new(n: usize) -> Shared {
+        Shared { barrier: Barrier::new(n), slots: Mutex::new(vec![[0; 3]; n]) }
+    }
+
+    /// Every rank contributes `v`; every rank gets all contributions, in rank order.
+    fn exchange(&self, rank: usize, v: [u64; 3]) -> Vec<[u64; 3]> {
+        self.slots.lock().unwrap()[rank] = v;
+        self.barrier.wait();
+        let all = self.slots.lock().unwrap().clone();
+        self.barrier.wait();
+        all
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Command line.
+
+/// Parsed flags.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// `-t`: ranks, as threads of this process.
+    pub nthreads: usize,
+    /// `-b`.
+    pub min_bytes: usize,
+    /// `-e`.
+    pub max_bytes: usize,
+    /// `-i`.
+    pub step_bytes: usize,
+    /// `-f`.
+    pub step_factor: usize,
+    /// `-n`.
+    pub iters: usize,
+    /// `-w`.
+    pub warmup: usize,
+    /// `-c`: checks per measurement.
+    pub check: usize,
+    /// `-o`: `None` is `all`.
+    pub op: Option<OpKind>,
+    /// `-d`: `None` is `all`.
+    pub dtype: Option<DataType>,
+    /// `-r`.
+    pub root: usize,
+    /// `-a`: 0 rank 0, 1 average, 2 min, 3 max.
+    pub average: u32,
+    /// `-T`: seconds (0: no timeout); `None`: oxccl's default (or `OXCCL_TIMEOUT`).
+    pub timeout: Option<f64>,
+    /// `-u`: elements by which buffers are misaligned.
+    pub unalign: usize,
+    /// `-N`: times the size sweep runs (0: forever).
+    pub cycles: usize,
+}
+
+enum CliError {
+    Help,
+    Bad(String),
+}
+
+fn usage(prog: &str, default_ranks: usize) -> String {
+    format!(
+        "USAGE: {prog} \n\t\
+[-t,--nthreads <num threads>] ranks, as threads of this process (default: {default_ranks}) \n\t\
+[-g,--ngpus <gpus per thread>] (only 1) \n\t\
+[-b,--minbytes <min size in bytes>] \n\t\
+[-e,--maxbytes <max size in bytes>] \n\t\
+[-i,--stepbytes <increment size>] \n\t\
+[-f,--stepfactor <increment factor>] \n\t\
+[-n,--iters <iteration count>] \n\t\
+[-m,--agg_iters <aggregated iteration count>] (only 1) \n\t\
+[-w,--warmup_iters <warmup iteration count>] \n\t\
+[-N,--run_cycles <cycle count> run & print each cycle (default: 1; 0=infinite)] \n\t\
+[-c,--check <check iteration count>] \n\t\
+[-o,--op <sum/prod/min/max/avg/mulsum/all>] \n\t\
+[-d,--datatype <int8/uint8/int32/uint32/int64/uint64/half/float/double/bfloat16/f8e4m3/f8e5m2/all>] \n\t\
+[-r,--root <root>] \n\t\
+[-T,--timeout <time in seconds> (0: none; default: OXCCL_TIMEOUT or 600)] \n\t\
+[-a,--average <0/1/2/3> report average iteration time <0=RANK0/1=AVG/2=MIN/3=MAX>] \n\t\
+[-u,--unalign <index of first element> Misalign source and destination buffers (default: 0)] \n\t\
+[-h,--help]\n\
+Sizes take K, M, G suffixes (powers of 1024).\n"
+    )
+}
+
+/// nccl-tests' size syntax: a number, optionally followed by K, M or G (binary).
+fn parse_size(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let (num, mul) = match v.chars().last()? {
+        'k' | 'K' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&v[..v.len() - 1], 1 << 20),
+        'g' | 'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    let x: f64 = num.trim().parse().ok()?;
+    if !x.is_finite() || x < 0.0 {
+        return None;
+    }
+    let b = x * mul as f64;
+    (b < 1e18).then_some(b as usize)
+}
+
+/// An integer, decimal or 0x hexadecimal (strtol with base 0, without its leniency).
+fn parse_int(v: &str) -> Option<i64> {
+    let v = v.trim();
+    let (neg, d) = match v.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, v.strip_prefix('+').unwrap_or(v)),
+    };
+    let x = if let Some(h) = d.strip_prefix("0x").or_else(|| d.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16).ok()?
+    } else {
+        d.parse::<i64>().ok()?
+    };
+    Some(if neg { -x } else { x })
+}
+
+const FLAGS: &[(char, &str)] = &[
+    ('t', "nthreads"),
+    ('g', "ngpus"),
+    ('b', "minbytes"),
+    ('e', "maxbytes"),
+    ('i', "stepbytes"),
+    ('f', "stepfactor"),
+    ('n', "iters"),
+    ('m', "agg_iters"),
+    ('w', "warmup_iters"),
+    ('N', "run_cycles"),
+    ('c', "check"),
+    ('o', "op"),
+    ('d', "datatype"),
+    ('r', "root"),
+    ('T', "timeout"),
+    ('a', "average"),
+    ('u', "unalign"),
+    ('J', "output_file"),
+];
+
+fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
+    let mut o = Opts {
+        nthreads: default_ranks,
+        min_bytes: 32 << 20,
+        max_bytes: 32 << 20,
+        step_bytes: 1 << 20,
+        step_factor: 1,
+        iters: 20,
+        warmup: 5,
+        check: 1,
+        op: Some(OpKind::Sum),
+        dtype: Some(DataType::Float32),
+        root: 0,
+        average: 1,
+        timeout: None,
+        unalign: 0,
+        cycles: 1,
+    };
+    let bad = |m: String| CliError::Bad(m);
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let (flag, inline): (char, Option<String>) = if let Some(long) = a.strip_prefix("--") {
+            let (name, val) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            if name == "help" {
+                return Err(CliError::Help);
+            }
+            match FLAGS.iter().find(|(_, l)| *l == name) {
+                Some((c, _)) => (*c, val),
+                None => return Err(bad(format!("invalid option '--{name}'"))),
+            }
+        } else if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
+            let c = short.chars().next().unwrap();
+            if c == 'h' {
+                return Err(CliError::Help);
+            }
+            if !FLAGS.iter().any(|(f, _)| *f == c) {
+                return Err(bad(format!("invalid option '-{c}'")));
+            }
+            let rest = &short[c.len_utf8()..];
+            (c, (!rest.is_empty()).then(|| rest.to_string()))
+        } else {
+            return Err(bad(format!("unexpected argument '{a}'")));
+        };
+        let val = match inline {
+            Some(v) => v,
+            None if i < args.len() => {
+                i += 1;
+                args[i - 1].clone()
+            }
+            None => return Err(bad(format!("option '-{flag}' needs a value"))),
+        };
+        let int = |what: &str, lo: i64, hi: i64| -> Result<i64, CliError> {
+            match parse_int(&val) {
+                Some(x) if (lo..=hi).contains(&x) => Ok(x),
+                _ => Err(bad(format!("invalid value '{val}' for '{what}' (expected an integer in {lo}..={hi})"))),
+            }
+        };
+        let size = |what: &str| -> Result<usize, CliError> {
+            parse_size(&val).ok_or_else(|| bad(format!("invalid size specified for '{what}': '{val}'")))
+        };
+        match flag {
+            't' => o.nthreads = int("nthreads", 1, 4096)? as usize,
+            'g' => {
+                int("ngpus", 1, 1)?;
+            }
+            'b' => o.min_bytes = size("minbytes")?,
+            'e' => o.max_bytes = size("maxbytes")?,
+            'i' => o.step_bytes = size("stepbytes")?,
+            'f' => o.step_factor = int("stepfactor", 1, 1 << 30)? as usize,
+            'n' => o.iters = int("iters", 1, 1 << 40)? as usize,
+            'm' => {
+                int("agg_iters", 1, 1)?;
+            }
+            'w' => o.warmup = int("warmup_iters", 0, 1 << 40)? as usize,
+            'N' => o.cycles = int("run_cycles", 0, 1 << 40)? as usize,
+            'c' => o.check = int("check", 0, 1 << 20)? as usize,
+            'o' => {
+                o.op = match val.as_str() {
+                    "all" => None,
+                    s => Some(OpKind::parse(s).ok_or_else(|| {
+                        bad(format!("invalid op '{s}' (expected sum, prod, max, min, avg, mulsum or all)"))
+                    })?),
+                }
+            }
+            'd' => {
+                o.dtype = match val.as_str() {
+                    "all" => None,
+                    s => Some(s.parse::<DataType>().map_err(bad)?),
+                }
+            }
+            'r' => o.root = int("root", 0, i32::MAX as i64)? as usize,
+            'T' => {
+                let t: f64 = val
+                    .parse()
+                    .ok()
+                    .filter(|t: &f64| t.is_finite() && *t >= 0.0)
+                    .ok_or_else(|| bad(format!("invalid timeout '{val}' (seconds)")))?;
+                o.timeout = Some(t);
+            }
+            'a' => o.average = int("average", 0, 3)? as u32,
+            'u' => o.unalign = int("unalign", 0, 1 << 20)? as usize,
+            'J' => {
+                return Err(bad("-J (JSON output) is not supported yet by the oxccl perf examples".into()));
+            }
+            _ => unreachable!(),
+        }
+    }
+    if o.min_bytes > o.max_bytes {
+        return Err(bad(format!("invalid sizes for 'minbytes' and 'maxbytes': {} > {}", o.min_bytes, o.max_bytes)));
+    }
+    if o.step_factor <= 1 && o.step_bytes == 0 && o.min_bytes < o.max_bytes {
+        return Err(bad("stepbytes must be positive when stepfactor is 1 (it would never reach maxbytes)".into()));
+    }
+    Ok(o)
+}
+
+/// The sizes swept, in bytes (before rounding to whole elements), as nccl-tests steps:
+/// by factor when it is above 1, else by increment.
+fn sizes(o: &Opts) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut s = o.min_bytes;
+    while s <= o.max_bytes {
+        v.push(s);
+        // After 0 comes 1 with a factor (0 x factor would repeat 0 forever).
+        let next = if o.step_factor > 1 {
+            s.checked_mul(o.step_factor).map(|x| x.max(1))
+        } else {
+            s.checked_add(o.step_bytes)
+        };
+        match next {
+            Some(n) if n > s => s = n,
+            _ => break,
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// Output in nccl-tests' format.
+
+/// C's `%e` with `prec` decimals (`1.5e+03`).
+fn c_exp(v: f64, prec: usize) -> String {
+    let s = format!("{v:.prec$e}");
+    let (m, e) = s.split_once('e').unwrap();
+    let e: i32 = e.parse().unwrap();
+    format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+}
+
+/// C's `%g` (6 significant digits, trailing zeros removed).
+pub fn c_g(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if !v.is_finite() {
+        return if v.is_nan() {
+            "nan".into()
+        } else if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
+    }
+    let strip = |s: String| -> String {
+        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    };
+    let s = format!("{v:.5e}");
+    let x: i32 = s.split_once('e').unwrap().1.parse().unwrap();
+    if !(-4..6).contains(&x) {
+        let e = c_exp(v, 5);
+        let (m, ex) = e.split_once('e').unwrap();
+        format!("{}e{ex}", strip(m.to_string()))
+    } else {
+        strip(format!("{v:.*}", (5 - x) as usize))
+    }
+}
+
+/// nccl-tests' `getFloatStr`: the most decimals (2, 1, 0) that fit `width`, else `%e`.
+fn float_str(v: f64, width: usize) -> String {
+    for p in [2, 1, 0] {
+        let s = format!("{v:>width$.p$}");
+        if s.len() <= width {
+            return s;
+        }
+    }
+    let s = c_exp(v, if width >= 7 { 1 } else { 0 });
+    format!("{s:>width$}")
+}
+
+fn out(s: &str) {
+    let mut o = std::io::stdout().lock();
+    if o.write_all(s.as_bytes()).and_then(|_| o.flush()).is_err() {
+        // Nobody reads the results any more (a closed pipe): stop, as nccl-tests would
+        // on SIGPIPE.
+        std::process::exit(1);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let l = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = l.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The lines before the table: parameters and the "devices" (threads).
+fn header(prog: &str, o: &Opts, reduced_max: Option<usize>) -> String {
+    let mut h = String::new();
+    let ver = env!("CARGO_PKG_VERSION");
+    let _ = writeln!(h, "# oxccl-tests version {ver} oxccl={ver} (nccl-tests format)");
+    let _ = writeln!(h, "# Collective test starting: {prog}");
+    let (step, kind) = if o.step_factor > 1 { (o.step_factor, "factor") } else { (o.step_bytes, "bytes") };
+    let _ = writeln!(
+        h,
+        "# nThread {} nGpus 1 minBytes {} maxBytes {} step: {step}({kind}) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0 unalign: {}",
+        o.nthreads, o.min_bytes, o.max_bytes, o.warmup, o.iters, o.check, o.unalign
+    );
+    let _ = writeln!(h, "#");
+    let _ = writeln!(h, "# Using devices");
+    let (pid, host, cpu) = (std::process::id(), hostname(), cpu_name());
+    for r in 0..o.nthreads {
+        let _ = writeln!(h, "#  Rank {r:2} Group  0 Pid {pid:6} on {host:>10} device {r:2} [cpu] CPU thread, {cpu}");
+    }
+    if let Some(m) = reduced_max {
+        let _ = writeln!(h, "#\n# Reducing maxBytes to {m} due to memory limitation");
+    }
+    h
+}
+
+/// The table's column titles, as nccl-tests prints them.
+fn column_header() -> String {
+    let row = |c: [&str; 13]| {
+        format!(
+            "# {:>10}  {:>12}  {:>8}  {:>6}  {:>6}  {:>7}  {:>6}  {:>6}  {:>6}  {:>7}  {:>6}  {:>6}  {:>6} \n",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+        )
+    };
+    let mut h = String::from("#\n");
+    let _ = writeln!(
+        h,
+        "# {:>10}  {:>12}  {:>8}  {:>6}  {:>6}           out-of-place                       in-place          ",
+        "", "", "", "", ""
+    );
+    h += &row([
+        "size", "count", "type", "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw",
+        "#wrong",
+    ]);
+    h += &row(["(B)", "(elements)", "", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", ""]);
+    h
+}
+
+/// The lines after the table; `bw_ok` is the verdict on NCCL_TESTS_MIN_BW when set.
+fn footer(prog: &str, errors: u64, bw: f64, bw_ok: Option<bool>) -> String {
+    let mut f = String::new();
+    let _ = writeln!(f, "# {:<20} : {} {}", "Out of bounds values", errors, if errors > 0 { "FAILED" } else { "OK" });
+    let verdict = match bw_ok {
+        None => "",
+        Some(true) => "OK",
+        Some(false) => "FAILED",
+    };
+    let _ = writeln!(f, "# {:<20} : {} {verdict}", "Avg bus bandwidth", c_g(bw));
+    let _ = writeln!(f, "#");
+    let _ = writeln!(f, "# Collective test concluded: {prog}");
+    let _ = writeln!(f, "#");
+    f
+}
+
+// ---------------------------------------------------------------------------------------
+// The benchmark.
+
+struct Plan<'a, C> {
+    coll: &'a C,
+    opts: &'a Opts,
+    types: Vec<DataType>,
+    ops: Vec<OpKind>,
+    sizes: Vec<usize>,
+    shared: Shared,
+}
+
+/// What one rank brings back.
+#[derive(Default)]
+struct RankStats {
+    /// Checks that found wrong values on this rank (nccl-tests' "Out of bounds values").
+    errors: u64,
+    /// Sum and number of busbw values (rank 0 only).
+    bw_sum: f64,
+    bw_count: u64,
+}
+
+/// Runs the benchmark of `coll` with the process's arguments and exits: status 0 when
+/// every check passed, 1 on wrong values or an oxccl error, 2 on a bad command line.
+pub fn main<C: Collective>(coll: C) -> ! {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let prog = C::NAME;
+    let mut opts = match parse_args(&args, C::DEFAULT_RANKS) {
+        Ok(o) => o,
+        Err(CliError::Help) => {
+            out(&usage(prog, C::DEFAULT_RANKS));
+            std::process::exit(0);
+        }
+        Err(CliError::Bad(m)) => {
+            eprintln!("{prog}: {m}");
+            eprint!("{}", usage(prog, C::DEFAULT_RANKS));
+            std::process::exit(2);
+        }
+    };
+    let n = opts.nthreads;
+    if C::ROOTED && opts.root >= n {
+        eprintln!("{prog}: invalid root {} for {n} ranks", opts.root);
+        std::process::exit(2);
+    }
+
+    // A panicking rank would leave the others waiting for it: end the process instead.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = std::io::stdout().flush();
+        default_hook(info);
+        std::process::exit(1);
+    }));
+
+    let types: Vec<DataType> = match opts.dtype {
+        Some(t) => vec![t],
+        None => DataType::ALL.to_vec(),
+    };
+    let ops: Vec<OpKind> = if !C::REDUCES {
+        vec![OpKind::None]
+    } else {
+        match opts.op {
+            Some(o) => vec![o],
+            None => OpKind::ALL.to_vec(),
+        }
+    };
+
+    // Buffer capacity per rank for a largest size, over the types swept.
+    let caps = |max_bytes: usize| -> (usize, usize) {
+        let (mut s, mut r) = (0, 0);
+        for t in &types {
+            let es = t.size();
+            let lay = coll.layout(max_bytes / es, n);
+            let extra = (opts.unalign + GUARD_ELEMS) * es;
+            s = s.max(lay.send * es + extra);
+            r = r.max(lay.recv.max(lay.in_place) * es + extra);
+        }
+        (s, r)
+    };
+    let mut reduced_note = None;
+    if let Some(avail) = mem_available() {
+        let (s, r) = caps(opts.max_bytes);
+        let need = (s + r) as u128 * n as u128;
+        let budget = ((avail as f64 * 0.9) as u128).saturating_sub(256 << 20);
+        if need > budget {
+            let per_byte = need as f64 / opts.max_bytes.max(1) as f64;
+            let max = ((budget as f64 / per_byte) as usize) & !4095;
+            opts.max_bytes = max;
+            opts.min_bytes = opts.min_bytes.min(max);
+            reduced_note = Some(max);
+        }
+    }
+
+    out(&header(prog, &opts, reduced_note));
+
+    let mut cfg = Config::new();
+    match opts.timeout {
+        Some(t) if t > 0.0 => cfg = cfg.timeout(Duration::from_secs_f64(t)),
+        Some(_) => cfg = cfg.no_timeout(),
+        None => {}
+    }
+    let comms = match Comm::init_all_with(n, &cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("oxccl error: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    out(&column_header());
+
+    let (send_cap, recv_cap) = caps(opts.max_bytes);
+    let plan = Plan { coll: &coll, opts: &opts, types, ops, sizes: sizes(&opts), shared: Shared::new(n) };
+    let stats: Vec<RankStats> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                let plan = &plan;
+                std::thread::Builder::new()
+                    .name(format!("rank{}", comm.rank()))
+                    .spawn_scoped(s, move || rank_main(plan, comm, send_cap, recv_cap))
+                    .expect("cannot start a rank thread")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    let errors: u64 = stats.iter().map(|s| s.errors).sum();
+    let bw = if stats[0].bw_count > 0 { stats[0].bw_sum / stats[0].bw_count as f64 } else { 0.0 };
+    let min_bw: Option<f64> = std::env::var("NCCL_TESTS_MIN_BW").ok().and_then(|v| v.parse().ok());
+    let bw_ok = min_bw.is_none_or(|m| bw >= m * 0.9);
+    out(&footer(prog, errors, bw, min_bw.map(|_| bw_ok)));
+    std::process::exit(if errors > 0 || !bw_ok { 1 } else { 0 });
+}
+
+fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize, recv_cap: usize) -> RankStats {
+    let mut st = RankStats::default();
+    let mut send = Buf::new(send_cap);
+    let mut recv = Buf::new(recv_cap);
+    let mut rep = 0u64;
+    for &dt in &plan.types {
+        for &op in &plan.ops {
+            with_elem!(dt, T => run_test::<C, T>(
+                plan, &mut comm, &mut send, &mut recv, op, &mut rep, &mut st
+            ));
+        }
+    }
+    st
+}
+
+/// Ends the process on an oxccl error, saying what the call was.
+fn fail(e: oxccl::Error, what: &str) -> ! {
+    let _ = std::io::stdout().flush();
+    eprintln!("oxccl error: {e}");
+    eprintln!("  (during {what})");
+    std::process::exit(1);
+}
+
+/// nccl-tests' TimeTest: every size of one type and op.
+fn run_test<C: Collective, T: PerfElem>(
+    plan: &Plan<'_, C>,
+    comm: &mut Comm,
+    send: &mut Buf,
+    recv: &mut Buf,
+    op: OpKind,
+    rep: &mut u64,
+    st: &mut RankStats,
+) {
+    let (opts, coll) = (plan.opts, plan.coll);
+    let (rank, n) = (comm.rank(), comm.size());
+    let ctx = CallCtx { rank, nranks: n, root: opts.root };
+    let es = std::mem::size_of::<T>();
+    let u = opts.unalign;
+    let rop = op.reduce_op::<T>();
+
+    // Realistic data for the timed calls (the checks refill what they use).
+    let t0 = Tables::<T>::new(op, n, 0);
+    let max_lay = coll.layout(opts.max_bytes / es, n);
+    for seg in coll.inputs(&max_lay, ctx, false) {
+        t0.fill(send.view_mut::<T>(u, max_lay.send), &seg);
+    }
+
+    let mut cycle = 0;
+    loop {
+        for &bytes in &plan.sizes {
+            let lay = coll.layout(bytes / es, n);
+            if rank == 0 {
+                out(&format!(
+                    "{:>12}  {:>12}  {:>8}  {:>6}  {:>6}",
+                    lay.size * es,
+                    lay.count,
+                    T::DTYPE.name(),
+                    op.name(),
+                    if C::ROOTED { opts.root as i64 } else { -1 }
+                ));
+            }
+            for in_place in [false, true] {
+                bench::<C, T>(plan, comm, send, recv, &lay, ctx, op, rop, in_place, rep, st);
+            }
+            if rank == 0 {
+                out("\n");
+            }
+        }
+        cycle += 1;
+        if opts.cycles != 0 && cycle >= opts.cycles {
+            break;
+        }
+    }
+}
+
+/// nccl-tests' BenchTime: time one size, then check it.
+#[allow(clippy::too_many_arguments)]
+fn bench<C: Collective, T: PerfElem>(
+    plan: &Plan<'_, C>,
+    comm: &mut Comm,
+    send: &mut Buf,
+    recv: &mut Buf,
+    lay: &Layout,
+    ctx: CallCtx,
+    op: OpKind,
+    rop: ReduceOp,
+    in_place: bool,
+    rep: &mut u64,
+    st: &mut RankStats,
+) {
+    let (opts, coll) = (plan.opts, plan.coll);
+    let (rank, n) = (ctx.rank, ctx.nranks);
+    let es = std::mem::size_of::<T>();
+    let u = opts.unalign;
+    let what = || {
+        format!(
+            "{} {} {} of {} bytes, {}, rank {rank}",
+            C::NAME,
+            T::DTYPE.name(),
+            op.name(),
+            lay.size * es,
+            if in_place { "in-place" } else { "out-of-place" }
+        )
+    };
+    let call = |comm: &mut Comm, send: &Buf, recv: &mut Buf| {
+        let r = if in_place {
+            coll.run_in_place(comm, recv.view_mut::<T>(u, lay.in_place), rop, ctx)
+        } else {
+            coll.run(comm, send.view::<T>(u, lay.send), recv.view_mut::<T>(u, lay.recv), rop, ctx)
+        };
+        if let Err(e) = r {
+            fail(e, &what());
+        }
+    };
+
+    // Timing.
+    for _ in 0..opts.warmup {
+        call(comm, send, recv);
+    }
+    if let Err(e) = comm.barrier() {
+        fail(e, &format!("the barrier before timing {}", what()));
+    }
+    let start = Instant::now();
+    for _ in 0..opts.iters {
+        call(comm, send, recv);
+    }
+    let sec = start.elapsed().as_secs_f64() / opts.iters as f64;
+    let all = plan.shared.exchange(rank, [sec.to_bits(), 0, 0]);
+    let times = all.iter().map(|v| f64::from_bits(v[0]));
+    let sec = match opts.average {
+        0 => f64::from_bits(all[0][0]),
+        2 => times.fold(f64::INFINITY, f64::min),
+        3 => times.fold(0.0, f64::max),
+        _ => times.sum::<f64>() / n as f64,
+    };
+    let algbw = coll.alg_bytes(lay, es, n) / 1e9 / sec;
+    let busbw = algbw * coll.bus_factor(n);
+
+    // Checks.
+    let mut wrong_total = 0u64;
+    for _ in 0..opts.check {
+        *rep += 1;
+        let tables = Tables::<T>::new(op, n, *rep);
+        let ins = coll.inputs(lay, ctx, in_place);
+        let outs = coll.outputs(lay, ctx, in_place);
+        let len = if in_place { lay.in_place } else { lay.recv };
+        let guard = GUARD_ELEMS.min(recv.cap::<T>() - u - len);
+        // Poison the output (and the guard after it), then write the inputs.
+        recv.view_mut::<u8>(u * es, (len + guard) * es).fill(POISON);
+        if in_place {
+            let b = recv.view_mut::<T>(u, len);
+            for s in &ins {
+                tables.fill(b, s);
+            }
+        } else {
+            let b = send.view_mut::<T>(u, lay.send);
+            for s in &ins {
+                tables.fill(b, s);
+            }
+        }
+        call(comm, send, recv);
+
+        let mut res = CheckResult::default();
+        let got = recv.view::<T>(u, len + guard);
+        for s in &outs {
+            tables.check(got, s, &mut res);
+        }
+        let g = as_bytes(&got[len..]);
+        let oob = g.chunks(es).filter(|e| e.iter().any(|&b| b != POISON)).count() as u64;
+        if oob > 0 {
+            eprintln!("{}: {oob} elements written past the end of the output", what());
+            res.wrong += oob;
+        }
+        if !in_place {
+            let mut r2 = CheckResult::default();
+            let sb = send.view::<T>(u, lay.send);
+            for s in &ins {
+                tables.check(sb, s, &mut r2);
+            }
+            if r2.wrong > 0 {
+                eprintln!("{}: the input was modified ({} elements)", what(), r2.wrong);
+                res.wrong += r2.wrong;
+            }
+        }
+        if let Some(first) = &res.first {
+            eprintln!("{}: {} wrong elements; first: {first}", what(), res.wrong);
+        }
+
+        let all = plan.shared.exchange(rank, [res.wrong, res.inexact, 0]);
+        let mut wrong: u64 = all.iter().map(|v| v[0]).sum();
+        // Outputs equal to the reference bit for bit are equal across ranks too; only
+        // when some rank differs in bits but not in value (-0, NaN payloads) compare the
+        // ranks' outputs with each other.
+        if C::SAME_OUTPUT && all.iter().any(|v| v[1] > 0) {
+            let hsh = hash_bytes(as_bytes(&got[..len]));
+            let hs = plan.shared.exchange(rank, [hsh, res.inexact, 0]);
+            let mine = if hs[rank][0] != hs[0][0] {
+                eprintln!(
+                    "{}: output differs in its bits from rank 0's ({} elements differ from the reference)",
+                    what(),
+                    res.inexact
+                );
+                res.inexact.max(1)
+            } else {
+                0
+            };
+            res.wrong += mine;
+            let all = plan.shared.exchange(rank, [mine, 0, 0]);
+            wrong += all.iter().map(|v| v[0]).sum::<u64>();
+        }
+        if res.wrong > 0 {
+            st.errors += 1;
+        }
+        wrong_total = wrong;
+        if wrong > 0 {
+            break;
+        }
+    }
+
+    if rank == 0 {
+        let wrong = if opts.check > 0 { format!("{:>6}", c_g(wrong_total as f64)) } else { "   N/A".to_string() };
+        out(&format!(
+            "  {:>7}  {:>6}  {:>6}  {wrong}",
+            float_str(sec * 1e6, 7),
+            float_str(algbw, 6),
+            float_str(busbw, 6)
+        ));
+        st.bw_sum += busbw;
+        st.bw_count += 1;
+    }
+}
