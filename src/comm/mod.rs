@@ -385,54 +385,30 @@ impl Comm {
             algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
             sc.streams.extend(sc.scheds.drain(..).map(|sched| Stream::new(sched, call)));
         }
-        let mut r = Ok(());
-        if direct && let ([s], [call]) = (specs, &sc.calls[..]) {
-            let mut ctx = Ctx {
-                me: self.rank,
-                n: self.nranks,
-                links: &mut self.links,
-                transport: &*self.transport,
-                bell: &self.bell,
-                backoff: BackoffConfig::default(),
-                timeout: self.settings.timeout,
-                aborted: &self.aborted,
-                scratch: &mut sc.exec,
-            };
-            r = exec::direct::run(&mut ctx, call, &s.coll);
-        } else if let [s] = specs
-            && let [call] = &sc.calls[..]
-            && self.nranks > 1
-            && all_connected
-            && let Collective::AllReduce { count } = s.coll
-            && one_shot
-            && count * call.elem <= self.settings.slot_bytes
-        {
-            let mut ctx = Ctx {
-                me: self.rank,
-                n: self.nranks,
-                links: &mut self.links,
-                transport: &*self.transport,
-                bell: &self.bell,
-                backoff: BackoffConfig::default(),
-                timeout: self.settings.timeout,
-                aborted: &self.aborted,
-                scratch: &mut sc.exec,
-            };
-            r = exec::all_reduce_one_slot(&mut ctx, call, count);
-        } else if !sc.streams.is_empty() {
-            let mut ctx = Ctx {
-                me: self.rank,
-                n: self.nranks,
-                links: &mut self.links,
-                transport: &*self.transport,
-                bell: &self.bell,
-                backoff: BackoffConfig::default(),
-                timeout: self.settings.timeout,
-                aborted: &self.aborted,
-                scratch: &mut sc.exec,
-            };
-            r = exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected);
-        }
+        let mut ctx = Ctx {
+            me: self.rank,
+            n: self.nranks,
+            links: &mut self.links,
+            transport: &*self.transport,
+            bell: &self.bell,
+            backoff: BackoffConfig::default(),
+            timeout: self.settings.timeout,
+            aborted: &self.aborted,
+            scratch: &mut sc.exec,
+        };
+        let r = match (specs, &sc.calls[..]) {
+            ([s], [call]) if direct => exec::direct::run(&mut ctx, call, &s.coll),
+            ([s], [call])
+                if one_shot
+                    && all_connected
+                    && self.nranks > 1
+                    && call.send_len * call.elem <= self.settings.slot_bytes =>
+            {
+                exec::all_reduce_one_slot(&mut ctx, call, s.coll.count())
+            }
+            _ if sc.streams.is_empty() => Ok(()),
+            _ => exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected),
+        };
         if r.is_ok() && !all_connected {
             for s in specs {
                 if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s, shared)) {
