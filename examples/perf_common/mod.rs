@@ -1366,9 +1366,10 @@ fn bench<C: Collective, T: PerfElem>(
     }
 
     if rank == 0 {
-        let wrong = if opts.check > 0 { format!("{:>6}", c_g(wrong_total as f64)) } else { "   N/A".to_string() };
+        // nccl-tests: "%6g" after two spaces, or "    N/A" (one column narrower).
+        let wrong = if opts.check > 0 { format!("  {:>6}", c_g(wrong_total as f64)) } else { "    N/A".to_string() };
         out(&format!(
-            "  {:>7}  {:>6}  {:>6}  {wrong}",
+            "  {:>7}  {:>6}  {:>6}{wrong}",
             float_str(sec * 1e6, 7),
             float_str(algbw, 6),
             float_str(busbw, 6)
