@@ -88,8 +88,8 @@ unsafe fn work(ctx: &mut Ctx<'_>, call: &Call, coll: &Collective, bufs: &[[u64; 
     let align = (64 / e).max(1);
     let piece = (PIECE_BYTES / e).max(1);
     let tmp = &mut ctx.scratch.tmp;
-    if tmp.len() < PIECE_BYTES + 64 {
-        tmp.resize(PIECE_BYTES + 64, 0);
+    if tmp.len() < piece * e + 64 {
+        tmp.resize(piece * e + 64, 0);
     }
     // 64-byte aligned accumulator inside the scratch vector.
     let acc = {
@@ -104,11 +104,29 @@ unsafe fn work(ctx: &mut Ctx<'_>, call: &Call, coll: &Collective, bufs: &[[u64; 
             Collective::AllReduce { count } => {
                 let r = call.reducer.as_ref().expect("all-reduce reduces");
                 let (lo, hi) = block(count, n, me, align);
+                // Streaming stores only pay off when the outputs are not the inputs we
+                // just read (those lines are in the cache already).
+                let nt = call.nt && (0..n).all(|k| !std::ptr::eq(recv(k, 0), send(k, 0)));
+                let fused = !r.has_pre() && !r.has_post();
                 for a in (lo..hi).step_by(piece) {
                     let len = piece.min(hi - a);
-                    fold(r, acc, (0..n).map(|k| send(k, a)), len);
-                    for k in 0..n {
-                        reduce::copy(recv(k, a), acc, len * e, call.nt);
+                    if fused {
+                        // The last combine writes every output in the same pass.
+                        let outs = &mut ctx.scratch.dsts;
+                        outs.clear();
+                        outs.extend((0..n).map(|k| recv(k, a)));
+                        if n == 2 {
+                            r.combine_multi(outs, send(0, a), send(1, a), len, nt);
+                        } else {
+                            fold(r, acc, (0..n - 1).map(|k| send(k, a)), len);
+                            r.combine_multi(outs, acc, send(n - 1, a), len, nt);
+                        }
+                        outs.clear();
+                    } else {
+                        fold(r, acc, (0..n).map(|k| send(k, a)), len);
+                        for k in 0..n {
+                            reduce::copy(recv(k, a), acc, len * e, nt);
+                        }
                     }
                 }
             }

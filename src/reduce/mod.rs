@@ -160,6 +160,9 @@ fn detect() -> Level {
 
 /// `dst[i] = a[i] op b[i]` for `n` elements.
 pub type BinaryFn = unsafe fn(dst: *mut u8, a: *const u8, b: *const u8, n: usize);
+/// `dsts[k][i] = a[i] op b[i]` for every destination, in one pass over the inputs
+/// (`nt`: non-temporal stores where every destination has the same alignment).
+pub type MultiFn = unsafe fn(dsts: &[*mut u8], a: *const u8, b: *const u8, n: usize, nt: bool);
 /// `dst[i] = acc[i] + s * x[i]` for `n` elements (`s` is the scalar's raw bits).
 pub type MulAddFn = unsafe fn(dst: *mut u8, acc: *const u8, x: *const u8, n: usize, s: u64);
 /// `dst[i] = s * x[i]` for `n` elements.
@@ -177,6 +180,8 @@ pub struct TypeKernels {
     /// ordinary stores). The kernels issue no fence: call [`store_fence`] before
     /// publishing the output.
     pub binary_nt: [BinaryFn; 4],
+    /// Indexed by `BinOp as usize`: one result stored to several destinations.
+    pub binary_multi: [MultiFn; 4],
     /// PreMulSum accumulate step.
     pub mul_add: MulAddFn,
     /// PreMulSum first step (scale a raw input).
@@ -303,6 +308,19 @@ impl Reducer {
         let f = if nt { self.k.binary_nt[self.op as usize] } else { self.k.binary[self.op as usize] };
         // SAFETY: forwarded from the caller's contract.
         unsafe { f(dst, a, b, n) }
+    }
+
+    /// `dsts[k] = a op b` for every destination in one pass, for ops without pre- or
+    /// post-operation (check [`Reducer::has_pre`] and [`Reducer::has_post`]).
+    ///
+    /// # Safety
+    /// `a`, `b` readable and every destination writable for `n` elements; each
+    /// destination equal to or disjoint from each input, destinations disjoint.
+    #[inline]
+    pub unsafe fn combine_multi(&self, dsts: &[*mut u8], a: *const u8, b: *const u8, n: usize, nt: bool) {
+        debug_assert!(!self.has_pre() && !self.has_post());
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { (self.k.binary_multi[self.op as usize])(dsts, a, b, n, nt) }
     }
 
     /// `dst = acc op pre(x)`, where `x` is a rank's raw input.

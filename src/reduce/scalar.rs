@@ -1,7 +1,7 @@
 //! Portable kernels: plain loops over typed elements. They are the reference the SIMD
 //! levels are tested against, and the tail handlers of those levels.
 
-use super::{BinaryFn, TypeKernels};
+use super::{BinaryFn, MultiFn, TypeKernels};
 use crate::types::{F8E4M3, F8E5M2};
 use half::{bf16, f16};
 
@@ -144,9 +144,39 @@ pub(crate) unsafe fn div<T: Arith>(dst: *mut u8, x: *const u8, n: usize, dv: u64
     }
 }
 
+/// # Safety
+/// As [`super::MultiFn`].
+pub(crate) unsafe fn binary_multi<T: Arith, const OP: usize>(
+    dsts: &[*mut u8],
+    a: *const u8,
+    b: *const u8,
+    n: usize,
+    _nt: bool,
+) {
+    let (a, b) = (a as *const T, b as *const T);
+    for i in 0..n {
+        // SAFETY: i < n, within the caller's buffers; each element is read before any
+        // destination (which may equal an input) is written.
+        unsafe {
+            let (x, y) = (a.add(i).read_unaligned(), b.add(i).read_unaligned());
+            let r = match OP {
+                0 => T::sum(x, y),
+                1 => T::prod(x, y),
+                2 => T::max(x, y),
+                _ => T::min(x, y),
+            };
+            for p in dsts {
+                (*p as *mut T).add(i).write_unaligned(r);
+            }
+        }
+    }
+}
+
 const fn table<T: Arith>() -> TypeKernels {
     let binary: [BinaryFn; 4] = [binary::<T, 0>, binary::<T, 1>, binary::<T, 2>, binary::<T, 3>];
-    TypeKernels { binary, binary_nt: binary, mul_add: mul_add::<T>, scale: scale::<T>, div: div::<T> }
+    let binary_multi: [MultiFn; 4] =
+        [binary_multi::<T, 0>, binary_multi::<T, 1>, binary_multi::<T, 2>, binary_multi::<T, 3>];
+    TypeKernels { binary, binary_nt: binary, binary_multi, mul_add: mul_add::<T>, scale: scale::<T>, div: div::<T> }
 }
 
 /// The portable kernels of every data type, indexed by `DataType as usize`.

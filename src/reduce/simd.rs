@@ -132,6 +132,68 @@ pub(super) unsafe fn map2<K: Block, const NT: bool>(
     }
 }
 
+/// `dsts[k][i] = f(a[i], b[i])` for every destination, block by block: each block of the
+/// inputs is loaded once and its result stored to every destination. With `NT` and every
+/// destination at the same offset from a 64-byte boundary, the aligned body is written
+/// with non-temporal stores (no fence).
+///
+/// # Safety
+/// `a`, `b` readable and every destination writable for `n` elements; each destination
+/// equal to or disjoint from each input; destinations disjoint; the CPU supports `K`'s
+/// level.
+#[inline(always)]
+pub(super) unsafe fn map2_multi<K: Block, const NT: bool>(
+    dsts: &[*mut u8],
+    a: *const u8,
+    b: *const u8,
+    n: usize,
+    f: impl Fn(K::V, K::V) -> K::V,
+) {
+    let total = n * K::SIZE;
+    let Some(&d0) = dsts.first() else { return };
+    let same_alignment = dsts.iter().all(|d| *d as usize % 64 == d0 as usize % 64);
+    // SAFETY: as in `map2`: every access is in bounds, each block is loaded before any
+    // destination is stored, `store_nt` gets aligned addresses (all destinations share
+    // d0's alignment), and the caller guarantees the level's features.
+    unsafe {
+        let mut off = 0;
+        if NT
+            && same_alignment
+            && let Some(head) = nt_start(d0, total, K::SIZE)
+        {
+            if head > 0 {
+                for d in dsts {
+                    part2::<K>(*d, a, b, head, &f);
+                }
+            }
+            off = head;
+            while off + 64 <= total {
+                let r = K::narrow(f(load::<K>(a.add(off)), load::<K>(b.add(off))));
+                for d in dsts {
+                    r.store_nt(d.add(off));
+                }
+                off += 64;
+            }
+        }
+        while off + 64 <= total {
+            let r = K::narrow(f(load::<K>(a.add(off)), load::<K>(b.add(off))));
+            for d in dsts {
+                r.store(d.add(off));
+            }
+            off += 64;
+        }
+        if off < total {
+            let len = total - off;
+            let x = K::widen(K::Mem::load_part(a.add(off), len));
+            let y = K::widen(K::Mem::load_part(b.add(off), len));
+            let r = K::narrow(f(x, y));
+            for d in dsts {
+                r.store_part(d.add(off), len);
+            }
+        }
+    }
+}
+
 /// Loads and widens one full block.
 ///
 /// # Safety
@@ -358,6 +420,29 @@ macro_rules! level_kernels {
             unsafe { simd::map2::<K, NT>(dst, a, b, n, |x, y| simd::apply::<K, OP>(x, y)) }
         }
 
+        /// `dsts[k] = a OP b` (see `simd::map2_multi`).
+        ///
+        /// # Safety
+        /// As `MultiFn`, and the CPU supports this level.
+        #[target_feature(enable = $features)]
+        unsafe fn binary_multi<K: Block, const OP: usize>(
+            dsts: &[*mut u8],
+            a: *const u8,
+            b: *const u8,
+            n: usize,
+            nt: bool,
+        ) {
+            // SAFETY: the caller's contract is `map2_multi`'s; `apply` runs inside this
+            // function's enabled features.
+            unsafe {
+                if nt {
+                    simd::map2_multi::<K, true>(dsts, a, b, n, |x, y| simd::apply::<K, OP>(x, y))
+                } else {
+                    simd::map2_multi::<K, false>(dsts, a, b, n, |x, y| simd::apply::<K, OP>(x, y))
+                }
+            }
+        }
+
         /// `dst = acc + s * x`.
         ///
         /// # Safety
@@ -412,6 +497,7 @@ macro_rules! level_kernels {
             TypeKernels {
                 binary: [binary::<K, 0, false>, binary::<K, 1, false>, binary::<K, 2, false>, binary::<K, 3, false>],
                 binary_nt: [binary::<K, 0, true>, binary::<K, 1, true>, binary::<K, 2, true>, binary::<K, 3, true>],
+                binary_multi: [binary_multi::<K, 0>, binary_multi::<K, 1>, binary_multi::<K, 2>, binary_multi::<K, 3>],
                 mul_add: mul_add::<K>,
                 scale: scale::<K>,
                 div,

@@ -582,3 +582,46 @@ fn int_div_exact_multiples() {
         }
     }
 }
+
+/// The multi-destination kernels: every destination holds what the scalar binary kernel
+/// computes, whether the destinations share an alignment (the streaming path) or not,
+/// and with one destination over an input (in place).
+#[test]
+fn binary_multi_matches_scalar() {
+    let mut r = Rng(0x5eed_0f_4a11);
+    for level in Level::available() {
+        for dt in DataType::ALL {
+            let (k, s) = (kernels(dt, level), scalar::KERNELS[dt as usize]);
+            for n in (0..=70).chain([1000, 4099]) {
+                for op in BinOp::ALL {
+                    for nt in [false, true] {
+                        let bytes = n * dt.size();
+                        let (mut a, b) = (Buf::random(bytes, dt, &mut r), Buf::random(bytes, dt, &mut r));
+                        let mut b = b;
+                        let mut want = Buf::new(bytes, 0);
+                        let (pa, pb) = (a.ptr(0), b.ptr(0));
+                        // SAFETY: each buffer holds `bytes` bytes past its pointer.
+                        unsafe { s.binary[op as usize](want.ptr(0), pa, pb, n) };
+                        let want = want.bytes(0, bytes).to_vec();
+                        let shift = if r.below(2) == 0 { 0 } else { dt.size() * (1 + r.below(3)) };
+                        let (mut d1, mut d2) = (Buf::new(bytes, 0x5a), Buf::new(bytes, 0x5a));
+                        let in_place = r.below(3) == 0;
+                        let mut dsts = vec![d1.ptr(0), d2.ptr(shift)];
+                        if in_place {
+                            dsts.push(pa);
+                        }
+                        // SAFETY: destinations are disjoint buffers of `bytes` bytes, or
+                        // exactly input `a`.
+                        unsafe { (k.binary_multi[op as usize])(&dsts, pa, pb, n, nt) };
+                        let what = || format!("{level} {dt} {op:?} nt={nt} n={n} shift={shift} in_place={in_place}");
+                        assert_same(dt, &want, d1.bytes(0, bytes), &what);
+                        assert_same(dt, &want, d2.bytes(shift, bytes), &what);
+                        if in_place {
+                            assert_same(dt, &want, a.bytes(0, bytes), &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
