@@ -151,8 +151,11 @@ impl Config {
             s.debug = d;
         }
         s.slot_bytes = s.slot_bytes.max(64).div_ceil(64) * 64;
-        if !(2..=1024).contains(&s.nslots) {
-            return Err(Error::InvalidArgument(format!("OXCCL_NSLOTS must be between 2 and 1024, got {}", s.nslots)));
+        if !(2..=1024).contains(&s.nslots) || !s.nslots.is_power_of_two() {
+            return Err(Error::InvalidArgument(format!(
+                "OXCCL_NSLOTS must be a power of two between 2 and 1024, got {}",
+                s.nslots
+            )));
         }
         if s.slot_bytes > 1 << 30 {
             return Err(Error::InvalidArgument(format!(

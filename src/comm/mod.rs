@@ -343,8 +343,7 @@ impl Comm {
         self.ensure_alive()?;
         let sc = &mut self.scratch;
         let mut all_connected = true;
-        let mut one_shot = false;
-        let mut direct = false;
+        let mut path = Path::Streams;
         // Direct algorithms synchronise the whole call with their peers; inside a group
         // they could wait on a peer that waits on another member of the group.
         let shared = self.transport.shares_address_space() && specs.len() == 1;
@@ -365,8 +364,19 @@ impl Comm {
                 }
             };
             all_connected &= prep.connected;
-            one_shot = prep.plan.algo == Algo::OneShot;
-            direct = prep.plan.algo == Algo::Direct;
+            if specs.len() == 1 {
+                path = match prep.plan.algo {
+                    Algo::Direct => Path::Direct,
+                    Algo::OneShot
+                        if prep.connected
+                            && self.nranks > 1
+                            && s.send_len * s.dtype.size() <= self.settings.slot_bytes =>
+                    {
+                        Path::OneSlot
+                    }
+                    _ => Path::Streams,
+                };
+            }
             sc.calls.push(Call {
                 send: s.send,
                 send_len: s.send_len,
@@ -379,7 +389,7 @@ impl Comm {
                 seq: self.seq,
             });
             let call = sc.calls.len() - 1;
-            if direct {
+            if path != Path::Streams {
                 continue;
             }
             algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
@@ -396,16 +406,9 @@ impl Comm {
             aborted: &self.aborted,
             scratch: &mut sc.exec,
         };
-        let r = match (specs, &sc.calls[..]) {
-            ([s], [call]) if direct => exec::direct::run(&mut ctx, call, &s.coll),
-            ([s], [call])
-                if one_shot
-                    && all_connected
-                    && self.nranks > 1
-                    && call.send_len * call.elem <= self.settings.slot_bytes =>
-            {
-                exec::all_reduce_one_slot(&mut ctx, call, s.coll.count())
-            }
+        let r = match (path, specs, &sc.calls[..]) {
+            (Path::Direct, [s], [call]) => exec::direct::run(&mut ctx, call, &s.coll),
+            (Path::OneSlot, [s], [call]) => exec::all_reduce_one_slot(&mut ctx, call, s.coll.count()),
             _ if sc.streams.is_empty() => Ok(()),
             _ => exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected),
         };
@@ -420,6 +423,17 @@ impl Comm {
         sc.streams.clear();
         r
     }
+}
+
+/// How a batch runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Schedules over FIFOs, through the general executor.
+    Streams,
+    /// Directly in the peers' buffers (threads of one process).
+    Direct,
+    /// The one-slot one-shot all-reduce fast path.
+    OneSlot,
 }
 
 /// How many distinct calls keep their plan cached.

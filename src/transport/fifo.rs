@@ -13,7 +13,7 @@
 //! [slot 0 header: seq, desc[2], bytes, 32 inline bytes][slot 0 data: slot_bytes]
 //! [slot 1 header ...][slot 1 data] ...
 //! ```
-//! Message `k` goes to slot `k % nslots`. The sender writes the payload (into the header's
+//! Message `k` goes to slot `k % nslots` (a power of two). The sender writes the payload (into the header's
 //! inline bytes when it fits, so a small message is a single cache line), the descriptor
 //! and the size, then publishes with `seq = k + 1` (release). The receiver polls that
 //! slot's `seq` (acquire), reads, then publishes `tail = k + 1` (release), which returns
@@ -54,8 +54,11 @@ impl FifoShape {
 
     /// Checks the shape is usable.
     pub fn validate(&self) -> Result<()> {
-        if self.nslots < 2 || self.nslots > 1024 {
-            return Err(Error::InvalidArgument(format!("FIFO needs 2..=1024 slots, got {}", self.nslots)));
+        if self.nslots < 2 || self.nslots > 1024 || !self.nslots.is_power_of_two() {
+            return Err(Error::InvalidArgument(format!(
+                "FIFO needs a power of two between 2 and 1024 slots, got {}",
+                self.nslots
+            )));
         }
         if self.slot_bytes < 64 || !self.slot_bytes.is_multiple_of(64) || self.slot_bytes > (1 << 30) {
             return Err(Error::InvalidArgument(format!(
@@ -215,6 +218,12 @@ impl Fifo {
         unsafe { &*(self.base as *const Ctrl) }
     }
 
+    /// The slot of message `k` (`nslots` is a power of two).
+    #[inline]
+    fn slot_of(&self, k: u64) -> usize {
+        (k & (self.shape.nslots as u64 - 1)) as usize
+    }
+
     #[inline]
     fn header(&self, slot: usize) -> *mut Header {
         // SAFETY: slot < nslots, so the header lies inside the FIFO's bytes.
@@ -284,14 +293,14 @@ impl FifoTx {
     #[inline]
     pub fn buffer(&self, bytes: usize) -> *mut u8 {
         debug_assert!(bytes <= self.max_bytes());
-        self.fifo.data((self.head % self.fifo.shape.nslots as u64) as usize, bytes)
+        self.fifo.data(self.fifo.slot_of(self.head), bytes)
     }
 
     /// Publishes the next message: `bytes` of payload already written to
     /// [`FifoTx::buffer`], described by `desc`.
     #[inline]
     pub fn post(&mut self, bytes: usize, desc: Desc) {
-        let h = self.fifo.header((self.head % self.fifo.shape.nslots as u64) as usize);
+        let h = self.fifo.header(self.fifo.slot_of(self.head));
         // SAFETY: the header lies in the live region; the receiver reads these fields only
         // after observing the release store of `seq` below.
         unsafe {
@@ -332,7 +341,7 @@ impl FifoRx {
     /// True when the next message has arrived.
     #[inline]
     pub fn can_recv(&self) -> bool {
-        let h = self.fifo.header((self.tail % self.fifo.shape.nslots as u64) as usize);
+        let h = self.fifo.header(self.fifo.slot_of(self.tail));
         // SAFETY: the header lies in the live region; seq is atomic.
         unsafe { (*h).seq.load(Ordering::Acquire) == self.tail + 1 }
     }
@@ -340,7 +349,7 @@ impl FifoRx {
     /// The next message. Call only after [`FifoRx::can_recv`] returned true.
     #[inline]
     pub fn message(&self) -> Msg {
-        let slot = (self.tail % self.fifo.shape.nslots as u64) as usize;
+        let slot = self.fifo.slot_of(self.tail);
         let h = self.fifo.header(slot);
         // SAFETY: the acquire load in can_recv synchronised with the sender's release of
         // seq, so these fields are complete; they are atomics in the live region.
@@ -444,6 +453,7 @@ mod tests {
     #[test]
     fn rejects_bad_shapes_and_layouts() {
         assert!(FifoShape { nslots: 1, slot_bytes: 64 }.validate().is_err());
+        assert!(FifoShape { nslots: 6, slot_bytes: 64 }.validate().is_err());
         assert!(FifoShape { nslots: 4, slot_bytes: 65 }.validate().is_err());
         let shape = FifoShape { nslots: 2, slot_bytes: 64 };
         let r = Arc::new(Region::heap(shape.region_bytes()).unwrap());
