@@ -9,6 +9,8 @@
 //! | `OXCCL_SLOT_BYTES` | payload bytes per FIFO slot (the pipeline chunk) | 262144 |
 //! | `OXCCL_NSLOTS` | slots per FIFO | 8 |
 //! | `OXCCL_NT_THRESHOLD` | output bytes from which outputs use non-temporal stores | 33554432 |
+//! | `OXCCL_SPINS` | polls before a waiting rank yields its core | 4 when ranks outnumber cores, else 64 |
+//! | `OXCCL_YIELD_US` | microseconds of yielding before a waiting rank sleeps | 500 |
 //! | `OXCCL_SIMD` | force a kernel level: `scalar`, `avx2`, `avx512` | best available |
 //! | `OXCCL_DEBUG` | `INFO` prints the configuration, rings and trees at init | off |
 
@@ -128,6 +130,12 @@ impl Config {
         }
         if let Some(v) = num("OXCCL_NT_THRESHOLD")? {
             s.nt_threshold = v as usize;
+        }
+        if let Some(v) = num("OXCCL_SPINS")? {
+            s.spins = Some(v.min(1 << 20) as u32);
+        }
+        if let Some(v) = num("OXCCL_YIELD_US")? {
+            s.yield_for = Duration::from_micros(v);
         }
         if let Some(v) = env("OXCCL_DEBUG") {
             s.debug = matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "1");
@@ -259,6 +267,12 @@ pub struct Settings {
     pub nt_threshold: usize,
     /// Print configuration and topology at init.
     pub debug: bool,
+    /// Polls (with a `pause` between them) before a waiting rank starts yielding its core;
+    /// `None` picks by load: few when the host runs more ranks than it has cores (the
+    /// peer we wait for may need our core), more otherwise.
+    pub spins: Option<u32>,
+    /// How long a waiting rank keeps yielding before it sleeps on its doorbell.
+    pub yield_for: Duration,
 }
 
 impl Default for Settings {
@@ -270,6 +284,8 @@ impl Default for Settings {
             nslots: 8,
             nt_threshold: 32 << 20,
             debug: false,
+            spins: None,
+            yield_for: Duration::from_micros(500),
         }
     }
 }

@@ -19,6 +19,13 @@ fn invalid_arg(r: oxccl::Result<()>, needle: &str) {
 }
 
 #[test]
+fn communicators_move_between_threads() {
+    fn is_send<T: Send>() {}
+    is_send::<Comm>();
+    is_send::<oxccl::AbortHandle>();
+}
+
+#[test]
 fn wrong_lengths_and_ranks_are_clear_errors() {
     // Errors are detected before any communication, so one rank of four can test them
     // alone without hanging.
@@ -132,14 +139,15 @@ fn abort_unblocks_a_waiting_rank() {
     let mut comms = Comm::init_all(2).unwrap();
     let mut c0 = comms.remove(0);
     let h = c0.abort_handle();
-    let t = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut v = vec![0u8; 4];
-        c0.all_reduce_in_place(&mut v, ReduceOp::Sum)
+        let _ = tx.send(c0.all_reduce_in_place(&mut v, ReduceOp::Sum));
     });
     std::thread::sleep(Duration::from_millis(100));
     let t0 = std::time::Instant::now();
     h.abort();
-    let r = t.join().unwrap();
+    let r = rx.recv_timeout(DEADLINE).expect("deadline: the aborted rank is still blocked");
     assert!(matches!(r, Err(Error::Aborted(_))), "{r:?}");
     assert!(t0.elapsed() < Duration::from_millis(500), "abort took {:?}", t0.elapsed());
 }

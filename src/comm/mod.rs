@@ -62,6 +62,7 @@ pub struct Comm {
     bell: Doorbell,
     aborted: Arc<AtomicBool>,
     seq: u64,
+    backoff: BackoffConfig,
     scratch: Scratch,
 }
 
@@ -133,6 +134,7 @@ impl Comm {
                 bell: world.bell(rank).clone(),
                 aborted: Arc::new(AtomicBool::new(false)),
                 seq: 0,
+                backoff: backoff(&settings, nranks),
                 scratch: Scratch::default(),
             })
             .collect();
@@ -401,7 +403,7 @@ impl Comm {
             links: &mut self.links,
             transport: &*self.transport,
             bell: &self.bell,
-            backoff: BackoffConfig::default(),
+            backoff: self.backoff,
             timeout: self.settings.timeout,
             aborted: &self.aborted,
             scratch: &mut sc.exec,
@@ -423,6 +425,13 @@ impl Comm {
         sc.streams.clear();
         r
     }
+}
+
+/// How a rank of a host running `local_ranks` ranks waits.
+fn backoff(s: &Settings, local_ranks: usize) -> BackoffConfig {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let spins = s.spins.unwrap_or(if local_ranks > cores { 4 } else { 64 });
+    BackoffConfig { spins, yield_for: s.yield_for, ..BackoffConfig::default() }
 }
 
 /// How a batch runs.

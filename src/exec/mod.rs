@@ -284,14 +284,24 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
     if let Some(sp) = step.input {
         sc.srcs.push((me, span_ptr(call, sp, step.count)?, true));
     }
-    step.send.for_each(me, n, |p| sc.dsts.push(links.tx_ref(p, ch).buffer(bytes)));
+    let mut too_big = false;
+    step.send.for_each(me, n, |p| {
+        let tx = links.tx_ref(p, ch);
+        too_big |= bytes > tx.max_bytes();
+        sc.dsts.push(tx.buffer(bytes.min(tx.max_bytes())));
+    });
+    if too_big {
+        sc.srcs.clear();
+        sc.dsts.clear();
+        return Err(Error::Internal(format!("a step of {bytes} bytes exceeds the slot size")));
+    }
     let out = match step.output {
         Some(sp) => Some(span_ptr(call, sp, step.count)?),
         None => None,
     };
     if step.count > 0 {
-        // SAFETY: every source and destination holds `step.count` elements: slots were
-        // sized by the plan (chunk <= slot capacity) and checked by `buffer`; spans were
+        // SAFETY: every source and destination holds `step.count` elements: outgoing
+        // slots were checked above, incoming messages against `bytes`; spans were
         // bounds-checked by `span_ptr`. Incoming slots are ours until released, outgoing
         // slots until posted. Destinations are distinct from each other and from the
         // incoming slots; a span may equal the input span exactly (in-place calls).
