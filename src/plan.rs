@@ -87,7 +87,7 @@ pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Sett
 }
 
 /// Smallest call (bytes per rank) for which direct algorithms beat staging through slots.
-const DIRECT_MIN_BYTES: usize = 16 << 10;
+const DIRECT_MIN_BYTES: usize = 8 << 10;
 
 fn choose(coll: &Collective, elem: usize, n: usize, shared: bool, s: &Settings) -> Algo {
     if shared && n > 1 && Algo::Direct.applies_to(coll) && coll.count() * elem >= DIRECT_MIN_BYTES {
