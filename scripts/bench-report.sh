@@ -27,7 +27,10 @@ if [ -x "$PEERS/mpi_bench_openmpi" ] && command -v mpirun.openmpi >/dev/null; th
   MPI="$PEERS/mpi_bench_openmpi"
 fi
 
+# Iterations and warm-up per size: small sizes warm up for a few milliseconds, so that
+# the scheduler has spread the rank threads over the cores before timing starts.
 iters() { case $1 in 8) echo 20000 ;; 1048576) echo 300 ;; *) echo 8 ;; esac; }
+warmup() { case $1 in 8) echo 5000 ;; 1048576) echo 30 ;; *) echo 2 ;; esac; }
 
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
@@ -36,7 +39,7 @@ for r in $(seq "$ROUNDS"); do
   fi
   for n in "${NPS[@]}"; do
     for s in "${SIZES[@]}"; do
-      "$PERF" -b "$s" -e "$s" -t "$n" -n "$(iters "$s")" -w 3 -c 0 |
+      "$PERF" -b "$s" -e "$s" -t "$n" -n "$(iters "$s")" -w "$(warmup "$s")" -c 0 |
         awk -v n="$n" -v s="$s" '/^ +[0-9]/ {print "oxccl", n, s, $6, $10}' >>"$OUT/raw"
       if [ -n "$MPI" ]; then
         mpirun.openmpi --allow-run-as-root --oversubscribe -np "$n" "$MPI" -b "$s" -e "$s" 2>/dev/null |
