@@ -45,3 +45,7 @@ pub use comm::{AbortHandle, Comm, Group};
 pub use config::{Config, Settings};
 pub use error::{Error, Result};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
+pub mod bootstrap;
+pub mod log;
+pub mod netif;
+pub mod topology;

@@ -1,0 +1,476 @@
+//! Bootstrap: how the ranks of a job find each other before any data moves.
+//!
+//! 1. Every rank connects to the root (whose address and secret are in the
+//!    [`UniqueId`]) and says who it is: secret, rank, number of ranks, and the address of
+//!    its own bootstrap listener.
+//! 2. The root checks the job is consistent (same number of ranks everywhere, every rank
+//!    exactly once) and tells each rank the address of its successor; or tells every rank
+//!    what is wrong.
+//! 3. The ranks connect into a ring, over which they all-gather what they need to know
+//!    about each other (hosts, transport addresses) and run barriers.
+//!
+//! Every connection presents the secret first; connections that do not are refused and
+//! logged. Every wait is bounded by the communicator's timeout. The messages are the
+//! versioned, length-checked frames of [`wire`].
+
+pub mod id;
+pub mod wire;
+
+pub use id::{Secret, UniqueId};
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::log;
+use wire::{Dec, Enc, Kind};
+
+/// How long a connection may take to introduce itself before it is dropped (a stray
+/// client must not hold up the root).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A rank's place in the bootstrap ring.
+pub struct Bootstrap {
+    rank: usize,
+    nranks: usize,
+    secret: Secret,
+    next: Option<TcpStream>,
+    prev: Option<TcpStream>,
+    timeout: Option<Duration>,
+}
+
+fn io_err(what: impl Into<String>, e: std::io::Error) -> Error {
+    let what = what.into();
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            Error::Timeout { op: what, waited: Duration::ZERO, peers: vec![] }
+        }
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+            Error::Remote(format!("{what}: the peer closed the connection ({e})"))
+        }
+        _ => Error::system(what, e),
+    }
+}
+
+fn recv_frame(s: &mut TcpStream, what: &str, limit: usize) -> Result<(Kind, Vec<u8>)> {
+    wire::recv(s, limit).map_err(|e| match e {
+        Ok(io) => io_err(what.to_string(), io),
+        Err(e) => e,
+    })
+}
+
+/// Connects to `addr`, retrying until `deadline` (the peer may not listen yet).
+pub fn connect_retry(addr: SocketAddr, deadline: Option<Instant>, what: &str) -> Result<TcpStream> {
+    let mut nap = Duration::from_millis(5);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::Timeout {
+                        op: format!("{what}: could not connect to {addr} ({e})"),
+                        waited: Duration::ZERO,
+                        peers: vec![],
+                    });
+                }
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Accepts one connection, waiting at most until `deadline`.
+fn accept_until(l: &TcpListener, deadline: Option<Instant>, what: &str) -> Result<TcpStream> {
+    l.set_nonblocking(true).map_err(|e| Error::system("setting a listener non-blocking", e))?;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::Timeout { op: what.to_string(), waited: Duration::ZERO, peers: vec![] });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::system(format!("{what}: accept"), e)),
+        }
+    }
+}
+
+fn fail_payload(msg: &str) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.bytes(msg.as_bytes());
+    e.0
+}
+
+fn fail_message(p: &[u8]) -> String {
+    Dec::new(p, "failure").bytes(4096).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
+
+/// Starts the root of a job at `listener` in a background thread; it serves one job and
+/// exits (after `timeout` at the latest when ranks are missing).
+pub fn spawn_root(listener: TcpListener, secret: Secret, timeout: Option<Duration>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("oxccl-root".into())
+        .spawn(move || {
+            if let Err(e) = serve_root(&listener, &secret, timeout) {
+                log::warn(&format!("bootstrap root at {:?}: {e}", listener.local_addr()));
+            }
+        })
+        .map_err(|e| Error::system("starting the bootstrap root thread", e))?;
+    Ok(())
+}
+
+struct Arrived {
+    rank: usize,
+    addr: SocketAddr,
+    conn: TcpStream,
+}
+
+fn serve_root(l: &TcpListener, secret: &Secret, timeout: Option<Duration>) -> Result<()> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut arrived: Vec<Arrived> = Vec::new();
+    let mut nranks: Option<usize> = None;
+    let fail_all = |arrived: &mut Vec<Arrived>, msg: &str| {
+        for a in arrived.iter_mut() {
+            let _ = wire::send(&mut a.conn, Kind::Fail, &fail_payload(msg));
+        }
+        Error::InvalidUsage(msg.to_string())
+    };
+    loop {
+        if nranks.is_some_and(|n| arrived.len() == n) {
+            break;
+        }
+        let mut conn = match accept_until(l, deadline, "bootstrap root waiting for ranks") {
+            Ok(c) => c,
+            Err(Error::Timeout { .. }) => {
+                let n = nranks.unwrap_or(0);
+                let missing: Vec<usize> = (0..n).filter(|r| !arrived.iter().any(|a| a.rank == *r)).collect();
+                let msg = format!(
+                    "only {} of {n} ranks reached the bootstrap root within {:?}; missing ranks {missing:?}",
+                    arrived.len(),
+                    timeout.unwrap_or_default()
+                );
+                return Err(fail_all(&mut arrived, &msg));
+            }
+            Err(e) => return Err(e),
+        };
+        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let _ = conn.set_read_timeout(Some(HELLO_TIMEOUT));
+        let hello = match recv_frame(&mut conn, "bootstrap hello", 4096) {
+            Ok((Kind::Hello, p)) => p,
+            Ok((k, _)) => {
+                log::warn(&format!("bootstrap root: refused a connection from {peer}: expected a hello, got {k:?}"));
+                continue;
+            }
+            Err(e) => {
+                log::warn(&format!("bootstrap root: refused a connection from {peer}: {e}"));
+                continue;
+            }
+        };
+        let mut d = Dec::new(&hello, "hello");
+        let parsed = (|| -> Result<(Vec<u8>, usize, usize, SocketAddr)> {
+            let s = d.raw(id::SECRET_BYTES)?.to_vec();
+            let rank = d.u32()? as usize;
+            let n = d.u32()? as usize;
+            let addr = d.addr()?;
+            d.end()?;
+            Ok((s, rank, n, addr))
+        })();
+        let (s, rank, n, addr) = match parsed {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn(&format!("bootstrap root: refused a connection from {peer}: {e}"));
+                continue;
+            }
+        };
+        if !id::same_secret(secret, &s) {
+            log::warn(&format!("bootstrap root: refused a connection from {peer}: it does not know the job's secret"));
+            continue;
+        }
+        let expected = *nranks.get_or_insert(n);
+        if n != expected {
+            let first = arrived.first().map_or(0, |a| a.rank);
+            let msg = format!(
+                "ranks disagree on the number of ranks: rank {rank} says {n}, rank {first} said {expected}; pass the same nranks everywhere"
+            );
+            arrived.push(Arrived { rank, addr, conn });
+            return Err(fail_all(&mut arrived, &msg));
+        }
+        if rank >= n {
+            let msg = format!("rank {rank} is out of range for a job of {n} ranks (ranks are 0..{n})");
+            arrived.push(Arrived { rank, addr, conn });
+            return Err(fail_all(&mut arrived, &msg));
+        }
+        if let Some(a) = arrived.iter().find(|a| a.rank == rank) {
+            let msg = format!(
+                "two processes claim rank {rank} (bootstrap addresses {} and {addr}); every rank must be unique",
+                a.addr
+            );
+            arrived.push(Arrived { rank, addr, conn });
+            return Err(fail_all(&mut arrived, &msg));
+        }
+        arrived.push(Arrived { rank, addr, conn });
+    }
+    let n = arrived.len();
+    let mut addrs = vec![None; n];
+    for a in &arrived {
+        addrs[a.rank] = Some(a.addr);
+    }
+    for a in arrived.iter_mut() {
+        let next = addrs[(a.rank + 1) % n].expect("every rank arrived");
+        let mut e = Enc::new();
+        e.addr(&next);
+        if let Err(e) = wire::send(&mut a.conn, Kind::Next, &e.0) {
+            log::warn(&format!("bootstrap root: could not answer rank {}: {e}", a.rank));
+        }
+    }
+    Ok(())
+}
+
+impl Bootstrap {
+    /// Joins the job at `id`'s root as `rank` of `nranks`, listening for the ring on
+    /// `local_ip`. `timeout` bounds every wait.
+    pub fn join(
+        id: &UniqueId,
+        rank: usize,
+        nranks: usize,
+        local_ip: std::net::IpAddr,
+        timeout: Option<Duration>,
+    ) -> Result<Bootstrap> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let listener = TcpListener::bind(SocketAddr::new(local_ip, 0))
+            .map_err(|e| Error::system(format!("binding the bootstrap listener on {local_ip}"), e))?;
+        let my_addr = listener.local_addr().map_err(|e| Error::system("reading the bootstrap listener address", e))?;
+        let what = format!("rank {rank}: joining the job at {}", id.root());
+        let mut root = connect_retry(id.root(), deadline, &what)?;
+        let mut e = Enc::new();
+        e.raw(id.secret()).u32(rank as u32).u32(nranks as u32).addr(&my_addr);
+        wire::send(&mut root, Kind::Hello, &e.0).map_err(|e| io_err(what.clone(), e))?;
+        root.set_read_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
+        let next_addr = match recv_frame(&mut root, &what, 4096) {
+            Ok((Kind::Next, p)) => {
+                let mut d = Dec::new(&p, "next");
+                let a = d.addr()?;
+                d.end()?;
+                a
+            }
+            Ok((Kind::Fail, p)) => return Err(Error::InvalidUsage(format!("{what}: {}", fail_message(&p)))),
+            Ok((k, _)) => return Err(Error::Remote(format!("{what}: unexpected {k:?} from the root"))),
+            Err(Error::Timeout { .. }) => {
+                return Err(Error::Timeout {
+                    op: format!("{what}: waiting for the other ranks at the bootstrap root"),
+                    waited: timeout.unwrap_or_default(),
+                    peers: vec![],
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        drop(root);
+        let mut b = Bootstrap { rank, nranks, secret: *id.secret(), next: None, prev: None, timeout };
+        if nranks > 1 {
+            let mut next = connect_retry(
+                next_addr,
+                deadline,
+                &format!("rank {rank}: connecting to rank {}", (rank + 1) % nranks),
+            )?;
+            let mut e = Enc::new();
+            e.raw(id.secret()).u32(rank as u32);
+            wire::send(&mut next, Kind::RingHello, &e.0).map_err(|e| io_err("bootstrap ring hello", e))?;
+            let prev_rank = (rank + nranks - 1) % nranks;
+            let prev = loop {
+                let what = format!("rank {rank}: waiting for rank {prev_rank} to connect");
+                let mut s = accept_until(&listener, deadline, &what)?;
+                let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
+                match recv_frame(&mut s, "ring hello", 256) {
+                    Ok((Kind::RingHello, p)) => {
+                        let mut d = Dec::new(&p, "ring hello");
+                        let secret_ok = d.raw(id::SECRET_BYTES).is_ok_and(|x| id::same_secret(id.secret(), x));
+                        let r = d.u32().unwrap_or(u32::MAX) as usize;
+                        if secret_ok && r == prev_rank {
+                            break s;
+                        }
+                        log::warn(&format!(
+                            "rank {rank}: refused a bootstrap connection from {peer} ({})",
+                            if secret_ok { "wrong rank" } else { "it does not know the job's secret" }
+                        ));
+                    }
+                    Ok((k, _)) => {
+                        log::warn(&format!("rank {rank}: refused a connection from {peer}: unexpected {k:?}"))
+                    }
+                    Err(e) => log::warn(&format!("rank {rank}: refused a connection from {peer}: {e}")),
+                }
+            };
+            prev.set_read_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
+            next.set_write_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
+            b.next = Some(next);
+            b.prev = Some(prev);
+        }
+        Ok(b)
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn nranks(&self) -> usize {
+        self.nranks
+    }
+
+    /// The job's secret.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// Every rank's `mine`, in rank order (a ring all-gather).
+    pub fn all_gather(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let (rank, n) = (self.rank, self.nranks);
+        let mut out = vec![Vec::new(); n];
+        out[rank] = mine.to_vec();
+        if n == 1 {
+            return Ok(out);
+        }
+        let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
+            return Err(Error::Internal("bootstrap ring not connected".into()));
+        };
+        let prev_rank = (rank + n - 1) % n;
+        for step in 0..n - 1 {
+            let from = (rank + n - step) % n;
+            let mut e = Enc::new();
+            e.u32(from as u32).bytes(&out[from]);
+            wire::send(next, Kind::Block, &e.0)
+                .map_err(|e| io_err(format!("rank {rank}: sending to rank {} during bootstrap", (rank + 1) % n), e))?;
+            let want = (rank + n - step - 1) % n;
+            let what = format!("rank {rank}: receiving from rank {prev_rank} during bootstrap");
+            let (k, p) = recv_frame(prev, &what, wire::MAX_PAYLOAD)?;
+            match k {
+                Kind::Block => {}
+                Kind::Fail => return Err(Error::Remote(format!("{what}: {}", fail_message(&p)))),
+                k => return Err(Error::Remote(format!("{what}: unexpected {k:?}"))),
+            }
+            let mut d = Dec::new(&p, "all-gather block");
+            let got = d.u32()? as usize;
+            let data = d.bytes(wire::MAX_PAYLOAD)?;
+            d.end()?;
+            if got != want {
+                return Err(Error::Remote(format!("{what}: block of rank {got} where rank {want}'s was expected")));
+            }
+            out[want] = data.to_vec();
+        }
+        Ok(out)
+    }
+
+    /// Returns when every rank has called `barrier`.
+    pub fn barrier(&mut self) -> Result<()> {
+        self.all_gather(&[]).map(|_| ())
+    }
+
+    /// The communicator timeout this bootstrap uses.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(n: usize, timeout: Duration) -> UniqueId {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let id = UniqueId::for_root(l.local_addr().unwrap()).unwrap();
+        spawn_root(l, *id.secret(), Some(timeout)).unwrap();
+        let _ = n;
+        id
+    }
+
+    fn join_all(id: UniqueId, ranks: Vec<(usize, usize)>, t: Duration) -> Vec<Result<Vec<Vec<u8>>>> {
+        let hs: Vec<_> = ranks
+            .into_iter()
+            .map(|(r, n)| {
+                std::thread::spawn(move || {
+                    let mut b = Bootstrap::join(&id, r, n, "127.0.0.1".parse().unwrap(), Some(t))?;
+                    let g = b.all_gather(format!("rank{r}").as_bytes())?;
+                    b.barrier()?;
+                    Ok(g)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn ranks_find_each_other_and_all_gather() {
+        for n in [1, 2, 3, 5] {
+            let id = start(n, Duration::from_secs(20));
+            let out = join_all(id, (0..n).map(|r| (r, n)).collect(), Duration::from_secs(20));
+            for r in out {
+                let g = r.unwrap();
+                assert_eq!(g, (0..n).map(|i| format!("rank{i}").into_bytes()).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_jobs_fail_on_every_rank() {
+        let t = Duration::from_secs(10);
+        let id = start(2, t);
+        let out = join_all(id, vec![(0, 2), (1, 3)], t);
+        for r in &out {
+            let e = r.as_ref().unwrap_err().to_string();
+            assert!(e.contains("disagree on the number of ranks"), "{e}");
+        }
+        let id = start(2, t);
+        let out = join_all(id, vec![(0, 2), (0, 2)], t);
+        for r in &out {
+            assert!(r.as_ref().unwrap_err().to_string().contains("two processes claim rank 0"));
+        }
+        let id = start(2, t);
+        let out = join_all(id, vec![(0, 2), (5, 2)], t);
+        assert!(out.iter().any(|r| r.as_ref().is_err_and(|e| e.to_string().contains("out of range"))));
+    }
+
+    #[test]
+    fn wrong_secrets_and_garbage_are_refused() {
+        let t = Duration::from_secs(10);
+        let id = start(2, t);
+        // A stray client with the wrong secret, and one that sends garbage.
+        let stray = UniqueId::with_secret(id.root(), [7; 32]);
+        let h = std::thread::spawn(move || {
+            Bootstrap::join(&stray, 1, 2, "127.0.0.1".parse().unwrap(), Some(Duration::from_secs(2)))
+        });
+        let mut g = TcpStream::connect(id.root()).unwrap();
+        use std::io::Write;
+        g.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(h.join().unwrap().is_err(), "the stray client gets no answer");
+        // The real job still forms.
+        let out = join_all(id, vec![(0, 2), (1, 2)], t);
+        assert!(
+            out.iter().all(|r| r.is_ok()),
+            "{:?}",
+            out.iter().map(|r| r.as_ref().err().map(|e| e.to_string())).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_missing_rank_times_out_with_a_message() {
+        let t = Duration::from_millis(800);
+        let id = start(3, t);
+        let out = join_all(id, vec![(0, 3), (2, 3)], t);
+        for r in out {
+            let e = r.unwrap_err();
+            assert!(matches!(e, Error::Timeout { .. } | Error::InvalidUsage(_)), "{e}");
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Messages for operators, on standard error: warnings always, `INFO` lines when
+//! `OXCCL_DEBUG=INFO` (or `Config::debug`). Each line names the host and process, as
+//! NCCL's do, so lines from many ranks can be told apart.
+
+use std::sync::OnceLock;
+
+/// Whether INFO lines are printed (read once from `OXCCL_DEBUG`).
+pub fn info_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("OXCCL_DEBUG").is_ok_and(|v| matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "1"))
+    })
+}
+
+/// `host:pid`, computed once.
+pub fn origin() -> &'static str {
+    static ORIGIN: OnceLock<String> = OnceLock::new();
+    ORIGIN.get_or_init(|| format!("{}:{}", crate::topology::hostname(), std::process::id()))
+}
+
+/// Prints a warning.
+pub fn warn(msg: &str) {
+    eprintln!("{} oxccl WARN {msg}", origin());
+}
+
+/// Prints an INFO line when enabled (or when `force`).
+pub fn info(force: bool, msg: &str) {
+    if force || info_enabled() {
+        eprintln!("{} oxccl INFO {msg}", origin());
+    }
+}

@@ -1,0 +1,194 @@
+//! Who shares what with whom: which ranks share a host (hostname plus boot id, so two
+//! containers with the same hostname on different machines are told apart; `OXCCL_HOSTID`
+//! overrides), the link for each pair of ranks, and a ring order that keeps the ranks of
+//! a host next to each other.
+
+use crate::bootstrap::wire::{Dec, Enc};
+use crate::error::Result;
+
+/// This machine's hostname.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return "unknown-host".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// An identity of this host: `OXCCL_HOSTID` if set, else hostname + kernel boot id.
+pub fn host_id() -> String {
+    if let Ok(v) = std::env::var("OXCCL_HOSTID")
+        && !v.is_empty()
+    {
+        return v;
+    }
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{}/{}", hostname(), boot.trim())
+}
+
+/// What a rank tells the others about itself at init.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Host identity (see [`host_id`]).
+    pub host_id: String,
+    /// Hostname, for messages.
+    pub hostname: String,
+    /// Process id.
+    pub pid: u32,
+}
+
+impl PeerInfo {
+    /// This process's information.
+    pub fn local() -> PeerInfo {
+        PeerInfo { host_id: host_id(), hostname: hostname(), pid: std::process::id() }
+    }
+
+    /// Encodes for the bootstrap all-gather.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.bytes(self.host_id.as_bytes()).bytes(self.hostname.as_bytes()).u32(self.pid);
+        e.0
+    }
+
+    /// Decodes what [`PeerInfo::encode`] wrote.
+    pub fn decode(b: &[u8]) -> Result<PeerInfo> {
+        let mut d = Dec::new(b, "peer info");
+        let host_id = String::from_utf8_lossy(d.bytes(1024)?).into_owned();
+        let hostname = String::from_utf8_lossy(d.bytes(256)?).into_owned();
+        let pid = d.u32()?;
+        d.end()?;
+        Ok(PeerInfo { host_id, hostname, pid })
+    }
+
+    /// `host hostname, pid N`, for messages.
+    pub fn describe(&self) -> String {
+        format!("host {}, pid {}", self.hostname, self.pid)
+    }
+}
+
+/// The link between two ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Threads of one process.
+    InProcess,
+    /// Processes of one host.
+    SharedMemory,
+    /// Different hosts (or shared memory disabled).
+    Tcp,
+}
+
+/// The job's layout as one rank sees it.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// This rank.
+    pub rank: usize,
+    /// Host index of every rank (hosts numbered by their lowest rank).
+    pub host_of: Vec<usize>,
+    /// Ranks of each host, ascending.
+    pub hosts: Vec<Vec<usize>>,
+    /// Ring order: hosts in order, each host's ranks together.
+    pub ring: Vec<usize>,
+    /// The link to every rank (`InProcess` for this rank itself).
+    pub links: Vec<Link>,
+    /// What every rank said about itself.
+    pub peers: Vec<PeerInfo>,
+}
+
+impl Topology {
+    /// The layout from every rank's [`PeerInfo`]; `shm` is false when shared memory is
+    /// disabled (`OXCCL_SHM_DISABLE=1`).
+    pub fn new(rank: usize, peers: Vec<PeerInfo>, shm: bool) -> Topology {
+        let n = peers.len();
+        let mut host_ids: Vec<&str> = Vec::new();
+        let mut host_of = Vec::with_capacity(n);
+        for p in &peers {
+            let h = match host_ids.iter().position(|h| *h == p.host_id) {
+                Some(h) => h,
+                None => {
+                    host_ids.push(&p.host_id);
+                    host_ids.len() - 1
+                }
+            };
+            host_of.push(h);
+        }
+        let mut hosts = vec![Vec::new(); host_ids.len()];
+        for (r, h) in host_of.iter().enumerate() {
+            hosts[*h].push(r);
+        }
+        let ring = hosts.iter().flatten().copied().collect();
+        let links = (0..n)
+            .map(|r| {
+                if r == rank || (host_of[r] == host_of[rank] && peers[r].pid == peers[rank].pid) {
+                    Link::InProcess
+                } else if host_of[r] == host_of[rank] && shm {
+                    Link::SharedMemory
+                } else {
+                    Link::Tcp
+                }
+            })
+            .collect();
+        Topology { rank, host_of, hosts, ring, links, peers }
+    }
+
+    /// The ranks on this rank's host.
+    pub fn local_ranks(&self) -> &[usize] {
+        &self.hosts[self.host_of[self.rank]]
+    }
+
+    /// One line per host and the links, for `OXCCL_DEBUG=INFO`.
+    pub fn describe(&self) -> String {
+        let hosts: Vec<String> =
+            self.hosts.iter().map(|rs| format!("{}: {:?}", self.peers[rs[0]].hostname, rs)).collect();
+        let links: Vec<String> = self
+            .links
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| *r != self.rank)
+            .map(|(r, l)| {
+                format!(
+                    "{r}:{}",
+                    match l {
+                        Link::InProcess => "proc",
+                        Link::SharedMemory => "shm",
+                        Link::Tcp => "tcp",
+                    }
+                )
+            })
+            .collect();
+        format!(
+            "hosts [{}]; ring {:?}; links from rank {}: {}",
+            hosts.join("; "),
+            self.ring,
+            self.rank,
+            links.join(" ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(host: &str, pid: u32) -> PeerInfo {
+        PeerInfo { host_id: host.into(), hostname: host.into(), pid }
+    }
+
+    #[test]
+    fn hosts_rings_and_links() {
+        // Ranks 0 and 2 on host a, 1 and 3 on host b (as a scheduler might place them).
+        let peers = vec![info("a", 10), info("b", 20), info("a", 11), info("b", 21)];
+        let t = Topology::new(0, peers.clone(), true);
+        assert_eq!(t.hosts, vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(t.ring, vec![0, 2, 1, 3], "a host's ranks are neighbours on the ring");
+        assert_eq!(t.links, vec![Link::InProcess, Link::Tcp, Link::SharedMemory, Link::Tcp]);
+        assert_eq!(t.local_ranks(), &[0, 2]);
+        let t = Topology::new(0, peers, false);
+        assert_eq!(t.links[2], Link::Tcp, "OXCCL_SHM_DISABLE");
+        let p = info("h/boot", 7);
+        assert_eq!(PeerInfo::decode(&p.encode()).unwrap(), p);
+        assert!(PeerInfo::decode(&p.encode()[..5]).is_err());
+    }
+}
