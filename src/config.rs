@@ -11,6 +11,9 @@
 //! | `OXCCL_NT_THRESHOLD` | output bytes from which outputs use non-temporal stores | 33554432 |
 //! | `OXCCL_SPINS` | polls before a waiting rank yields its core | 4 when ranks outnumber cores, else 64 |
 //! | `OXCCL_YIELD_US` | microseconds of yielding before a waiting rank sleeps | 500 |
+//! | `OXCCL_SOCKET_IFNAME` | interfaces for bootstrap and TCP: prefixes, `^` excludes, `=` exact | first non-loopback |
+//! | `OXCCL_SHM_DISABLE` | `1`: processes of one host talk over TCP instead of shared memory | 0 |
+//! | `OXCCL_HOSTID` | override the host identity (hostname + boot id) | unset |
 //! | `OXCCL_SIMD` | force a kernel level: `scalar`, `avx2`, `avx512` | best available |
 //! | `OXCCL_DEBUG` | `INFO` prints the configuration, rings and trees at init | off |
 
@@ -136,6 +139,12 @@ impl Config {
         }
         if let Some(v) = num("OXCCL_YIELD_US")? {
             s.yield_for = Duration::from_micros(v);
+        }
+        if let Some(v) = env("OXCCL_SOCKET_IFNAME").filter(|v| !v.is_empty()) {
+            s.socket_ifname = Some(v);
+        }
+        if let Some(v) = env("OXCCL_SHM_DISABLE") {
+            s.shm_disable = matches!(v.trim(), "1" | "true" | "yes");
         }
         if let Some(v) = env("OXCCL_DEBUG") {
             s.debug = matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "1");
@@ -273,6 +282,10 @@ pub struct Settings {
     pub spins: Option<u32>,
     /// How long a waiting rank keeps yielding before it sleeps on its doorbell.
     pub yield_for: Duration,
+    /// Which interfaces to use (`OXCCL_SOCKET_IFNAME`, NCCL's syntax).
+    pub socket_ifname: Option<String>,
+    /// Never use shared memory between processes (`OXCCL_SHM_DISABLE=1`).
+    pub shm_disable: bool,
 }
 
 impl Default for Settings {
@@ -286,6 +299,8 @@ impl Default for Settings {
             debug: false,
             spins: None,
             yield_for: Duration::from_micros(500),
+            socket_ifname: None,
+            shm_disable: false,
         }
     }
 }

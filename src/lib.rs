@@ -48,4 +48,5 @@ pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
 pub mod bootstrap;
 pub mod log;
 pub mod netif;
+pub mod shmem;
 pub mod topology;

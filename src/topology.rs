@@ -72,7 +72,8 @@ impl PeerInfo {
 /// The link between two ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Link {
-    /// Threads of one process.
+    /// Threads of one process created together (`Comm::init_all`), or the rank itself.
+    /// Ranks of one process created separately with `Comm::init_rank` use shared memory.
     InProcess,
     /// Processes of one host.
     SharedMemory,
@@ -121,7 +122,7 @@ impl Topology {
         let ring = hosts.iter().flatten().copied().collect();
         let links = (0..n)
             .map(|r| {
-                if r == rank || (host_of[r] == host_of[rank] && peers[r].pid == peers[rank].pid) {
+                if r == rank {
                     Link::InProcess
                 } else if host_of[r] == host_of[rank] && shm {
                     Link::SharedMemory

@@ -116,10 +116,13 @@ fn fail_message(p: &[u8]) -> String {
     Dec::new(p, "failure").bytes(4096).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
+/// Roots running in this process, by job secret (see [`wait_root`]).
+static ROOTS: std::sync::Mutex<Vec<(Secret, std::thread::JoinHandle<()>)>> = std::sync::Mutex::new(Vec::new());
+
 /// Starts the root of a job at `listener` in a background thread; it serves one job and
 /// exits (after `timeout` at the latest when ranks are missing).
 pub fn spawn_root(listener: TcpListener, secret: Secret, timeout: Option<Duration>) -> Result<()> {
-    std::thread::Builder::new()
+    let h = std::thread::Builder::new()
         .name("oxccl-root".into())
         .spawn(move || {
             if let Err(e) = serve_root(&listener, &secret, timeout) {
@@ -127,7 +130,25 @@ pub fn spawn_root(listener: TcpListener, secret: Secret, timeout: Option<Duratio
             }
         })
         .map_err(|e| Error::system("starting the bootstrap root thread", e))?;
+    if let Ok(mut roots) = ROOTS.lock() {
+        roots.retain(|(_, h)| !h.is_finished());
+        roots.push((secret, h));
+    }
     Ok(())
+}
+
+/// Waits (at most `limit`) for this process's root of the job `secret`, if any, to finish
+/// telling every rank what went wrong: a rank that fails at init and exits must not take
+/// the root down before the others have heard from it.
+pub fn wait_root(secret: &Secret, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let running = ROOTS.lock().is_ok_and(|r| r.iter().any(|(s, h)| s == secret && !h.is_finished()));
+        if !running || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 struct Arrived {
@@ -241,6 +262,20 @@ impl Bootstrap {
     /// Joins the job at `id`'s root as `rank` of `nranks`, listening for the ring on
     /// `local_ip`. `timeout` bounds every wait.
     pub fn join(
+        id: &UniqueId,
+        rank: usize,
+        nranks: usize,
+        local_ip: std::net::IpAddr,
+        timeout: Option<Duration>,
+    ) -> Result<Bootstrap> {
+        let r = Self::join_inner(id, rank, nranks, local_ip, timeout);
+        if r.is_err() {
+            wait_root(id.secret(), Duration::from_secs(2));
+        }
+        r
+    }
+
+    fn join_inner(
         id: &UniqueId,
         rank: usize,
         nranks: usize,

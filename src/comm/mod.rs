@@ -7,6 +7,7 @@
 
 mod calls;
 mod group;
+mod init;
 
 pub use group::Group;
 
@@ -64,6 +65,10 @@ pub struct Comm {
     seq: u64,
     backoff: BackoffConfig,
     scratch: Scratch,
+    bootstrap: Option<crate::bootstrap::Bootstrap>,
+    topology: Option<crate::topology::Topology>,
+    /// Some links are sockets: calls end by flushing them.
+    sockets: bool,
 }
 
 /// Vectors reused from call to call, so a call does not allocate.
@@ -124,24 +129,44 @@ impl Comm {
         let world = World::new(nranks, shape)?;
         let order: Vec<usize> = (0..nranks).collect();
         let comms: Vec<Comm> = (0..nranks)
-            .map(|rank| Comm {
-                rank,
-                nranks,
-                settings: settings.clone(),
-                topo: Topo::new(rank, order.clone()),
-                links: Links::new(nranks),
-                transport: Box::new(InProc::new(world.clone())),
-                bell: world.bell(rank).clone(),
-                aborted: Arc::new(AtomicBool::new(false)),
-                seq: 0,
-                backoff: backoff(&settings, nranks),
-                scratch: Scratch::default(),
+            .map(|rank| {
+                let transport = Box::new(InProc::new(world.clone()));
+                let topo = Topo::new(rank, order.clone());
+                Comm::assemble(rank, nranks, settings.clone(), topo, transport, world.bell(rank).clone(), nranks)
             })
             .collect();
         if settings.debug {
             comms[0].log_topology();
         }
         Ok(comms)
+    }
+
+    /// A communicator over connected parts; `local_ranks` ranks share this host.
+    fn assemble(
+        rank: usize,
+        nranks: usize,
+        settings: Arc<Settings>,
+        topo: Topo,
+        transport: Box<dyn Transport>,
+        bell: Doorbell,
+        local_ranks: usize,
+    ) -> Comm {
+        Comm {
+            rank,
+            nranks,
+            backoff: backoff(&settings, local_ranks),
+            settings,
+            topo,
+            links: Links::new(nranks),
+            transport,
+            bell,
+            aborted: Arc::new(AtomicBool::new(false)),
+            seq: 0,
+            scratch: Scratch::default(),
+            bootstrap: None,
+            topology: None,
+            sockets: false,
+        }
     }
 
     fn log_topology(&self) {
@@ -408,12 +433,16 @@ impl Comm {
             aborted: &self.aborted,
             scratch: &mut sc.exec,
         };
-        let r = match (path, specs, &sc.calls[..]) {
+        let mut r = match (path, specs, &sc.calls[..]) {
             (Path::Direct, [s], [call]) => exec::direct::run(&mut ctx, call, &s.coll),
             (Path::OneSlot, [s], [call]) => exec::all_reduce_one_slot(&mut ctx, call, s.coll.count()),
             _ if sc.streams.is_empty() => Ok(()),
             _ => exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected),
         };
+        if r.is_ok() && self.sockets {
+            let what = specs.first().map_or("call", |s| s.coll.name());
+            r = exec::flush(&mut ctx, what);
+        }
         if r.is_ok() && !all_connected {
             for s in specs {
                 if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s, shared)) {

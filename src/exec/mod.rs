@@ -147,7 +147,7 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_li
         s.cur = s.sched.next_step();
     }
     loop {
-        let mut progressed = false;
+        let mut progressed = ctx.transport.progress()?;
         let mut live = false;
         for i in 0..streams.len() {
             if streams[i].cur.is_none() {
@@ -185,9 +185,18 @@ fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
     let links: &Links = ctx.links;
     let aborted = ctx.aborted;
+    let transport = ctx.transport;
+    let mut failed = None;
     let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
+        if let Err(e) = transport.progress() {
+            failed = Some(e);
+            return true;
+        }
         streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
     });
+    if let Some(e) = failed {
+        return Err(e);
+    }
     match r {
         Ok(()) => Ok(()),
         Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {me}: the communicator was aborted"))),
@@ -493,14 +502,53 @@ unsafe fn fold_raw(r: &Reducer, dst: *mut u8, srcs: &[(Rank, *const u8, bool)], 
     }
 }
 
+/// Waits until every message this rank posted has left it (network links send from the
+/// executor's thread, so a call must not return with data still queued).
+pub fn flush(ctx: &mut Ctx<'_>, op: &str) -> Result<()> {
+    let transport = ctx.transport;
+    if transport.flushed() {
+        return Ok(());
+    }
+    let aborted = ctx.aborted;
+    let mut failed = None;
+    let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
+        if let Err(e) = transport.progress() {
+            failed = Some(e);
+            return true;
+        }
+        transport.flushed()
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match r {
+        Ok(()) => Ok(()),
+        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {}: the communicator was aborted", ctx.me))),
+        Err(WaitError::Timeout) => Err(Error::Timeout {
+            op: format!("rank {}: {op}: sending the last messages", ctx.me),
+            waited: ctx.timeout.unwrap_or_default(),
+            peers: vec![],
+        }),
+    }
+}
+
 /// Waits until `ok(links, peer)` holds for every peer.
 pub(crate) fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank) -> bool) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
     let links: &Links = ctx.links;
     let aborted = ctx.aborted;
+    let transport = ctx.transport;
+    let mut failed = None;
     let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
+        if let Err(e) = transport.progress() {
+            failed = Some(e);
+            return true;
+        }
         (0..n).filter(|&p| p != me).all(|p| ok(links, p))
     });
+    if let Some(e) = failed {
+        return Err(e);
+    }
     match r {
         Ok(()) => Ok(()),
         Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {me}: the communicator was aborted"))),

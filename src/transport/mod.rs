@@ -8,6 +8,9 @@
 
 pub mod fifo;
 pub mod inproc;
+pub mod mux;
+pub mod shm;
+pub mod tcp;
 
 pub use fifo::{Desc, FifoRx, FifoShape, FifoTx, Msg};
 
@@ -56,6 +59,24 @@ pub trait Transport: Send + Sync {
     /// Whether every rank of this transport lives in one address space, so that a buffer
     /// address published by a peer can be read and written directly.
     fn shares_address_space(&self) -> bool {
+        false
+    }
+
+    /// Moves bytes between the FIFOs and the network, without blocking; returns whether
+    /// anything moved. The executor calls it whenever it looks for work. Links whose
+    /// FIFOs are shared memory have nothing to do here.
+    fn progress(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether all posted messages have left this rank (are in the kernel's hands).
+    fn flushed(&self) -> bool {
+        true
+    }
+
+    /// Whether some links are network sockets, whose arrivals do not ring doorbells (the
+    /// executor then sleeps only briefly between polls).
+    fn has_sockets(&self) -> bool {
         false
     }
 }

@@ -3,6 +3,8 @@
 //! generators whose reductions are exact in any order.
 #![allow(dead_code)]
 
+pub mod matrix;
+
 use std::time::Duration;
 
 use half::{bf16, f16};

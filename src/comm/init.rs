@@ -1,0 +1,365 @@
+//! Creating communicators whose ranks are processes: from a unique id
+//! ([`Comm::init_rank`], like `ncclCommInitRank`) or from the launcher's environment
+//! ([`Comm::from_env`]). Bootstrap, topology, then one transport per kind of link.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+
+use super::Comm;
+use crate::algo::Topo;
+use crate::bootstrap::wire::{Dec, Enc};
+use crate::bootstrap::{self, Bootstrap, UniqueId};
+use crate::config::{Config, Settings};
+use crate::error::{Error, Result};
+use crate::log;
+use crate::netif;
+use crate::sync::Doorbell;
+use crate::topology::{Link, PeerInfo, Topology};
+use crate::transport::Transport;
+use crate::transport::fifo::FifoShape;
+use crate::transport::mux::Mux;
+use crate::transport::shm::Shm;
+use crate::transport::tcp::Tcp;
+
+impl UniqueId {
+    /// Creates a unique id and starts its bootstrap root in this process (like
+    /// `ncclGetUniqueId`): the root listens on the interface `OXCCL_SOCKET_IFNAME`
+    /// selects and serves one job, for at most the timeout (`OXCCL_TIMEOUT`).
+    pub fn new() -> Result<UniqueId> {
+        let s = Config::new().resolve()?;
+        let ip = netif::pick(s.socket_ifname.as_deref())?.ip;
+        let l = TcpListener::bind(SocketAddr::new(ip, 0))
+            .map_err(|e| Error::system(format!("binding the bootstrap root on {ip}"), e))?;
+        let addr = l.local_addr().map_err(|e| Error::system("reading the root address", e))?;
+        let id = UniqueId::for_root(addr)?;
+        bootstrap::spawn_root(l, *id.secret(), s.timeout)?;
+        Ok(id)
+    }
+}
+
+/// Where this rank listens: loopback for a job whose root is loopback (one host), else
+/// the selected interface.
+fn local_ip(root: SocketAddr, s: &Settings) -> Result<IpAddr> {
+    if root.ip().is_loopback() && s.socket_ifname.is_none() {
+        return Ok(root.ip());
+    }
+    Ok(netif::pick(s.socket_ifname.as_deref())?.ip)
+}
+
+fn encode_addr(a: Option<SocketAddr>) -> Vec<u8> {
+    let mut e = Enc::new();
+    match a {
+        Some(a) => {
+            e.u32(1).addr(&a);
+        }
+        None => {
+            e.u32(0);
+        }
+    }
+    e.0
+}
+
+fn decode_addr(b: &[u8]) -> Result<Option<SocketAddr>> {
+    let mut d = Dec::new(b, "transport address");
+    let r = if d.u32()? == 1 { Some(d.addr()?) } else { None };
+    d.end()?;
+    Ok(r)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Comm {
+    /// Joins the job described by `id` as `rank` of `nranks` (like `ncclCommInitRank`).
+    /// Every rank calls it with the same id and `nranks`; it returns once all ranks have
+    /// joined, or fails on every rank with a message when the job is inconsistent (a
+    /// duplicate or out-of-range rank, different `nranks`) or a rank does not arrive
+    /// within the timeout.
+    pub fn init_rank(id: &UniqueId, rank: usize, nranks: usize, config: &Config) -> Result<Comm> {
+        let settings = Arc::new(config.resolve()?);
+        if nranks == 0 || rank >= nranks {
+            return Err(Error::InvalidArgument(format!("rank {rank} is out of range for a job of {nranks} ranks")));
+        }
+        let timeout = settings.timeout;
+        let ip = local_ip(id.root(), &settings)?;
+        let mut boot = Bootstrap::join(id, rank, nranks, ip, timeout)?;
+        let infos = boot.all_gather(&PeerInfo::local().encode())?;
+        let peers = infos.iter().map(|b| PeerInfo::decode(b)).collect::<Result<Vec<_>>>()?;
+        let topology = Topology::new(rank, peers.clone(), !settings.shm_disable);
+        let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
+
+        // Shared memory among the ranks of this host.
+        let local: Vec<usize> = topology.local_ranks().to_vec();
+        let use_shm = topology.links.contains(&Link::SharedMemory);
+        let tag = hex(&id.secret()[..8]);
+        let seg = if use_shm { Some(Shm::create(rank, local.clone(), shape, &tag)?) } else { None };
+        // TCP listeners, where some peer is another host.
+        let use_tcp = topology.links.contains(&Link::Tcp);
+        let listener = if use_tcp { Some(Tcp::listen(ip)?) } else { None };
+        let my_addr = match &listener {
+            Some(l) => Some(l.local_addr().map_err(|e| Error::system("reading the TCP listener address", e))?),
+            None => None,
+        };
+        let addrs = boot.all_gather(&encode_addr(my_addr))?; // also: every segment exists now
+        let shm = match seg {
+            Some(seg) => {
+                let shm = Shm::attach(rank, local.clone(), shape, &tag, seg)?;
+                Some(shm)
+            }
+            None => None,
+        };
+        boot.barrier()?; // every local peer has mapped our segment
+        if let Some(s) = &shm {
+            s.unlink();
+        }
+        let bell = shm.as_ref().map_or_else(Doorbell::new_private, |s| s.my_bell());
+        let mut transports: Vec<Box<dyn Transport>> = Vec::new();
+        let mut route = vec![None; nranks];
+        if let Some(s) = shm {
+            transports.push(Box::new(s));
+            for (r, l) in topology.links.iter().enumerate() {
+                if *l == Link::SharedMemory {
+                    route[r] = Some(transports.len() - 1);
+                }
+            }
+        }
+        if let Some(l) = listener {
+            let addrs = addrs
+                .iter()
+                .map(|b| decode_addr(b).map(|a| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))))
+                .collect::<Result<Vec<_>>>()?;
+            transports.push(Box::new(Tcp::new(rank, *id.secret(), shape, l, addrs, peers, bell.clone(), timeout)));
+            for (r, l) in topology.links.iter().enumerate() {
+                if *l == Link::Tcp {
+                    route[r] = Some(transports.len() - 1);
+                }
+            }
+        }
+        let transport = Mux::new(transports, route);
+        let sockets = transport.has_sockets();
+        if settings.debug || log::info_enabled() {
+            log::info(true, &format!("rank {rank}/{nranks}: {}", topology.describe()));
+        }
+        let topo = Topo::new(rank, topology.ring.clone());
+        let mut comm = Comm::assemble(rank, nranks, settings, topo, Box::new(transport), bell, local.len());
+        if sockets {
+            comm.backoff.max_sleep = std::time::Duration::from_millis(1);
+            comm.sockets = true;
+        }
+        comm.bootstrap = Some(boot);
+        comm.topology = Some(topology);
+        if rank == 0 && (comm.settings.debug || log::info_enabled()) {
+            comm.log_topology();
+        }
+        Ok(comm)
+    }
+
+    /// Joins a job described by the environment, as launchers set it:
+    /// - `OXCCL_UNIQUE_ID` (a unique id as text) or `OXCCL_COMM_ID=host:port` (rank 0
+    ///   listens there, as with NCCL_COMM_ID), with `OXCCL_RANK` and `OXCCL_NRANKS`;
+    /// - torchrun's `MASTER_ADDR`, `MASTER_PORT`, `RANK` and `WORLD_SIZE`;
+    /// - under mpirun or srun, the rank and size come from `OMPI_COMM_WORLD_RANK`/`_SIZE`,
+    ///   `PMI_RANK`/`PMI_SIZE` or `SLURM_PROCID`/`SLURM_NTASKS`, and the address from
+    ///   `OXCCL_COMM_ID` or `MASTER_ADDR`/`MASTER_PORT`.
+    ///
+    /// With an address rather than a unique id, the secret comes from `OXCCL_SECRET`
+    /// (any text, the same on every rank); without it, any process that can reach the
+    /// address can join, as with torchrun's store.
+    pub fn from_env() -> Result<Comm> {
+        Self::from_env_with(&Config::new())
+    }
+
+    /// As [`Comm::from_env`], with a configuration.
+    pub fn from_env_with(config: &Config) -> Result<Comm> {
+        let r = Rendezvous::from_env(|k| std::env::var(k).ok())?;
+        if r.rank == 0 && r.start_root {
+            start_fixed_root(&r.id, config)?;
+        }
+        Comm::init_rank(&r.id, r.rank, r.nranks, config)
+    }
+}
+
+/// Rank 0's root at the fixed address of `OXCCL_COMM_ID` or `MASTER_ADDR`.
+fn start_fixed_root(id: &UniqueId, config: &Config) -> Result<()> {
+    let s = config.resolve()?;
+    let l = TcpListener::bind(id.root())
+        .or_else(|_| TcpListener::bind(SocketAddr::new([0, 0, 0, 0].into(), id.root().port())))
+        .map_err(|e| Error::system(format!("rank 0: listening at {} for the other ranks", id.root()), e))?;
+    bootstrap::spawn_root(l, *id.secret(), s.timeout)
+}
+
+/// What the environment says about the job.
+#[derive(Debug)]
+pub(crate) struct Rendezvous {
+    pub id: UniqueId,
+    pub rank: usize,
+    pub nranks: usize,
+    /// Rank 0 must start the root (an address was given rather than a unique id).
+    pub start_root: bool,
+}
+
+impl Rendezvous {
+    pub(crate) fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Rendezvous> {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let num = |k: &str| -> Result<Option<usize>> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| Error::InvalidArgument(format!("{k}={v} is not a non-negative integer"))),
+            }
+        };
+        let pairs = [
+            ("OXCCL_RANK", "OXCCL_NRANKS"),
+            ("RANK", "WORLD_SIZE"),
+            ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+            ("PMI_RANK", "PMI_SIZE"),
+            ("SLURM_PROCID", "SLURM_NTASKS"),
+        ];
+        let mut rank_size = None;
+        for (rk, sk) in pairs {
+            match (num(rk)?, num(sk)?) {
+                (Some(r), Some(n)) => {
+                    rank_size = Some((r, n, rk, sk));
+                    break;
+                }
+                (Some(_), None) => return Err(Error::InvalidArgument(format!("{rk} is set but {sk} is not"))),
+                (None, Some(_)) => return Err(Error::InvalidArgument(format!("{sk} is set but {rk} is not"))),
+                (None, None) => {}
+            }
+        }
+        let Some((rank, nranks, rk, sk)) = rank_size else {
+            return Err(Error::InvalidArgument(
+                "Comm::from_env: no rank and size in the environment: set OXCCL_RANK and OXCCL_NRANKS (with OXCCL_COMM_ID=host:port), or RANK and WORLD_SIZE (with MASTER_ADDR and MASTER_PORT, as torchrun does), or run under mpirun or srun".into(),
+            ));
+        };
+        if rank >= nranks {
+            return Err(Error::InvalidArgument(format!("{rk}={rank} is out of range for {sk}={nranks}")));
+        }
+        if let Some(text) = get("OXCCL_UNIQUE_ID") {
+            let id: UniqueId = text.parse()?;
+            return Ok(Rendezvous { id, rank, nranks, start_root: false });
+        }
+        let addr = if let Some(v) = get("OXCCL_COMM_ID") {
+            resolve(&v, "OXCCL_COMM_ID")?
+        } else {
+            match (get("MASTER_ADDR"), get("MASTER_PORT")) {
+                (Some(a), Some(p)) => resolve(&format!("{a}:{p}"), "MASTER_ADDR:MASTER_PORT")?,
+                (Some(_), None) => {
+                    return Err(Error::InvalidArgument("MASTER_ADDR is set but MASTER_PORT is not".into()));
+                }
+                (None, Some(_)) => {
+                    return Err(Error::InvalidArgument("MASTER_PORT is set but MASTER_ADDR is not".into()));
+                }
+                (None, None) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "Comm::from_env: found the rank and size in {rk}/{sk} but no address of rank 0: set OXCCL_COMM_ID=host:port (or MASTER_ADDR and MASTER_PORT), the same on every rank"
+                    )));
+                }
+            }
+        };
+        let secret = derive_secret(get("OXCCL_SECRET").as_deref(), &addr);
+        Ok(Rendezvous { id: UniqueId::with_secret(addr, secret), rank, nranks, start_root: true })
+    }
+}
+
+fn resolve(hostport: &str, what: &str) -> Result<SocketAddr> {
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| Error::InvalidArgument(format!("{what}={hostport}: cannot resolve ({e}); expected host:port")))?
+        .find(|a| a.is_ipv4())
+        .or_else(|| hostport.to_socket_addrs().ok().and_then(|mut i| i.next()))
+        .ok_or_else(|| Error::InvalidArgument(format!("{what}={hostport}: no address")))
+}
+
+/// 32 bytes every rank derives alike from `OXCCL_SECRET` (or from the address alone).
+fn derive_secret(text: Option<&str>, addr: &SocketAddr) -> bootstrap::Secret {
+    // FNV-1a over four lanes; an identifier, not cryptography: with OXCCL_SECRET the
+    // strength is the text's.
+    let input = format!("oxccl/{}/{}", text.unwrap_or(""), addr);
+    let mut out = [0u8; 32];
+    for (lane, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (lane as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for b in input.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        chunk.copy_from_slice(&h.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(v: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| v.iter().find(|(n, _)| *n == k).map(|(_, x)| x.to_string())
+    }
+
+    #[test]
+    fn rendezvous_from_each_launcher() {
+        let r = Rendezvous::from_env(env(&[
+            ("OXCCL_COMM_ID", "127.0.0.1:29500"),
+            ("OXCCL_RANK", "1"),
+            ("OXCCL_NRANKS", "4"),
+        ]))
+        .unwrap();
+        assert_eq!((r.rank, r.nranks, r.id.root().port(), r.start_root), (1, 4, 29500, true));
+        let r = Rendezvous::from_env(env(&[
+            ("MASTER_ADDR", "localhost"),
+            ("MASTER_PORT", "1234"),
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+        ]))
+        .unwrap();
+        assert_eq!((r.rank, r.nranks, r.id.root().port()), (0, 2, 1234));
+        let r = Rendezvous::from_env(env(&[
+            ("OMPI_COMM_WORLD_RANK", "3"),
+            ("OMPI_COMM_WORLD_SIZE", "8"),
+            ("OXCCL_COMM_ID", "127.0.0.1:5"),
+        ]))
+        .unwrap();
+        assert_eq!((r.rank, r.nranks), (3, 8));
+        let id = UniqueId::for_root("127.0.0.1:9".parse().unwrap()).unwrap();
+        let s = id.to_string();
+        let r = Rendezvous::from_env(env(&[("OXCCL_UNIQUE_ID", &s), ("PMI_RANK", "0"), ("PMI_SIZE", "1")])).unwrap();
+        assert_eq!((r.id, r.start_root), (id, false));
+        // Same inputs, same secret; another secret text, another secret.
+        let a =
+            Rendezvous::from_env(env(&[("OXCCL_COMM_ID", "127.0.0.1:5"), ("OXCCL_RANK", "0"), ("OXCCL_NRANKS", "2")]))
+                .unwrap();
+        let b =
+            Rendezvous::from_env(env(&[("OXCCL_COMM_ID", "127.0.0.1:5"), ("OXCCL_RANK", "1"), ("OXCCL_NRANKS", "2")]))
+                .unwrap();
+        let c = Rendezvous::from_env(env(&[
+            ("OXCCL_COMM_ID", "127.0.0.1:5"),
+            ("OXCCL_RANK", "1"),
+            ("OXCCL_NRANKS", "2"),
+            ("OXCCL_SECRET", "s3cret"),
+        ]))
+        .unwrap();
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id.secret(), c.id.secret());
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let msg = |v: &[(&str, &str)]| Rendezvous::from_env(env(v)).unwrap_err().to_string();
+        assert!(msg(&[]).contains("OXCCL_RANK"));
+        assert!(msg(&[("RANK", "0"), ("WORLD_SIZE", "2")]).contains("OXCCL_COMM_ID"));
+        assert!(msg(&[("RANK", "0")]).contains("WORLD_SIZE is not"));
+        assert!(msg(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")]).contains("MASTER_PORT"));
+        assert!(msg(&[("OXCCL_RANK", "x"), ("OXCCL_NRANKS", "2")]).contains("not a non-negative integer"));
+        assert!(
+            msg(&[("OXCCL_RANK", "2"), ("OXCCL_NRANKS", "2"), ("OXCCL_COMM_ID", "127.0.0.1:1")])
+                .contains("out of range")
+        );
+        assert!(
+            msg(&[("OXCCL_RANK", "0"), ("OXCCL_NRANKS", "2"), ("OXCCL_COMM_ID", "nohost")]).contains("OXCCL_COMM_ID")
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Ranks as separate processes: the collective matrix over shared memory and over TCP
+//! (`OXCCL_SHM_DISABLE=1`), with 2, 3, 4 and 8 processes; and bad jobs (wrong secret,
+//! different sizes, duplicate or out-of-range ranks, no root) fail with a clear message
+//! on every rank within the timeout.
+//!
+//! Each rank is this test binary re-run with `OXCCL_TEST_CHILD` set, which makes the
+//! `child` test below act as the rank.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::matrix;
+use oxccl::{Comm, Config};
+
+const CHILD: &str = "OXCCL_TEST_CHILD";
+
+/// The rank's side: a no-op unless started by [`launch`].
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(CHILD) else { return };
+    let cfg = Config::new().slot_bytes(matrix::SLOT).nslots(4);
+    let mut comm = match Comm::from_env_with(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("INIT-ERROR: {e}");
+            std::process::exit(3);
+        }
+    };
+    match role.as_str() {
+        "matrix" => {
+            let errs = matrix::all_types(&mut comm);
+            if !errs.is_empty() {
+                eprintln!("{} failures:\n{}", errs.len(), errs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+                std::process::exit(1);
+            }
+        }
+        "init" => {}
+        r => panic!("unknown child role {r}"),
+    }
+}
+
+struct Ran {
+    status: Option<i32>,
+    stderr: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts one process per entry of `ranks` (its environment), waits for all with a
+/// deadline, and returns their exit codes and standard errors.
+fn launch(role: &str, ranks: Vec<Vec<(String, String)>>, deadline: Duration) -> Vec<Ran> {
+    let exe = std::env::current_exe().unwrap();
+    let mut children: Vec<Child> = ranks
+        .into_iter()
+        .map(|env| {
+            Command::new(&exe)
+                .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+                .env(CHILD, role)
+                .envs(env)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| {
+            let mut err = c.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                s
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut status = vec![None; children.len()];
+    while status.iter().any(|s: &Option<Option<i32>>| s.is_none()) {
+        for (i, c) in children.iter_mut().enumerate() {
+            if status[i].is_none()
+                && let Some(st) = c.try_wait().unwrap()
+            {
+                status[i] = Some(st.code());
+            }
+        }
+        if start.elapsed() > deadline {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+            }
+            let stuck: Vec<usize> = (0..status.len()).filter(|i| status[*i].is_none()).collect();
+            panic!("deadline: ranks {stuck:?} still running after {deadline:?} (hang)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    status.into_iter().zip(readers).map(|(s, r)| Ran { status: s.flatten(), stderr: r.join().unwrap() }).collect()
+}
+
+fn job(n: usize, extra: &[(&str, &str)]) -> Vec<Vec<(String, String)>> {
+    let port = free_port();
+    (0..n)
+        .map(|r| {
+            let mut env = vec![
+                ("OXCCL_COMM_ID".to_string(), format!("127.0.0.1:{port}")),
+                ("OXCCL_RANK".to_string(), r.to_string()),
+                ("OXCCL_NRANKS".to_string(), n.to_string()),
+                ("OXCCL_TIMEOUT".to_string(), "60".to_string()),
+            ];
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            env
+        })
+        .collect()
+}
+
+fn run_matrix(n: usize, extra: &[(&str, &str)]) {
+    let out = launch("matrix", job(n, extra), Duration::from_secs(240));
+    for (r, o) in out.iter().enumerate() {
+        assert_eq!(o.status, Some(0), "rank {r} of {n} ({extra:?}) failed:\n{}", o.stderr);
+    }
+}
+
+#[test]
+fn shared_memory_processes() {
+    for n in [2, 3, 4, 8] {
+        run_matrix(n, &[]);
+    }
+}
+
+#[test]
+fn tcp_processes() {
+    for n in [2, 3, 4, 8] {
+        run_matrix(n, &[("OXCCL_SHM_DISABLE", "1")]);
+    }
+}
+
+/// Runs a job of `init` children and expects every rank to fail with a message
+/// containing one of `needles`, within the timeout.
+fn expect_init_failure(ranks: Vec<Vec<(String, String)>>, needles: &[&str]) {
+    let t0 = Instant::now();
+    let out = launch("init", ranks, Duration::from_secs(60));
+    let all: String =
+        out.iter().enumerate().map(|(i, o)| format!("--- process {i}: {:?}\n{}", o.status, o.stderr)).collect();
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(o.status, Some(3), "process {i} should fail at init:\n{all}");
+        assert!(needles.iter().any(|n| o.stderr.contains(n)), "process {i}: expected one of {needles:?}:\n{all}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+}
+
+fn set(mut ranks: Vec<Vec<(String, String)>>, i: usize, k: &str, v: &str) -> Vec<Vec<(String, String)>> {
+    ranks[i].retain(|(n, _)| n != k);
+    ranks[i].push((k.to_string(), v.to_string()));
+    ranks
+}
+
+#[test]
+fn bad_jobs_fail_clearly_on_every_rank() {
+    let short = [("OXCCL_TIMEOUT", "3")];
+    // Different job sizes.
+    let j = set(job(2, &short), 1, "OXCCL_NRANKS", "3");
+    expect_init_failure(j, &["disagree on the number of ranks"]);
+    // A rank claimed twice.
+    let j = set(job(3, &short), 2, "OXCCL_RANK", "1");
+    expect_init_failure(j, &["two processes claim rank 1"]);
+    // A rank that does not know the secret: refused; the others wait, then time out.
+    let j = set(job(2, &short), 1, "OXCCL_SECRET", "not-the-job's");
+    let j = set(j, 0, "OXCCL_SECRET", "the-job's");
+    expect_init_failure(j, &["closed the connection", "only 1 of 2 ranks"]);
+    // Out of range: refused before any connection; rank 0 times out.
+    let j = set(job(2, &short), 1, "OXCCL_RANK", "5");
+    expect_init_failure(j, &["out of range", "only 1 of 2 ranks"]);
+    // No root at the address.
+    let j = set(job(2, &short), 0, "OXCCL_RANK", "1");
+    let j = vec![j[1].clone()];
+    expect_init_failure(j, &["could not connect"]);
+}
+
+#[test]
+#[ignore]
+fn debug_tcp3() {
+    let out = launch("matrix", job(3, &[("OXCCL_SHM_DISABLE", "1")]), Duration::from_secs(120));
+    for (r, o) in out.iter().enumerate() {
+        eprintln!("== rank {r}: {:?}\n{}", o.status, o.stderr.lines().take(8).collect::<Vec<_>>().join("\n"));
+    }
+}
