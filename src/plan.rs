@@ -46,13 +46,24 @@ pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -
         }
         Algo::OneShot => STEP_US + (nf - 1.0) * b / LINK_BPUS + nf * b / REDUCE_BPUS,
         Algo::Direct => 2.0 * STEP_US + 2.0 * b / REDUCE_BPUS,
-        Algo::P2p => f64::INFINITY,
+        Algo::Hier | Algo::P2p => f64::INFINITY,
     }
 }
 
-/// The plan for `coll` on `dtype` among `n` ranks; `shared` says whether the ranks share
-/// an address space (direct algorithms need it).
-pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Settings) -> Result<Plan> {
+/// What the plan needs to know about the communicator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Number of ranks.
+    pub n: usize,
+    /// The ranks share an address space (direct algorithms need it).
+    pub shared: bool,
+    /// Several hosts, one with several ranks (hierarchical all-reduce applies).
+    pub hierarchical: bool,
+}
+
+/// The plan for `coll` on `dtype` in a communicator of `shape`.
+pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> Result<Plan> {
+    let Shape { n, shared, hierarchical } = shape;
     let elem = dtype.size();
     let chunking = Chunking { chunk: (s.slot_bytes / elem).max(1), align: (64 / elem).max(1) };
     let out_bytes = match *coll {
@@ -73,6 +84,11 @@ pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Sett
                     a.name()
                 )));
             }
+            if a == Algo::Hier && !hierarchical {
+                return Err(Error::InvalidUsage(
+                    "algorithm 'hier' is forced, but the ranks are not spread over several hosts with several ranks on one of them".into(),
+                ));
+            }
             if a == Algo::Direct && !shared {
                 return Err(Error::InvalidUsage(format!(
                     "algorithm 'direct' is forced for {}, but it runs only between threads of one process, and not inside a group",
@@ -81,7 +97,7 @@ pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Sett
             }
             a
         }
-        None => choose(coll, elem, n, shared, s),
+        None => choose(coll, elem, shape, s),
     };
     Ok(Plan { algo, chunking, nt })
 }
@@ -89,9 +105,17 @@ pub fn plan(coll: &Collective, dtype: DataType, n: usize, shared: bool, s: &Sett
 /// Smallest call (bytes per rank) for which direct algorithms beat staging through slots.
 const DIRECT_MIN_BYTES: usize = 8 << 10;
 
-fn choose(coll: &Collective, elem: usize, n: usize, shared: bool, s: &Settings) -> Algo {
+/// Smallest all-reduce for which the hierarchical algorithm is chosen: below it, the
+/// extra stages cost more latency than the inter-host bandwidth they save.
+const HIER_MIN_BYTES: usize = 256 << 10;
+
+fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
+    let Shape { n, shared, hierarchical } = shape;
     if shared && n > 1 && Algo::Direct.applies_to(coll) && coll.count() * elem >= DIRECT_MIN_BYTES {
         return Algo::Direct;
+    }
+    if hierarchical && matches!(coll, Collective::AllReduce { .. }) && coll.count() * elem >= HIER_MIN_BYTES {
+        return Algo::Hier;
     }
     match coll {
         Collective::AllReduce { count } => {
@@ -116,9 +140,21 @@ mod tests {
     #[test]
     fn forced_algorithms_apply_or_fail() {
         let s = Config::new().algo(Algo::Tree).resolve_with(|_| None).unwrap();
-        let p = plan(&Collective::AllReduce { count: 10 }, DataType::Float32, 4, true, &s).unwrap();
+        let p = plan(
+            &Collective::AllReduce { count: 10 },
+            DataType::Float32,
+            Shape { n: 4, shared: true, hierarchical: false },
+            &s,
+        )
+        .unwrap();
         assert_eq!(p.algo, Algo::Tree);
-        let e = plan(&Collective::Broadcast { count: 10, root: 0 }, DataType::Float32, 4, true, &s).unwrap_err();
+        let e = plan(
+            &Collective::Broadcast { count: 10, root: 0 },
+            DataType::Float32,
+            Shape { n: 4, shared: true, hierarchical: false },
+            &s,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::InvalidUsage(_)), "{e}");
     }
 
@@ -126,14 +162,45 @@ mod tests {
     fn small_messages_take_one_step_large_ones_the_ring() {
         let s = Settings::default();
         let p = |bytes: usize, n| {
-            plan(&Collective::AllReduce { count: bytes / 4 }, DataType::Float32, n, false, &s).unwrap().algo
+            plan(
+                &Collective::AllReduce { count: bytes / 4 },
+                DataType::Float32,
+                Shape { n, shared: false, hierarchical: false },
+                &s,
+            )
+            .unwrap()
+            .algo
         };
         assert_eq!(p(8, 2), Algo::OneShot);
         assert_eq!(p(64 << 20, 4), Algo::Ring);
-        assert_eq!(plan(&Collective::AllToAll { count: 5 }, DataType::Int8, 4, false, &s).unwrap().algo, Algo::P2p);
-        let shared = plan(&Collective::AllReduce { count: 1 << 20 }, DataType::Float32, 4, true, &s).unwrap();
+        assert_eq!(
+            plan(
+                &Collective::AllToAll { count: 5 },
+                DataType::Int8,
+                Shape { n: 4, shared: false, hierarchical: false },
+                &s
+            )
+            .unwrap()
+            .algo,
+            Algo::P2p
+        );
+        let shared = plan(
+            &Collective::AllReduce { count: 1 << 20 },
+            DataType::Float32,
+            Shape { n: 4, shared: true, hierarchical: false },
+            &s,
+        )
+        .unwrap();
         assert_eq!(shared.algo, Algo::Direct);
         let s = Config::new().algo(Algo::Direct).resolve_with(|_| None).unwrap();
-        assert!(plan(&Collective::AllReduce { count: 8 }, DataType::Float32, 2, false, &s).is_err());
+        assert!(
+            plan(
+                &Collective::AllReduce { count: 8 },
+                DataType::Float32,
+                Shape { n: 2, shared: false, hierarchical: false },
+                &s
+            )
+            .is_err()
+        );
     }
 }

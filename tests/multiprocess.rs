@@ -138,6 +138,22 @@ fn tcp_processes() {
     }
 }
 
+/// Two "hosts" of two ranks (host identities forced with `OXCCL_HOSTID`): shared memory
+/// inside a host, TCP between them, and the hierarchical all-reduce across.
+#[test]
+fn two_hosts_of_two_ranks() {
+    for algo in ["", "all_reduce:hier"] {
+        let mut j = job(4, &[("OXCCL_ALGO", algo)]);
+        for (r, env) in j.iter_mut().enumerate() {
+            env.push(("OXCCL_HOSTID".into(), if r < 2 { "host-a".into() } else { "host-b".into() }));
+        }
+        let out = launch("matrix", j, Duration::from_secs(240));
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(o.status, Some(0), "rank {r} ({algo}) failed:\n{}", o.stderr);
+        }
+    }
+}
+
 /// Runs a job of `init` children and expects every rank to fail with a message
 /// containing one of `needles`, within the timeout.
 fn expect_init_failure(ranks: Vec<Vec<(String, String)>>, needles: &[&str]) {

@@ -107,14 +107,23 @@ pub struct P2p {
     chunk: usize,
     channel: u8,
     at: usize,
+    finalize: bool,
 }
 
 impl P2p {
+    /// A local copy that applies the pre-operation but not the post-operation (the first
+    /// stage of a hierarchical all-reduce on a host with one rank).
+    pub fn local_stage(count: usize) -> P2p {
+        let mut p = P2p::new(P2pKind::Local, 0, 0, count, count, 0);
+        p.finalize = false;
+        p
+    }
+
     /// A transfer of `count` elements between send-buffer offset `src` and receive-buffer
     /// offset `dst` (each used only where the kind needs it).
     pub fn new(kind: P2pKind, src: usize, dst: usize, count: usize, chunk: usize, channel: u8) -> P2p {
         let chunk = if kind == P2pKind::Local { count.max(1) } else { chunk.max(1) };
-        P2p { kind, src, dst, count, chunk, channel, at: 0 }
+        P2p { kind, src, dst, count, chunk, channel, at: 0, finalize: true }
     }
 
     /// Calls `f(peer, channel, is_send)` for the links used.
@@ -149,7 +158,7 @@ impl Iterator for P2p {
             P2pKind::Local => {
                 s.input = Some(Span::send(self.src + self.at));
                 s.output = Some(Span::recv(self.dst + self.at));
-                s.finalize = true;
+                s.finalize = self.finalize;
             }
         }
         self.at += count;

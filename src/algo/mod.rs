@@ -126,6 +126,9 @@ pub struct Step {
     /// combining step applies the pre-operation to every source and folds them in
     /// ascending rank order, so that every rank computing this step gets identical bits.
     pub raw: bool,
+    /// The input span holds a partial result of an earlier stage (hierarchical
+    /// all-reduce), not a raw contribution: no pre-operation applies to it.
+    pub partial: bool,
 }
 
 impl Step {
@@ -140,6 +143,7 @@ impl Step {
             send: Peers::None,
             finalize: false,
             raw: false,
+            partial: false,
         }
     }
 }
@@ -177,6 +181,36 @@ pub enum Schedule {
     AllToAll(direct::Exchange),
     /// Point-to-point send or receive, or a local copy.
     P2p(direct::P2p),
+    /// Stages run one after the other (hierarchical all-reduce).
+    Chain(Chain),
+}
+
+/// Schedules run one after the other in one stream.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    parts: Vec<Schedule>,
+    at: usize,
+}
+
+impl Chain {
+    /// The stages, in order.
+    pub fn new(parts: Vec<Schedule>) -> Chain {
+        Chain { parts, at: 0 }
+    }
+}
+
+impl Iterator for Chain {
+    type Item = Step;
+
+    fn next(&mut self) -> Option<Step> {
+        while self.at < self.parts.len() {
+            if let Some(s) = self.parts[self.at].next_step() {
+                return Some(s);
+            }
+            self.at += 1;
+        }
+        None
+    }
 }
 
 impl Schedule {
@@ -189,6 +223,7 @@ impl Schedule {
             Schedule::TreeDown(s) => s.next(),
             Schedule::AllToAll(s) => s.next(),
             Schedule::P2p(s) => s.next(),
+            Schedule::Chain(s) => s.next(),
         }
     }
 
@@ -200,6 +235,7 @@ impl Schedule {
             Schedule::TreeDown(s) => s.links(f),
             Schedule::AllToAll(s) => s.links(me, n, f),
             Schedule::P2p(s) => s.links(f),
+            Schedule::Chain(c) => c.parts.iter().for_each(|p| p.links(me, n, f)),
         }
     }
 }
@@ -367,6 +403,10 @@ pub enum Algo {
     /// each reduces or copies one block and writes it where it belongs, so every byte
     /// crosses memory once (all-reduce, reduce, broadcast, all-gather, reduce-scatter).
     Direct,
+    /// Hierarchical all-reduce for several hosts: reduce inside each host to its first
+    /// rank, all-reduce among those, broadcast inside each host; only the middle stage
+    /// crosses hosts.
+    Hier,
 }
 
 impl Algo {
@@ -378,6 +418,7 @@ impl Algo {
             Algo::OneShot => "oneshot",
             Algo::P2p => "p2p",
             Algo::Direct => "direct",
+            Algo::Hier => "hier",
         }
     }
 
@@ -389,6 +430,7 @@ impl Algo {
             "oneshot" | "one_shot" | "one-shot" => Some(Algo::OneShot),
             "p2p" => Some(Algo::P2p),
             "direct" => Some(Algo::Direct),
+            "hier" | "hierarchical" => Some(Algo::Hier),
             _ => None,
         }
     }
@@ -410,7 +452,7 @@ impl Algo {
                     | C::AllGather { .. }
                     | C::ReduceScatter { .. }
             ),
-            Algo::Tree | Algo::OneShot => matches!(coll, C::AllReduce { .. }),
+            Algo::Tree | Algo::OneShot | Algo::Hier => matches!(coll, C::AllReduce { .. }),
             Algo::P2p => {
                 matches!(
                     coll,
@@ -447,6 +489,8 @@ pub struct Topo {
     pub ring_pos: usize,
     /// This rank's nodes in the two trees.
     pub trees: [tree::TreeNode; 2],
+    /// The ranks of each host, in ring order (one group when all share a host).
+    pub hosts: Vec<Vec<Rank>>,
 }
 
 impl Topo {
@@ -454,7 +498,19 @@ impl Topo {
     pub fn new(me: Rank, order: Vec<Rank>) -> Topo {
         let n = order.len();
         let ring_pos = order.iter().position(|&r| r == me).expect("rank on its ring");
-        Topo { me, ring: order.into(), ring_pos, trees: tree::double_tree(n, me) }
+        let hosts = vec![order.clone()];
+        Topo { me, ring: order.into(), ring_pos, trees: tree::double_tree(n, me), hosts }
+    }
+
+    /// As [`Topo::new`], with the ranks grouped by host (each group in ring order).
+    pub fn with_hosts(me: Rank, order: Vec<Rank>, hosts: Vec<Vec<Rank>>) -> Topo {
+        Topo { hosts, ..Topo::new(me, order) }
+    }
+
+    /// Whether a hierarchical all-reduce makes sense: several hosts, one with several
+    /// ranks.
+    pub fn hierarchical(&self) -> bool {
+        self.hosts.len() > 1 && self.hosts.iter().any(|h| h.len() > 1)
     }
 
     /// Number of ranks.
@@ -508,6 +564,7 @@ pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking,
         (C::Broadcast { count, root }, _) => out.push(ring(ring::RingKind::Broadcast { root }, count)),
         (C::AllGather { count }, _) => out.push(ring(ring::RingKind::AllGather, count)),
         (C::ReduceScatter { count }, _) => out.push(ring(ring::RingKind::ReduceScatter, count)),
+        (C::AllReduce { count }, Algo::Hier) => out.push(hierarchical(count, topo, chunking)),
         (C::AllReduce { count }, Algo::Tree) => {
             for (t, node) in topo.trees.iter().enumerate() {
                 let (lo, hi) = tree::half(count, chunking.align, t);
@@ -572,6 +629,49 @@ pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking,
         ))),
         (C::SelfCopy { .. }, _) => {}
     }
+}
+
+/// The three stages of a hierarchical all-reduce for this rank, in one stream.
+fn hierarchical(count: usize, topo: &Topo, chunking: Chunking) -> Schedule {
+    let me = topo.me;
+    let host = topo.hosts.iter().find(|h| h.contains(&me)).expect("rank on a host");
+    let leader = host[0];
+    let pos_in = |order: &[Rank]| order.iter().position(|&r| r == me).expect("rank in group");
+    let mut parts = Vec::new();
+    if host.len() > 1 {
+        let order: std::sync::Arc<[Rank]> = host.clone().into();
+        let pos = pos_in(&order);
+        parts.push(Schedule::Ring(
+            ring::Ring::new(ring::RingKind::Reduce { root: leader }, order, pos, count, chunking, 0).stage(
+                Buf::Send,
+                false,
+                false,
+            ),
+        ));
+    } else {
+        parts.push(Schedule::P2p(direct::P2p::local_stage(count)));
+    }
+    if me == leader {
+        let leaders: std::sync::Arc<[Rank]> = topo.hosts.iter().map(|h| h[0]).collect::<Vec<_>>().into();
+        let pos = pos_in(&leaders);
+        parts.push(Schedule::Ring(ring::Ring::new(ring::RingKind::AllReduce, leaders, pos, count, chunking, 0).stage(
+            Buf::Recv,
+            true,
+            true,
+        )));
+    }
+    if host.len() > 1 {
+        let order: std::sync::Arc<[Rank]> = host.clone().into();
+        let pos = pos_in(&order);
+        parts.push(Schedule::Ring(
+            ring::Ring::new(ring::RingKind::Broadcast { root: leader }, order, pos, count, chunking, 0).stage(
+                Buf::Recv,
+                true,
+                true,
+            ),
+        ));
+    }
+    Schedule::Chain(Chain::new(parts))
 }
 
 #[cfg(test)]

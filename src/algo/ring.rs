@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use super::{Chunking, Peers, Rank, Span, Step};
+use super::{Buf, Chunking, Peers, Rank, Span, Step};
 
 /// Which collective a ring runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +48,12 @@ pub struct Ring {
     count: usize,
     chunking: Chunking,
     channel: u8,
+    /// Buffer the local input is read from (the receive buffer for a later stage of a
+    /// hierarchical all-reduce), whether it then holds a partial result, and whether the
+    /// final reduction step finalizes.
+    input_buf: Buf,
+    partial: bool,
+    finalize: bool,
     // Cursor: start of the current loop, its part size, and the step within it.
     base: usize,
     part: usize,
@@ -58,9 +64,31 @@ impl Ring {
     /// The ring for the rank at position `pos` of `order` (at least 2 ranks).
     pub fn new(kind: RingKind, order: Arc<[Rank]>, pos: usize, count: usize, chunking: Chunking, channel: u8) -> Ring {
         assert!(order.len() >= 2 && pos < order.len());
-        let mut r = Ring { kind, order, pos, count, chunking, channel, base: 0, part: 0, k: 0 };
+        let mut r = Ring {
+            kind,
+            order,
+            pos,
+            count,
+            chunking,
+            channel,
+            input_buf: Buf::Send,
+            partial: false,
+            finalize: true,
+            base: 0,
+            part: 0,
+            k: 0,
+        };
         r.part = r.part_at(0);
         r
+    }
+
+    /// A stage of a hierarchical all-reduce: the input is read from `input_buf`, holds a
+    /// partial result when `partial`, and the last reduction finalizes only if `finalize`.
+    pub fn stage(mut self, input_buf: Buf, partial: bool, finalize: bool) -> Ring {
+        self.input_buf = input_buf;
+        self.partial = partial;
+        self.finalize = finalize;
+        self
     }
 
     fn n(&self) -> usize {
@@ -191,6 +219,13 @@ impl Ring {
                 }
             }
         }
+        if let Some(sp) = s.input.as_mut() {
+            if !matches!(self.kind, RingKind::ReduceScatter | RingKind::AllGather) {
+                sp.buf = self.input_buf;
+            }
+            s.partial = self.partial;
+        }
+        s.finalize &= self.finalize;
         (s.count > 0).then_some(s)
     }
 

@@ -350,6 +350,43 @@ mod tests {
     }
 
     #[test]
+    fn hierarchical_all_reduce_over_hosts() {
+        let layouts: Vec<Vec<Vec<Rank>>> = vec![
+            vec![vec![0, 1], vec![2, 3]],
+            vec![vec![0], vec![1, 2], vec![3, 4, 5]],
+            vec![vec![0, 2, 4], vec![1, 3]],
+        ];
+        for hosts in layouts {
+            let order: Vec<Rank> = hosts.iter().flatten().copied().collect();
+            let n = order.len();
+            for count in [1usize, 7, 33, 100] {
+                for ch in CHUNKS {
+                    let streams: Vec<Vec<Schedule>> = (0..n)
+                        .map(|r| {
+                            let mut v = Vec::new();
+                            let topo = Topo::with_hosts(r, order.clone(), hosts.clone());
+                            assert!(topo.hierarchical());
+                            schedules(&Collective::AllReduce { count }, Algo::Hier, &topo, ch, &mut v);
+                            v
+                        })
+                        .collect();
+                    let sends: Vec<Vec<Sym>> = (0..n).map(|r| input(r, count)).collect();
+                    let got = run(n, streams, &sends, count, true, 2, count as u64)
+                        .unwrap_or_else(|e| panic!("{hosts:?}: {e}"));
+                    let all = (1u64 << n) - 1;
+                    for g in got {
+                        assert_eq!(
+                            g,
+                            (0..count).map(|i| Some(Sym { idx: i, mask: all, fin: 1 })).collect::<Vec<_>>(),
+                            "{hosts:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_simulator_catches_a_broken_schedule() {
         // A ring all-reduce whose ranks disagree on the count must not pass silently.
         let n = 3;

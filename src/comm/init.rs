@@ -141,7 +141,7 @@ impl Comm {
         if settings.debug || log::info_enabled() {
             log::info(true, &format!("rank {rank}/{nranks}: {}", topology.describe()));
         }
-        let topo = Topo::new(rank, topology.ring.clone());
+        let topo = Topo::with_hosts(rank, topology.ring.clone(), topology.hosts.clone());
         let mut comm = Comm::assemble(rank, nranks, settings, topo, Box::new(transport), bell, local.len());
         if sockets {
             comm.backoff.max_sleep = std::time::Duration::from_millis(1);

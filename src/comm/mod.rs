@@ -382,7 +382,7 @@ impl Comm {
             let prep = match sc.prepared.iter().position(|p| p.matches(s, shared)) {
                 Some(i) => sc.prepared[i],
                 None => {
-                    let p = Prepared::new(s, self.nranks, shared, &self.settings)?;
+                    let p = Prepared::new(s, self.nranks, shared, self.topo.hierarchical(), &self.settings)?;
                     if sc.prepared.len() == PREPARED_CACHE {
                         sc.prepared.remove(0);
                     }
@@ -493,8 +493,8 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(s: &CallSpec, nranks: usize, shared: bool, settings: &Settings) -> Result<Prepared> {
-        let plan = plan::plan(&s.coll, s.dtype, nranks, shared, settings)?;
+    fn new(s: &CallSpec, nranks: usize, shared: bool, hierarchical: bool, settings: &Settings) -> Result<Prepared> {
+        let plan = plan::plan(&s.coll, s.dtype, plan::Shape { n: nranks, shared, hierarchical }, settings)?;
         let reducer = match (&s.op, s.coll.reduces()) {
             (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
             _ => None,

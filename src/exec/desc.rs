@@ -49,7 +49,9 @@ pub fn describe(d: Desc) -> String {
         0 => "ring",
         1 => "tree",
         2 => "oneshot",
-        3 => "direct",
+        3 => "p2p",
+        4 => "direct",
+        5 => "hier",
         _ => "?",
     };
     let root = match w >> 32 {
@@ -79,6 +81,6 @@ mod tests {
         let s = encode(&Collective::Send { count: 5, peer: 1 }, DataType::Int8, None, Algo::P2p);
         let r = encode(&Collective::Recv { count: 5, peer: 0 }, DataType::Int8, None, Algo::P2p);
         assert_eq!(s, r);
-        assert_eq!(describe(s), "send/recv(count=5, int8, direct)");
+        assert_eq!(describe(s), "send/recv(count=5, int8, p2p)");
     }
 }

@@ -291,7 +291,8 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
         return Err(e);
     }
     if let Some(sp) = step.input {
-        sc.srcs.push((me, span_ptr(call, sp, step.count)?, true));
+        // A partial result (hierarchical stages) combines like a received message.
+        sc.srcs.push((me, span_ptr(call, sp, step.count)?, !step.partial));
     }
     let mut too_big = false;
     step.send.for_each(me, n, |p| {
