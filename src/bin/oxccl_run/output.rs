@@ -89,19 +89,19 @@ fn forward(mut pipe: impl Read, stream: Stream, prefix: &[u8]) {
         let Some(last_newline) = data.iter().rposition(|&b| b == b'\n') else {
             pending.extend_from_slice(data);
             if pending.len() >= MAX_LINE {
-                emit(&line_batch(&mut batch, prefix, &pending, true));
+                emit(line_batch(&mut batch, prefix, &pending, true));
                 pending.clear();
             }
             continue;
         };
         let (complete, rest) = data.split_at(last_newline + 1);
         pending.extend_from_slice(complete);
-        emit(&line_batch(&mut batch, prefix, &pending, false));
+        emit(line_batch(&mut batch, prefix, &pending, false));
         pending.clear();
         pending.extend_from_slice(rest);
     }
     if !pending.is_empty() {
-        emit(&line_batch(&mut batch, prefix, &pending, true));
+        emit(line_batch(&mut batch, prefix, &pending, true));
     }
 }
 
