@@ -28,7 +28,7 @@ mod output;
 #[path = "oxccl_run/sys.rs"]
 mod sys;
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::net::TcpListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
@@ -65,15 +65,26 @@ const EXIT_CANNOT_START: i32 = 127;
 /// Exit status when the launcher itself fails (no port, no threads).
 const EXIT_LAUNCHER: i32 = 1;
 
+/// Prints one message of the launcher, `oxccl-run: ` and the formatted text, as one line on
+/// stderr. A stderr that cannot be written (a closed pipe) is not a reason to stop: the ranks
+/// still have to be stopped and waited for.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!("oxccl-run: {}\n", format_args!($($arg)*));
+        let _ = io::stderr().write_all(line.as_bytes());
+    }};
+}
+
+/// Parses the command line, runs the job and exits with its status.
 fn main() {
     let code = match args::parse(std::env::args_os().skip(1), sys::hostname) {
         Ok(Parsed::Help) => {
-            print!("{}", args::USAGE);
+            let _ = io::stdout().write_all(args::USAGE.as_bytes());
             0
         }
         Ok(Parsed::Run(options)) => run(&options),
         Err(e) => {
-            eprint!("oxccl-run: {e}\n\n{}", args::USAGE);
+            say!("{e}\n\n{}", args::USAGE.trim_end());
             EXIT_USAGE
         }
     };
@@ -112,7 +123,7 @@ enum Stop {
 /// Runs the job; returns the launcher's exit status.
 fn run(options: &Options) -> i32 {
     if let Err(e) = sys::catch_stop_signals() {
-        eprintln!("oxccl-run: cannot catch signals: {e}");
+        say!("cannot catch signals: {e}");
         return EXIT_LAUNCHER;
     }
     let comm_id = match std::env::var_os("OXCCL_COMM_ID") {
@@ -120,7 +131,7 @@ fn run(options: &Options) -> i32 {
         _ => match free_port() {
             Ok(port) => Some(format!("127.0.0.1:{port}")),
             Err(e) => {
-                eprintln!("oxccl-run: cannot find a free TCP port on 127.0.0.1: {e}");
+                say!("cannot find a free TCP port on 127.0.0.1: {e}");
                 return EXIT_LAUNCHER;
             }
         },
@@ -152,7 +163,7 @@ fn run(options: &Options) -> i32 {
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
-                eprintln!("oxccl-run: cannot start {}: {e}", options.command[0].to_string_lossy());
+                say!("cannot start {}: {e}", options.command[0].to_string_lossy());
                 job.stop(libc::SIGTERM);
                 return EXIT_CANNOT_START;
             }
@@ -167,7 +178,7 @@ fn run(options: &Options) -> i32 {
                 match forwarded {
                     Ok(()) => job.ranks[r].open_streams += 1,
                     Err(e) => {
-                        eprintln!("oxccl-run: cannot start a thread to forward the output of rank {r}: {e}");
+                        say!("cannot start a thread to forward the output of rank {r}: {e}");
                         job.stop(libc::SIGTERM);
                         return EXIT_LAUNCHER;
                     }
@@ -185,23 +196,23 @@ fn run(options: &Options) -> i32 {
             job.wait_output(|ranks| ranks[r].open_streams == 0, LAST_WORDS);
             let status = job.ranks[r].status.expect("a failed rank has been reaped");
             let others = if job.ranks.iter().any(|rank| rank.status.is_none()) { "; stopping the others" } else { "" };
-            eprintln!("oxccl-run: rank {r} (pid {}) {}{others}", job.ranks[r].pid, describe(status));
+            say!("rank {r} (pid {}) {}{others}", job.ranks[r].pid, describe(status));
             job.stop(libc::SIGTERM);
             exit_code(status)
         }
         Some(Stop::WaitError(e)) => {
-            eprintln!("oxccl-run: cannot wait for the ranks: {e}; stopping the job");
+            say!("cannot wait for the ranks: {e}; stopping the job");
             job.stop(libc::SIGTERM);
             EXIT_LAUNCHER
         }
         Some(Stop::Timeout) => {
             let secs = options.timeout.as_ref().map_or("?", |(_, text)| text.as_str());
-            eprintln!("oxccl-run: timeout after {secs} s");
+            say!("timeout after {secs} s");
             job.stop(libc::SIGTERM);
             EXIT_TIMEOUT
         }
         Some(Stop::Signal(sig)) => {
-            eprintln!("oxccl-run: received {}; stopping the ranks", signal_text(sig));
+            say!("received {}; stopping the ranks", signal_text(sig));
             job.stop(sig);
             128 + sig
         }
@@ -318,8 +329,8 @@ impl Job {
         }
         for (r, rank) in self.ranks.iter().enumerate() {
             if rank.status.is_none() {
-                eprintln!(
-                    "oxccl-run: rank {r} (pid {}) did not stop within {} s of {}; sending SIGKILL",
+                say!(
+                    "rank {r} (pid {}) did not stop within {} s of {}; sending SIGKILL",
                     rank.pid,
                     GRACE.as_secs(),
                     signal_text(sig)
