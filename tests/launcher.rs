@@ -369,7 +369,7 @@ fn timeout_exits_124() {
     assert!(run.stderr.contains("oxccl-run: timeout after 1 s"), "{}", run.dump());
     // Ranks that stop on SIGTERM are not given the whole grace period.
     assert!(
-        run.elapsed >= Duration::from_secs(1) && run.elapsed < Duration::from_millis(2500),
+        run.elapsed >= Duration::from_secs(1) && run.elapsed < Duration::from_millis(2900),
         "took {:?}",
         run.elapsed
     );
