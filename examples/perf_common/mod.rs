@@ -6,13 +6,21 @@
 //! rest, with nccl-tests' flags, output format and exit codes:
 //!
 //! - flags `-b -e -i -f -n -w -c -o -d -r -a -t -T -u -N -h` (and their long forms);
-//! - ranks are threads of this process (`-t N`, [`oxccl::Comm::init_all`]);
-//! - per size: warm-up, a barrier, `iters` timed back-to-back calls; every rank times
-//!   itself and `-a` aggregates (rank 0, average, min, max), out-of-place then in-place;
+//! - ranks are threads of this process (`-t N`, [`oxccl::Comm::init_all`]), or, under a
+//!   launcher (`oxccl-run`, mpirun, srun, torchrun: see [`job_from_env`]), each process
+//!   is one rank ([`oxccl::Comm::from_env_with`]) and `-t` must be 1. Only the start
+//!   ([`run_threads`], [`run_process`]) and how ranks combine their results ([`Ranks`])
+//!   differ; every rank runs the same [`rank_main`];
+//! - once, before the first size, ~20 ms of small all-reduces ([`settle`]); then per
+//!   size: warm-up, a barrier, `iters` timed back-to-back calls; every rank times itself
+//!   and `-a` aggregates (rank 0, average, min, max), out-of-place then in-place;
 //! - `-c N`: N checks per measurement, with inputs whose reduction is exact in any order,
 //!   compared element by element with a host reference; `#wrong` is summed over ranks;
+//! - only rank 0 writes to standard output; with ranks as processes, every line on
+//!   standard error starts with `rank R: `;
 //! - exit status 0 when every value is right, 1 on wrong values or an oxccl error, 2 on a
-//!   bad command line.
+//!   bad command line; with ranks as processes, every rank exits with the same status
+//!   when the run completes (wrong values on any rank fail them all).
 //!
 //! Data are periodic with a prime period ([`PERIOD`]), so filling and checking are copies
 //! and comparisons of short tables (memory speed), and a block landing at the wrong offset
@@ -23,7 +31,7 @@
 use std::alloc::{self, Layout as AllocLayout};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::{Barrier, Mutex};
+use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
@@ -576,27 +584,249 @@ impl Drop for Buf {
 }
 
 // ---------------------------------------------------------------------------------------
-// Between ranks: a barrier-based exchange for times and error counts (kept apart from the
-// library under test, as nccl-tests uses MPI/pthreads for these).
+// Between ranks: where they run, and how they combine their results.
 
+/// How per-rank values combine into one, the same on every rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fold {
+    /// Rank 0's value.
+    Rank0,
+    /// The sum (wrapping for integers).
+    Sum,
+    /// The smallest.
+    Min,
+    /// The largest.
+    Max,
+}
+
+impl Fold {
+    /// How `-a` combines the ranks' times (the average is the sum divided by the ranks).
+    fn of_average(a: u32) -> Fold {
+        match a {
+            0 => Fold::Rank0,
+            2 => Fold::Min,
+            3 => Fold::Max,
+            _ => Fold::Sum,
+        }
+    }
+
+    fn op(self) -> ReduceOp {
+        match self {
+            Fold::Rank0 | Fold::Sum => ReduceOp::Sum,
+            Fold::Min => ReduceOp::Min,
+            Fold::Max => ReduceOp::Max,
+        }
+    }
+}
+
+/// Where the ranks of this run are, hence how they combine per-rank results (times,
+/// wrong values, output hashes). Only used outside the timed loops; everything else about
+/// a rank is the same in both cases.
+enum Ranks {
+    /// Every rank is a thread of this process (`-t N`): they meet at a barrier, apart from
+    /// the library under test (as nccl-tests' threads do).
+    Threads(Shared),
+    /// This process is one rank of a job a launcher started: the results travel through
+    /// the communicator under test (as nccl-tests' travel through MPI).
+    Process,
+}
+
+impl Ranks {
+    /// Every rank calls this with its values `v`; each becomes its fold over the ranks.
+    /// `what` names the results in an error message.
+    fn fold_u64(&self, comm: &mut Comm, v: &mut [u64], how: Fold, what: &dyn Fn() -> String) {
+        let r = match self {
+            Ranks::Threads(sh) => {
+                let all = sh.exchange(comm.rank(), v);
+                for (i, x) in v.iter_mut().enumerate() {
+                    let col = all.iter().map(|r| r[i]);
+                    *x = match how {
+                        Fold::Rank0 => all[0][i],
+                        Fold::Sum => col.fold(0, u64::wrapping_add),
+                        Fold::Min => col.min().unwrap_or(*x),
+                        Fold::Max => col.max().unwrap_or(*x),
+                    };
+                }
+                Ok(())
+            }
+            Ranks::Process => match how {
+                Fold::Rank0 => comm.broadcast_in_place(v, 0),
+                _ => comm.all_reduce_in_place(v, how.op()),
+            },
+        };
+        if let Err(e) = r {
+            fail(e, &format!("combining the ranks' {}", what()));
+        }
+    }
+
+    /// As [`Ranks::fold_u64`], for one `f64`. With threads the ranks' values fold in rank
+    /// order (a sum starting at 0, a max at -inf).
+    fn fold_f64(&self, comm: &mut Comm, v: f64, how: Fold, what: &dyn Fn() -> String) -> f64 {
+        match self {
+            Ranks::Threads(sh) => {
+                let all = sh.exchange(comm.rank(), &[v.to_bits()]);
+                let vals = all.iter().map(|r| f64::from_bits(r[0]));
+                match how {
+                    Fold::Rank0 => f64::from_bits(all[0][0]),
+                    Fold::Sum => vals.fold(0.0, |a, b| a + b),
+                    Fold::Min => vals.fold(f64::INFINITY, f64::min),
+                    Fold::Max => vals.fold(f64::NEG_INFINITY, f64::max),
+                }
+            }
+            Ranks::Process => {
+                let mut b = [v];
+                let r = match how {
+                    Fold::Rank0 => comm.broadcast_in_place(&mut b, 0),
+                    _ => comm.all_reduce_in_place(&mut b, how.op()),
+                };
+                if let Err(e) = r {
+                    fail(e, &format!("combining the ranks' {}", what()));
+                }
+                b[0]
+            }
+        }
+    }
+}
+
+/// Where rank threads meet: every rank leaves its values in its slot, and reads all.
 struct Shared {
     barrier: Barrier,
-    slots: Mutex<Vec<[u64; 3]>>,
+    slots: Mutex<Vec<Vec<u64>>>,
 }
 
 impl Shared {
     fn new(n: usize) -> Shared {
-        Shared { barrier: Barrier::new(n), slots: Mutex::new(vec![[0; 3]; n]) }
+        Shared { barrier: Barrier::new(n), slots: Mutex::new(vec![Vec::new(); n]) }
     }
 
     /// Every rank contributes `v`; every rank gets all contributions, in rank order.
-    fn exchange(&self, rank: usize, v: [u64; 3]) -> Vec<[u64; 3]> {
-        self.slots.lock().unwrap()[rank] = v;
+    fn exchange(&self, rank: usize, v: &[u64]) -> Vec<Vec<u64>> {
+        {
+            let mut s = self.slots.lock().unwrap();
+            s[rank].clear();
+            s[rank].extend_from_slice(v);
+        }
         self.barrier.wait();
         let all = self.slots.lock().unwrap().clone();
         self.barrier.wait();
         all
     }
+}
+
+/// Where a job's launcher says this process stands (the variables `Comm::from_env` reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobEnv {
+    /// This process's rank, when it parses.
+    pub rank: Option<usize>,
+    /// The number of ranks, when it parses.
+    pub nranks: Option<usize>,
+}
+
+/// Rank and size variables of the launchers, in the order `Comm::from_env` reads them:
+/// oxccl-run, torchrun, Open MPI, MPICH/PMI, Slurm.
+const LAUNCHER_VARS: [(&str, &str); 5] = [
+    ("OXCCL_RANK", "OXCCL_NRANKS"),
+    ("RANK", "WORLD_SIZE"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("PMI_RANK", "PMI_SIZE"),
+    ("SLURM_PROCID", "SLURM_NTASKS"),
+];
+
+/// Whether this process is one rank of a job (`Some`) rather than the whole run (`None`):
+/// the first launcher pair of [`LAUNCHER_VARS`] that is set says more than one rank (or
+/// does not parse: `Comm::from_env` will say why), or `OXCCL_COMM_ID` is set. A pair that
+/// says one rank (a single srun task, say) keeps ranks as threads.
+pub fn job_from_env(env: impl Fn(&str) -> Option<String>) -> Option<JobEnv> {
+    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let num = |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok());
+    let pair = LAUNCHER_VARS.iter().find(|(r, n)| get(r).is_some() && get(n).is_some());
+    let job = JobEnv { rank: pair.and_then(|(r, _)| num(r)), nranks: pair.and_then(|(_, n)| num(n)) };
+    let several = pair.is_some() && job.nranks.is_none_or(|n| n > 1);
+    (several || get("OXCCL_COMM_ID").is_some()).then_some(job)
+}
+
+/// What starts every line on standard error: `rank R: ` when ranks are processes.
+static ERR_PREFIX: OnceLock<String> = OnceLock::new();
+
+/// Writes `msg` and a newline to standard error, every line after [`ERR_PREFIX`].
+fn err(msg: &str) {
+    let p = ERR_PREFIX.get().map_or("", |s| s.as_str());
+    let mut s = String::new();
+    for l in msg.lines() {
+        s += p;
+        s += l;
+        s.push('\n');
+    }
+    let _ = std::io::stderr().lock().write_all(s.as_bytes());
+}
+
+/// How long the ranks run small all-reduces once before the first size: enough for the
+/// scheduler to have placed the rank threads (or processes) apart, so that the first
+/// row is not timed while they still share a core (it came out 3x slower).
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// The global warm-up: 8-byte all-reduces until some rank has run for [`SETTLE`]. Each
+/// call carries whether a rank is done (max over ranks), so all stop after the same one.
+fn settle(comm: &mut Comm) {
+    let start = Instant::now();
+    let mut done = [0u64];
+    while done[0] == 0 {
+        done[0] = u64::from(start.elapsed() >= SETTLE);
+        if let Err(e) = comm.all_reduce_in_place(&mut done, ReduceOp::Max) {
+            fail(e, "the warm-up before the first size");
+        }
+    }
+}
+
+/// One rank's line in the header's device list.
+struct Device {
+    pid: u64,
+    host: String,
+    /// The device number: the rank's index among the ranks of its host.
+    dev: usize,
+    /// What the rank is (`CPU thread, <cpu model>` or `process, <cpu model>`).
+    what: String,
+}
+
+/// Bytes of a rank's record in [`gather_devices`]: pid, host name, CPU model.
+const DEVICE_RECORD: usize = 256;
+const RECORD_HOST: std::ops::Range<usize> = 8..72;
+const RECORD_CPU: std::ops::Range<usize> = 72..DEVICE_RECORD;
+
+/// Every rank's pid, host and CPU, gathered through the communicator (ranks as
+/// processes): a fixed-size record per rank, texts cut to fit and NUL-padded.
+fn gather_devices(comm: &mut Comm) -> Vec<Device> {
+    fn put(dst: &mut [u8], s: &str) {
+        let mut end = s.len().min(dst.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        dst[..end].copy_from_slice(&s.as_bytes()[..end]);
+    }
+    fn get(src: &[u8]) -> String {
+        let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+        String::from_utf8_lossy(&src[..end]).into_owned()
+    }
+    let mut mine = [0u8; DEVICE_RECORD];
+    mine[..8].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
+    put(&mut mine[RECORD_HOST], &hostname());
+    put(&mut mine[RECORD_CPU], &cpu_name());
+    let mut all = vec![0u8; DEVICE_RECORD * comm.size()];
+    if let Err(e) = comm.all_gather(&mine, &mut all) {
+        fail(e, "gathering the ranks' hosts and pids");
+    }
+    let mut devs: Vec<Device> = Vec::with_capacity(comm.size());
+    for rec in all.chunks_exact(DEVICE_RECORD) {
+        let host = get(&rec[RECORD_HOST]);
+        let dev = devs.iter().filter(|d| d.host == host).count();
+        devs.push(Device {
+            pid: u64::from_le_bytes(rec[..8].try_into().unwrap()),
+            host,
+            dev,
+            what: format!("process, {}", get(&rec[RECORD_CPU])),
+        });
+    }
+    devs
 }
 
 // ---------------------------------------------------------------------------------------
@@ -605,7 +835,7 @@ impl Shared {
 /// Parsed flags.
 #[derive(Clone, Debug)]
 pub struct Opts {
-    /// `-t`: ranks, as threads of this process.
+    /// `-t`: ranks, as threads of this process (1 when each process is a rank).
     pub nthreads: usize,
     /// `-b`.
     pub min_bytes: usize,
@@ -663,7 +893,8 @@ fn usage(prog: &str, default_ranks: usize) -> String {
 [-a,--average <0/1/2/3> report average iteration time <0=RANK0/1=AVG/2=MIN/3=MAX>] \n\t\
 [-u,--unalign <index of first element> Misalign source and destination buffers (default: 0)] \n\t\
 [-h,--help]\n\
-Sizes take K, M, G suffixes (powers of 1024).\n"
+Sizes take K, M, G suffixes (powers of 1024).\n\
+Under a launcher (oxccl-run, mpirun, srun, torchrun), each process is one rank: use -t 1.\n"
     )
 }
 
@@ -950,8 +1181,8 @@ fn mem_available() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The lines before the table: parameters and the "devices" (threads).
-fn header(prog: &str, o: &Opts, reduced_max: Option<usize>) -> String {
+/// The lines before the table: parameters and the "devices" (rank threads or processes).
+fn header(prog: &str, o: &Opts, devices: &[Device], reduced_max: Option<usize>) -> String {
     let mut h = String::new();
     let ver = env!("CARGO_PKG_VERSION");
     let _ = writeln!(h, "# oxccl-tests version {ver} oxccl={ver} (nccl-tests format)");
@@ -964,9 +1195,9 @@ fn header(prog: &str, o: &Opts, reduced_max: Option<usize>) -> String {
     );
     let _ = writeln!(h, "#");
     let _ = writeln!(h, "# Using devices");
-    let (pid, host, cpu) = (std::process::id(), hostname(), cpu_name());
-    for r in 0..o.nthreads {
-        let _ = writeln!(h, "#  Rank {r:2} Group  0 Pid {pid:6} on {host:>10} device {r:2} [cpu] CPU thread, {cpu}");
+    for (r, d) in devices.iter().enumerate() {
+        let Device { pid, host, dev, what } = d;
+        let _ = writeln!(h, "#  Rank {r:2} Group  0 Pid {pid:6} on {host:>10} device {dev:2} [cpu] {what}");
     }
     if let Some(m) = reduced_max {
         let _ = writeln!(h, "#\n# Reducing maxBytes to {m} due to memory limitation");
@@ -1021,7 +1252,7 @@ struct Plan<'a, C> {
     types: Vec<DataType>,
     ops: Vec<OpKind>,
     sizes: Vec<usize>,
-    shared: Shared,
+    ranks: Ranks,
 }
 
 /// What one rank brings back.
@@ -1034,34 +1265,68 @@ struct RankStats {
     bw_count: u64,
 }
 
+/// The outcome of a run, the same on every rank.
+#[derive(Clone, Copy, Debug)]
+struct Summary {
+    /// Checks that found wrong values, summed over ranks.
+    errors: u64,
+    /// Average busbw (rank 0's).
+    bw: f64,
+}
+
 /// Runs the benchmark of `coll` with the process's arguments and exits: status 0 when
 /// every check passed, 1 on wrong values or an oxccl error, 2 on a bad command line.
+/// Under a launcher ([`job_from_env`]) this process is one rank of the job; otherwise
+/// its threads are all the ranks.
 pub fn main<C: Collective>(coll: C) -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let prog = C::NAME;
-    let mut opts = match parse_args(&args, C::DEFAULT_RANKS) {
+    let job = job_from_env(|k| std::env::var(k).ok());
+    if let Some(j) = job {
+        let r = j.rank.map_or("?".to_string(), |r| r.to_string());
+        let _ = ERR_PREFIX.set(format!("rank {r}: "));
+    }
+    // Standard output is rank 0's.
+    let quiet = job.is_some_and(|j| j.rank.is_some_and(|r| r != 0));
+    let default_ranks = if job.is_some() { 1 } else { C::DEFAULT_RANKS };
+    let opts = match parse_args(&args, default_ranks) {
         Ok(o) => o,
         Err(CliError::Help) => {
-            out(&usage(prog, C::DEFAULT_RANKS));
+            if !quiet {
+                out(&usage(prog, default_ranks));
+            }
             std::process::exit(0);
         }
         Err(CliError::Bad(m)) => {
-            eprintln!("{prog}: {m}");
-            eprint!("{}", usage(prog, C::DEFAULT_RANKS));
+            err(&format!("{prog}: {m}"));
+            if !quiet {
+                eprint!("{}", usage(prog, default_ranks));
+            }
             std::process::exit(2);
         }
     };
-    let n = opts.nthreads;
-    if C::ROOTED && opts.root >= n {
-        eprintln!("{prog}: invalid root {} for {n} ranks", opts.root);
+    if job.is_some() && opts.nthreads != 1 {
+        err(&format!("{prog}: -t {} with several processes is not supported yet; use -t 1", opts.nthreads));
         std::process::exit(2);
+    }
+    if job.is_none() {
+        check_root::<C>(&opts, opts.nthreads);
     }
 
     // A panicking rank would leave the others waiting for it: end the process instead.
     let default_hook = std::panic::take_hook();
+    let processes = job.is_some();
     std::panic::set_hook(Box::new(move |info| {
         let _ = std::io::stdout().flush();
-        default_hook(info);
+        if processes {
+            err(&info.to_string());
+            let bt = std::backtrace::Backtrace::capture();
+            if bt.status() == std::backtrace::BacktraceStatus::Captured {
+                err(&bt.to_string());
+            }
+        } else {
+            default_hook(info);
+        }
         std::process::exit(1);
     }));
 
@@ -1077,54 +1342,100 @@ pub fn main<C: Collective>(coll: C) -> ! {
             None => OpKind::ALL.to_vec(),
         }
     };
-
-    // Buffer capacity per rank for a largest size, over the types swept.
-    let caps = |max_bytes: usize| -> (usize, usize) {
-        let (mut s, mut r) = (0, 0);
-        for t in &types {
-            let es = t.size();
-            let lay = coll.layout(max_bytes / es, n);
-            let extra = (opts.unalign + GUARD_ELEMS) * es;
-            s = s.max(lay.send * es + extra);
-            r = r.max(lay.recv.max(lay.in_place) * es + extra);
-        }
-        (s, r)
-    };
-    let mut reduced_note = None;
-    if let Some(avail) = mem_available() {
-        let (s, r) = caps(opts.max_bytes);
-        let need = (s + r) as u128 * n as u128;
-        let budget = ((avail as f64 * 0.9) as u128).saturating_sub(256 << 20);
-        if need > budget {
-            let per_byte = need as f64 / opts.max_bytes.max(1) as f64;
-            let max = ((budget as f64 / per_byte) as usize) & !4095;
-            opts.max_bytes = max;
-            opts.min_bytes = opts.min_bytes.min(max);
-            reduced_note = Some(max);
-        }
-    }
-
-    out(&header(prog, &opts, reduced_note));
-
     let mut cfg = Config::new();
     match opts.timeout {
         Some(t) if t > 0.0 => cfg = cfg.timeout(Duration::from_secs_f64(t)),
         Some(_) => cfg = cfg.no_timeout(),
         None => {}
     }
-    let comms = match Comm::init_all_with(n, &cfg) {
+
+    let (summary, print) = match job {
+        None => (run_threads(&coll, opts, types, ops, &cfg), true),
+        Some(_) => run_process(&coll, opts, types, ops, &cfg),
+    };
+
+    let min_bw: Option<f64> = std::env::var("NCCL_TESTS_MIN_BW").ok().and_then(|v| v.parse().ok());
+    let bw_ok = min_bw.is_none_or(|m| summary.bw >= m * 0.9);
+    if print {
+        out(&footer(prog, summary.errors, summary.bw, min_bw.map(|_| bw_ok)));
+    }
+    std::process::exit(if summary.errors > 0 || !bw_ok { 1 } else { 0 });
+}
+
+/// Exits (status 2) when `-r` names no rank of `n`.
+fn check_root<C: Collective>(opts: &Opts, n: usize) {
+    if C::ROOTED && opts.root >= n {
+        err(&format!("{}: invalid root {} for {n} ranks", C::NAME, opts.root));
+        std::process::exit(2);
+    }
+}
+
+/// Buffer capacity in bytes per rank (send, receive) for sizes up to `max_bytes`, over
+/// the types swept.
+fn caps<C: Collective>(coll: &C, opts: &Opts, types: &[DataType], n: usize, max_bytes: usize) -> (usize, usize) {
+    let (mut s, mut r) = (0, 0);
+    for t in types {
+        let es = t.size();
+        let lay = coll.layout(max_bytes / es, n);
+        let extra = (opts.unalign + GUARD_ELEMS) * es;
+        s = s.max(lay.send * es + extra);
+        r = r.max(lay.recv.max(lay.in_place) * es + extra);
+    }
+    (s, r)
+}
+
+/// A smaller largest size (`-e`) when the buffers of the `local` ranks of this host (of
+/// `n` in all) would not fit in its available memory; `None` when they do.
+fn fit_memory<C: Collective>(coll: &C, opts: &Opts, types: &[DataType], n: usize, local: usize) -> Option<usize> {
+    let avail = mem_available()?;
+    let (s, r) = caps(coll, opts, types, n, opts.max_bytes);
+    let need = (s + r) as u128 * local as u128;
+    let budget = ((avail as f64 * 0.9) as u128).saturating_sub(256 << 20);
+    (need > budget).then(|| {
+        let per_byte = need as f64 / opts.max_bytes.max(1) as f64;
+        ((budget as f64 / per_byte) as usize) & !4095
+    })
+}
+
+/// Makes `max` the largest size.
+fn reduce_max_bytes(opts: &mut Opts, max: usize) {
+    opts.max_bytes = max;
+    opts.min_bytes = opts.min_bytes.min(max);
+}
+
+/// Ranks as threads: `-t` of them in this process, each with its communicator of
+/// [`Comm::init_all_with`].
+fn run_threads<C: Collective>(
+    coll: &C,
+    mut opts: Opts,
+    types: Vec<DataType>,
+    ops: Vec<OpKind>,
+    cfg: &Config,
+) -> Summary {
+    let n = opts.nthreads;
+    let reduced_note = fit_memory(coll, &opts, &types, n, n);
+    if let Some(max) = reduced_note {
+        reduce_max_bytes(&mut opts, max);
+    }
+    let (pid, host, cpu) = (u64::from(std::process::id()), hostname(), cpu_name());
+    let devices: Vec<Device> =
+        (0..n).map(|r| Device { pid, host: host.clone(), dev: r, what: format!("CPU thread, {cpu}") }).collect();
+    out(&header(C::NAME, &opts, &devices, reduced_note));
+
+    let comms = match Comm::init_all_with(n, cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("oxccl error: {e}");
+            err(&format!("oxccl error: {e}"));
             std::process::exit(1);
         }
     };
 
     out(&column_header());
 
-    let (send_cap, recv_cap) = caps(opts.max_bytes);
-    let plan = Plan { coll: &coll, opts: &opts, types, ops, sizes: sizes(&opts), shared: Shared::new(n) };
-    let stats: Vec<RankStats> = std::thread::scope(|s| {
+    let (send_cap, recv_cap) = caps(coll, &opts, &types, n, opts.max_bytes);
+    let sizes = sizes(&opts);
+    let plan = Plan { coll, opts: &opts, types, ops, sizes, ranks: Ranks::Threads(Shared::new(n)) };
+    let summaries: Vec<Summary> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
             .map(|comm| {
@@ -1137,19 +1448,57 @@ pub fn main<C: Collective>(coll: C) -> ! {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-
-    let errors: u64 = stats.iter().map(|s| s.errors).sum();
-    let bw = if stats[0].bw_count > 0 { stats[0].bw_sum / stats[0].bw_count as f64 } else { 0.0 };
-    let min_bw: Option<f64> = std::env::var("NCCL_TESTS_MIN_BW").ok().and_then(|v| v.parse().ok());
-    let bw_ok = min_bw.is_none_or(|m| bw >= m * 0.9);
-    out(&footer(prog, errors, bw, min_bw.map(|_| bw_ok)));
-    std::process::exit(if errors > 0 || !bw_ok { 1 } else { 0 });
+    summaries[0]
 }
 
-fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize, recv_cap: usize) -> RankStats {
+/// Ranks as processes: this one joins the job of its launcher ([`Comm::from_env_with`])
+/// and runs its rank on this thread. Returns the summary and whether this is rank 0 (the
+/// one that prints).
+fn run_process<C: Collective>(
+    coll: &C,
+    mut opts: Opts,
+    types: Vec<DataType>,
+    ops: Vec<OpKind>,
+    cfg: &Config,
+) -> (Summary, bool) {
+    let mut comm = match Comm::from_env_with(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            err(&format!("oxccl error: {e}"));
+            std::process::exit(1);
+        }
+    };
+    let (rank, n) = (comm.rank(), comm.size());
+    check_root::<C>(&opts, n);
+    let devices = gather_devices(&mut comm);
+    // Every rank sweeps the same sizes: the smallest that fits on every host.
+    let local = devices.iter().filter(|d| d.host == devices[rank].host).count();
+    let mut max = [fit_memory(coll, &opts, &types, n, local).unwrap_or(opts.max_bytes) as u64];
+    if let Err(e) = comm.all_reduce_in_place(&mut max, ReduceOp::Min) {
+        fail(e, "agreeing on the largest size");
+    }
+    let reduced_note = (max[0] < opts.max_bytes as u64).then_some(max[0] as usize);
+    if let Some(max) = reduced_note {
+        reduce_max_bytes(&mut opts, max);
+    }
+    if rank == 0 {
+        out(&header(C::NAME, &opts, &devices, reduced_note));
+        out(&column_header());
+    }
+
+    let (send_cap, recv_cap) = caps(coll, &opts, &types, n, opts.max_bytes);
+    let sizes = sizes(&opts);
+    let plan = Plan { coll, opts: &opts, types, ops, sizes, ranks: Ranks::Process };
+    (rank_main(&plan, comm, send_cap, recv_cap), rank == 0)
+}
+
+/// One rank's whole run, whether a thread or a process: every type, op and size; then
+/// the totals every rank agrees on.
+fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize, recv_cap: usize) -> Summary {
     let mut st = RankStats::default();
     let mut send = Buf::new(send_cap);
     let mut recv = Buf::new(recv_cap);
+    settle(&mut comm);
     let mut rep = 0u64;
     for &dt in &plan.types {
         for &op in &plan.ops {
@@ -1158,14 +1507,19 @@ fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize,
             ));
         }
     }
-    st
+    // Every rank ends with the totals, so that every process of a job exits alike.
+    let mut errors = [st.errors];
+    plan.ranks.fold_u64(&mut comm, &mut errors, Fold::Sum, &|| "error counts".into());
+    let bw = if st.bw_count > 0 { st.bw_sum / st.bw_count as f64 } else { 0.0 };
+    let bw = plan.ranks.fold_f64(&mut comm, bw, Fold::Rank0, &|| "bandwidths".into());
+    Summary { errors: errors[0], bw }
 }
 
 /// Ends the process on an oxccl error, saying what the call was.
 fn fail(e: oxccl::Error, what: &str) -> ! {
     let _ = std::io::stdout().flush();
-    eprintln!("oxccl error: {e}");
-    eprintln!("  (during {what})");
+    err(&format!("oxccl error: {e}"));
+    err(&format!("  (during {what})"));
     std::process::exit(1);
 }
 
@@ -1273,14 +1627,11 @@ fn bench<C: Collective, T: PerfElem>(
         call(comm, send, recv);
     }
     let sec = start.elapsed().as_secs_f64() / opts.iters as f64;
-    let all = plan.shared.exchange(rank, [sec.to_bits(), 0, 0]);
-    let times = all.iter().map(|v| f64::from_bits(v[0]));
-    let sec = match opts.average {
-        0 => f64::from_bits(all[0][0]),
-        2 => times.fold(f64::INFINITY, f64::min),
-        3 => times.fold(0.0, f64::max),
-        _ => times.sum::<f64>() / n as f64,
-    };
+    let how = Fold::of_average(opts.average);
+    let mut sec = plan.ranks.fold_f64(comm, sec, how, &|| format!("times of {}", what()));
+    if how == Fold::Sum {
+        sec /= n as f64;
+    }
     let algbw = coll.alg_bytes(lay, es, n) / 1e9 / sec;
     let busbw = algbw * coll.bus_factor(n);
 
@@ -1316,7 +1667,7 @@ fn bench<C: Collective, T: PerfElem>(
         let g = as_bytes(&got[len..]);
         let oob = g.chunks(es).filter(|e| e.iter().any(|&b| b != POISON)).count() as u64;
         if oob > 0 {
-            eprintln!("{}: {oob} elements written past the end of the output", what());
+            err(&format!("{}: {oob} elements written past the end of the output", what()));
             res.wrong += oob;
         }
         if !in_place {
@@ -1326,35 +1677,39 @@ fn bench<C: Collective, T: PerfElem>(
                 tables.check(sb, s, &mut r2);
             }
             if r2.wrong > 0 {
-                eprintln!("{}: the input was modified ({} elements)", what(), r2.wrong);
+                err(&format!("{}: the input was modified ({} elements)", what(), r2.wrong));
                 res.wrong += r2.wrong;
             }
         }
         if let Some(first) = &res.first {
-            eprintln!("{}: {} wrong elements; first: {first}", what(), res.wrong);
+            err(&format!("{}: {} wrong elements; first: {first}", what(), res.wrong));
         }
 
-        let all = plan.shared.exchange(rank, [res.wrong, res.inexact, 0]);
-        let mut wrong: u64 = all.iter().map(|v| v[0]).sum();
+        // Over the ranks: wrong values, and values right but for their bits.
+        let mut sums = [res.wrong, res.inexact];
+        plan.ranks.fold_u64(comm, &mut sums, Fold::Sum, &|| format!("check results of {}", what()));
+        let [mut wrong, inexact] = sums;
         // Outputs equal to the reference bit for bit are equal across ranks too; only
         // when some rank differs in bits but not in value (-0, NaN payloads) compare the
-        // ranks' outputs with each other.
-        if C::SAME_OUTPUT && all.iter().any(|v| v[1] > 0) {
+        // ranks' outputs with each other, by a hash of each.
+        if C::SAME_OUTPUT && inexact > 0 {
             let hsh = hash_bytes(as_bytes(&got[..len]));
-            let hs = plan.shared.exchange(rank, [hsh, res.inexact, 0]);
-            let mine = if hs[rank][0] != hs[0][0] {
-                eprintln!(
+            let mut h0 = [hsh];
+            plan.ranks.fold_u64(comm, &mut h0, Fold::Rank0, &|| format!("output hashes of {}", what()));
+            let mine = if hsh != h0[0] {
+                err(&format!(
                     "{}: output differs in its bits from rank 0's ({} elements differ from the reference)",
                     what(),
                     res.inexact
-                );
+                ));
                 res.inexact.max(1)
             } else {
                 0
             };
             res.wrong += mine;
-            let all = plan.shared.exchange(rank, [mine, 0, 0]);
-            wrong += all.iter().map(|v| v[0]).sum::<u64>();
+            let mut m = [mine];
+            plan.ranks.fold_u64(comm, &mut m, Fold::Sum, &|| format!("output comparisons of {}", what()));
+            wrong += m[0];
         }
         if res.wrong > 0 {
             st.errors += 1;
