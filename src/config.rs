@@ -10,7 +10,7 @@
 //! | `OXCCL_NSLOTS` | slots per FIFO | 8 |
 //! | `OXCCL_NT_THRESHOLD` | output bytes from which outputs use non-temporal stores | 33554432 |
 //! | `OXCCL_SPINS` | polls before a waiting rank yields its core | 4 when ranks outnumber cores, else 64 |
-//! | `OXCCL_YIELD_US` | microseconds of yielding before a waiting rank sleeps | 500 |
+//! | `OXCCL_YIELD_US` | microseconds of yielding before a waiting rank sleeps | 500, or 50 with sockets |
 //! | `OXCCL_SOCKET_IFNAME` | interfaces for bootstrap and TCP: prefixes, `^` excludes, `=` exact | first non-loopback |
 //! | `OXCCL_SHM_DISABLE` | `1`: processes of one host talk over TCP instead of shared memory | 0 |
 //! | `OXCCL_HOSTID` | override the host identity (hostname + boot id) | unset |
@@ -138,7 +138,7 @@ impl Config {
             s.spins = Some(v.min(1 << 20) as u32);
         }
         if let Some(v) = num("OXCCL_YIELD_US")? {
-            s.yield_for = Duration::from_micros(v);
+            s.yield_for = Some(Duration::from_micros(v));
         }
         if let Some(v) = env("OXCCL_SOCKET_IFNAME").filter(|v| !v.is_empty()) {
             s.socket_ifname = Some(v);
@@ -280,8 +280,9 @@ pub struct Settings {
     /// `None` picks by load: few when the host runs more ranks than it has cores (the
     /// peer we wait for may need our core), more otherwise.
     pub spins: Option<u32>,
-    /// How long a waiting rank keeps yielding before it sleeps on its doorbell.
-    pub yield_for: Duration,
+    /// How long a waiting rank keeps yielding before it sleeps on its doorbell (or in a
+    /// socket wait); `None` picks by link: 500 µs, or 50 µs when some links are sockets.
+    pub yield_for: Option<Duration>,
     /// Which interfaces to use (`OXCCL_SOCKET_IFNAME`, NCCL's syntax).
     pub socket_ifname: Option<String>,
     /// Never use shared memory between processes (`OXCCL_SHM_DISABLE=1`).
@@ -298,7 +299,7 @@ impl Default for Settings {
             nt_threshold: 32 << 20,
             debug: false,
             spins: None,
-            yield_for: Duration::from_micros(500),
+            yield_for: None,
             socket_ifname: None,
             shm_disable: false,
         }

@@ -117,7 +117,7 @@ fn two_hosts_over_veth() {
         children.push(child);
     }
     let start = Instant::now();
-    let mut done = vec![None; 4];
+    let mut done = [None; 4];
     while done.iter().any(|d: &Option<std::process::ExitStatus>| d.is_none()) {
         for (i, c) in children.iter_mut().enumerate() {
             if done[i].is_none() {

@@ -143,9 +143,11 @@ impl Comm {
         }
         let topo = Topo::with_hosts(rank, topology.ring.clone(), topology.hosts.clone());
         let mut comm = Comm::assemble(rank, nranks, settings, topo, Box::new(transport), bell, local.len());
-        if sockets {
-            comm.backoff.max_sleep = std::time::Duration::from_millis(1);
-            comm.sockets = true;
+        comm.sockets = sockets;
+        if sockets && comm.settings.yield_for.is_none() {
+            // Sockets get their own wait (poll): yielding long only burns the core the
+            // peer's kernel needs to move the data.
+            comm.backoff.yield_for = std::time::Duration::from_micros(50);
         }
         comm.bootstrap = Some(boot);
         comm.topology = Some(topology);

@@ -13,6 +13,7 @@ pub use group::Group;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::algo::{self, Algo, Collective, Topo};
 use crate::config::{Config, Settings};
@@ -460,7 +461,7 @@ impl Comm {
 fn backoff(s: &Settings, local_ranks: usize) -> BackoffConfig {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let spins = s.spins.unwrap_or(if local_ranks > cores { 4 } else { 64 });
-    BackoffConfig { spins, yield_for: s.yield_for, ..BackoffConfig::default() }
+    BackoffConfig { spins, yield_for: s.yield_for.unwrap_or(Duration::from_micros(500)), ..BackoffConfig::default() }
 }
 
 /// How a batch runs.

@@ -187,13 +187,22 @@ fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
     let aborted = ctx.aborted;
     let transport = ctx.transport;
     let mut failed = None;
-    let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
-        if let Err(e) = transport.progress() {
-            failed = Some(e);
-            return true;
-        }
-        streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
-    });
+    let io = |d: Duration| transport.wait_io(d);
+    let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
+    let r = sync::wait_until(
+        &ctx.backoff,
+        ctx.bell,
+        ctx.timeout,
+        &|| aborted.load(Ordering::Relaxed),
+        &mut || {
+            if let Err(e) = transport.progress() {
+                failed = Some(e);
+                return true;
+            }
+            streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
+        },
+        io,
+    );
     if let Some(e) = failed {
         return Err(e);
     }
@@ -512,13 +521,22 @@ pub fn flush(ctx: &mut Ctx<'_>, op: &str) -> Result<()> {
     }
     let aborted = ctx.aborted;
     let mut failed = None;
-    let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
-        if let Err(e) = transport.progress() {
-            failed = Some(e);
-            return true;
-        }
-        transport.flushed()
-    });
+    let io = |d: Duration| transport.wait_io(d);
+    let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
+    let r = sync::wait_until(
+        &ctx.backoff,
+        ctx.bell,
+        ctx.timeout,
+        &|| aborted.load(Ordering::Relaxed),
+        &mut || {
+            if let Err(e) = transport.progress() {
+                failed = Some(e);
+                return true;
+            }
+            transport.flushed()
+        },
+        io,
+    );
     if let Some(e) = failed {
         return Err(e);
     }
@@ -540,13 +558,22 @@ pub(crate) fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank)
     let aborted = ctx.aborted;
     let transport = ctx.transport;
     let mut failed = None;
-    let r = sync::wait_until(&ctx.backoff, ctx.bell, ctx.timeout, &|| aborted.load(Ordering::Relaxed), &mut || {
-        if let Err(e) = transport.progress() {
-            failed = Some(e);
-            return true;
-        }
-        (0..n).filter(|&p| p != me).all(|p| ok(links, p))
-    });
+    let io = |d: Duration| transport.wait_io(d);
+    let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
+    let r = sync::wait_until(
+        &ctx.backoff,
+        ctx.bell,
+        ctx.timeout,
+        &|| aborted.load(Ordering::Relaxed),
+        &mut || {
+            if let Err(e) = transport.progress() {
+                failed = Some(e);
+                return true;
+            }
+            (0..n).filter(|&p| p != me).all(|p| ok(links, p))
+        },
+        io,
+    );
     if let Some(e) = failed {
         return Err(e);
     }

@@ -129,7 +129,8 @@ impl Default for BackoffConfig {
 
 /// Waits until `ready()` returns true: spins, yields, then sleeps on `bell`.
 ///
-/// `aborted()` is polled between sleeps and after yields; `timeout` (counted from the end
+/// With `io`, the sleep phase blocks in it (a wait for sockets) instead of on the
+/// doorbell. `aborted()` is polled between sleeps and after yields; `timeout` (counted from the end
 /// of the spin phase, so a wait that ends while spinning never reads the clock) bounds the
 /// wait.
 pub fn wait_until(
@@ -138,6 +139,7 @@ pub fn wait_until(
     timeout: Option<Duration>,
     aborted: &dyn Fn() -> bool,
     ready: &mut dyn FnMut() -> bool,
+    io: Option<&dyn Fn(Duration)>,
 ) -> Result<(), WaitError> {
     for _ in 0..cfg.spins {
         if ready() {
@@ -183,7 +185,11 @@ pub fn wait_until(
             }
             nap = nap.min(d - now);
         }
-        bell.sleep_unless(nap, ready);
+        match io {
+            // Arrivals on sockets ring no doorbell: block in the socket wait instead.
+            Some(io) => io(nap),
+            None => bell.sleep_unless(nap, ready),
+        }
     }
 }
 
@@ -205,7 +211,14 @@ mod tests {
         });
         let cfg = BackoffConfig { spins: 1, yield_for: Duration::ZERO, max_sleep: Duration::from_secs(10) };
         let t0 = Instant::now();
-        let r = wait_until(&cfg, &bell, Some(Duration::from_secs(10)), &|| false, &mut || flag.load(Ordering::Acquire));
+        let r = wait_until(
+            &cfg,
+            &bell,
+            Some(Duration::from_secs(10)),
+            &|| false,
+            &mut || flag.load(Ordering::Acquire),
+            None,
+        );
         assert_eq!(r, Ok(()));
         assert!(t0.elapsed() < Duration::from_secs(5), "the ring did not wake the sleeper");
         t.join().unwrap();
@@ -215,9 +228,9 @@ mod tests {
     fn deadline_and_abort_end_a_wait() {
         let bell = Doorbell::new_private();
         let cfg = BackoffConfig::default();
-        let r = wait_until(&cfg, &bell, Some(Duration::from_millis(20)), &|| false, &mut || false);
+        let r = wait_until(&cfg, &bell, Some(Duration::from_millis(20)), &|| false, &mut || false, None);
         assert_eq!(r, Err(WaitError::Timeout));
-        let r = wait_until(&cfg, &bell, None, &|| true, &mut || false);
+        let r = wait_until(&cfg, &bell, None, &|| true, &mut || false, None);
         assert_eq!(r, Err(WaitError::Aborted));
     }
 }

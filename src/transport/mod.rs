@@ -14,6 +14,8 @@ pub mod tcp;
 
 pub use fifo::{Desc, FifoRx, FifoShape, FifoTx, Msg};
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 
 /// Direction of a link, seen from the local rank.
@@ -78,6 +80,12 @@ pub trait Transport: Send + Sync {
     /// executor then sleeps only briefly between polls).
     fn has_sockets(&self) -> bool {
         false
+    }
+
+    /// Blocks until a socket is ready or `timeout` passes (for transports with sockets;
+    /// others return at once).
+    fn wait_io(&self, timeout: Duration) {
+        let _ = timeout;
     }
 }
 

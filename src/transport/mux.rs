@@ -57,4 +57,13 @@ impl Transport for Mux {
     fn has_sockets(&self) -> bool {
         self.transports.iter().any(|t| t.has_sockets())
     }
+
+    fn wait_io(&self, timeout: std::time::Duration) {
+        // Shared-memory arrivals do not wake a socket wait: nap briefly when both mix.
+        let mixed = self.transports.iter().any(|t| !t.has_sockets());
+        let t = if mixed { timeout.min(std::time::Duration::from_micros(100)) } else { timeout };
+        if let Some(tcp) = self.transports.iter().find(|t| t.has_sockets()) {
+            tcp.wait_io(t);
+        }
+    }
 }

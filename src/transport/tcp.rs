@@ -373,4 +373,24 @@ impl Transport for Tcp {
     fn has_sockets(&self) -> bool {
         true
     }
+
+    fn wait_io(&self, timeout: Duration) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        if let Ok(c) = self.conns.lock() {
+            for r in c.recvs.iter().filter(|r| !r.closed) {
+                fds.push(libc::pollfd { fd: r.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
+            for s in c.sends.iter().filter(|s| s.busy) {
+                fds.push(libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+            }
+        }
+        fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a valid array of pollfd for the call; the sockets stay open
+        // (the lock was released, but only this thread closes or adds connections).
+        unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+    }
 }
