@@ -46,6 +46,10 @@ pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -
         }
         Algo::OneShot => STEP_US + (nf - 1.0) * b / LINK_BPUS + nf * b / REDUCE_BPUS,
         Algo::Direct => 2.0 * STEP_US + 2.0 * b / REDUCE_BPUS,
+        Algo::Doubling => {
+            let rounds = nf.log2().ceil().max(1.0);
+            rounds * (STEP_US + b / LINK_BPUS + b / REDUCE_BPUS)
+        }
         Algo::Hier | Algo::P2p => f64::INFINITY,
     }
 }

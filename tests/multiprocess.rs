@@ -195,12 +195,3 @@ fn bad_jobs_fail_clearly_on_every_rank() {
     let j = vec![j[1].clone()];
     expect_init_failure(j, &["could not connect"]);
 }
-
-#[test]
-#[ignore]
-fn debug_tcp3() {
-    let out = launch("matrix", job(3, &[("OXCCL_SHM_DISABLE", "1")]), Duration::from_secs(120));
-    for (r, o) in out.iter().enumerate() {
-        eprintln!("== rank {r}: {:?}\n{}", o.status, o.stderr.lines().take(8).collect::<Vec<_>>().join("\n"));
-    }
-}

@@ -11,6 +11,7 @@
 //! step holds `count` elements.
 
 pub mod direct;
+pub mod doubling;
 pub mod ring;
 pub mod tree;
 
@@ -183,6 +184,8 @@ pub enum Schedule {
     P2p(direct::P2p),
     /// Stages run one after the other (hierarchical all-reduce).
     Chain(Chain),
+    /// Recursive doubling (all-reduce of small messages over expensive links).
+    Doubling(doubling::Doubling),
 }
 
 /// Schedules run one after the other in one stream.
@@ -224,6 +227,7 @@ impl Schedule {
             Schedule::AllToAll(s) => s.next(),
             Schedule::P2p(s) => s.next(),
             Schedule::Chain(s) => s.next(),
+            Schedule::Doubling(s) => s.next(),
         }
     }
 
@@ -236,6 +240,7 @@ impl Schedule {
             Schedule::AllToAll(s) => s.links(me, n, f),
             Schedule::P2p(s) => s.links(f),
             Schedule::Chain(c) => c.parts.iter().for_each(|p| p.links(me, n, f)),
+            Schedule::Doubling(d) => d.links(f),
         }
     }
 }
@@ -407,6 +412,8 @@ pub enum Algo {
     /// rank, all-reduce among those, broadcast inside each host; only the middle stage
     /// crosses hosts.
     Hier,
+    /// Recursive doubling all-reduce: log2(n) exchanges of the running result.
+    Doubling,
 }
 
 impl Algo {
@@ -419,6 +426,7 @@ impl Algo {
             Algo::P2p => "p2p",
             Algo::Direct => "direct",
             Algo::Hier => "hier",
+            Algo::Doubling => "doubling",
         }
     }
 
@@ -431,6 +439,7 @@ impl Algo {
             "p2p" => Some(Algo::P2p),
             "direct" => Some(Algo::Direct),
             "hier" | "hierarchical" => Some(Algo::Hier),
+            "doubling" | "recursive_doubling" | "rd" => Some(Algo::Doubling),
             _ => None,
         }
     }
@@ -452,7 +461,7 @@ impl Algo {
                     | C::AllGather { .. }
                     | C::ReduceScatter { .. }
             ),
-            Algo::Tree | Algo::OneShot | Algo::Hier => matches!(coll, C::AllReduce { .. }),
+            Algo::Tree | Algo::OneShot | Algo::Hier | Algo::Doubling => matches!(coll, C::AllReduce { .. }),
             Algo::P2p => {
                 matches!(
                     coll,
@@ -565,6 +574,9 @@ pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking,
         (C::AllGather { count }, _) => out.push(ring(ring::RingKind::AllGather, count)),
         (C::ReduceScatter { count }, _) => out.push(ring(ring::RingKind::ReduceScatter, count)),
         (C::AllReduce { count }, Algo::Hier) => out.push(hierarchical(count, topo, chunking)),
+        (C::AllReduce { count }, Algo::Doubling) => {
+            out.push(Schedule::Doubling(doubling::Doubling::new(me, n, count, chunking.chunk, 0)))
+        }
         (C::AllReduce { count }, Algo::Tree) => {
             for (t, node) in topo.trees.iter().enumerate() {
                 let (lo, hi) = tree::half(count, chunking.align, t);

@@ -274,7 +274,7 @@ mod tests {
                         colls.push(Collective::Scatter { count, root });
                     }
                     for coll in colls {
-                        for algo in [Algo::Ring, Algo::Tree, Algo::OneShot, Algo::P2p] {
+                        for algo in [Algo::Ring, Algo::Tree, Algo::OneShot, Algo::P2p, Algo::Doubling] {
                             if algo.applies_to(&coll) {
                                 seed += 1;
                                 check(coll, algo, n, ch, seed);

@@ -52,6 +52,7 @@ pub fn describe(d: Desc) -> String {
         3 => "p2p",
         4 => "direct",
         5 => "hier",
+        6 => "doubling",
         _ => "?",
     };
     let root = match w >> 32 {
