@@ -21,7 +21,11 @@ const CHILD: &str = "OXCCL_TEST_CHILD";
 #[test]
 fn child() {
     let Ok(role) = std::env::var(CHILD) else { return };
-    let cfg = Config::new().slot_bytes(matrix::SLOT).nslots(4);
+    let cfg = match role.as_str() {
+        // Two slots per FIFO: FIFOs fill up, which is where flow control hides its bugs.
+        "backpressure" => Config::new().slot_bytes(4096).nslots(2),
+        _ => Config::new().slot_bytes(matrix::SLOT).nslots(4),
+    };
     let mut comm = match Comm::from_env_with(&cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -38,6 +42,18 @@ fn child() {
             }
         }
         "init" => {}
+        "backpressure" => {
+            let (me, n) = (comm.rank(), comm.size());
+            for i in 0..40usize {
+                let count = 100_000 + 1000 * i;
+                let send: Vec<u32> = (0..count).map(|j| (j * 7 + me) as u32).collect();
+                let mut recv = vec![0u32; count];
+                comm.all_reduce(&send, &mut recv, oxccl::ReduceOp::Sum).unwrap();
+                let want = |j: usize| (n * j * 7 + n * (n - 1) / 2) as u32;
+                assert!(recv.iter().enumerate().all(|(j, &x)| x == want(j)), "iteration {i}");
+                comm.barrier().unwrap();
+            }
+        }
         r => panic!("unknown child role {r}"),
     }
 }
@@ -135,6 +151,22 @@ fn shared_memory_processes() {
 fn tcp_processes() {
     for n in [2, 3, 4, 8] {
         run_matrix(n, &[("OXCCL_SHM_DISABLE", "1")]);
+    }
+}
+
+/// Tiny FIFOs (two 4 KiB slots) over TCP with every all-reduce algorithm, each call
+/// followed by a barrier: empty messages must get through links whose FIFOs were full.
+#[test]
+fn tcp_flow_control() {
+    for algo in ["ring", "tree", "oneshot", "doubling"] {
+        let out = launch(
+            "backpressure",
+            job(4, &[("OXCCL_SHM_DISABLE", "1"), ("OXCCL_ALGO", &format!("all_reduce:{algo}"))]),
+            Duration::from_secs(120),
+        );
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(o.status, Some(0), "rank {r} ({algo}) failed:\n{}", o.stderr);
+        }
     }
 }
 

@@ -436,8 +436,11 @@ impl Transport for Tcp {
             pollfds.iter_mut().for_each(|p| p.revents = libc::POLLIN);
         }
         for (r, p) in recvs.iter_mut().zip(pollfds.iter()) {
-            // Read-ahead bytes are processed without asking the socket.
-            if (p.fd >= 0 && p.revents != 0) || (!r.closed && r.rstart < r.rend) {
+            // Read-ahead bytes, and a parsed header waiting for a free slot (a message
+            // without payload needs no further byte from the socket), are processed
+            // without asking the socket.
+            let pending = !r.closed && (r.rstart < r.rend || r.have_header == FRAME_HEADER);
+            if (p.fd >= 0 && p.revents != 0) || pending {
                 moved |= self.pump_recv(r)?;
             }
         }
