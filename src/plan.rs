@@ -63,11 +63,13 @@ pub struct Shape {
     pub shared: bool,
     /// Several hosts, one with several ranks (hierarchical all-reduce applies).
     pub hierarchical: bool,
+    /// Some links are network sockets (messages cost microseconds each).
+    pub network: bool,
 }
 
 /// The plan for `coll` on `dtype` in a communicator of `shape`.
 pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> Result<Plan> {
-    let Shape { n, shared, hierarchical } = shape;
+    let Shape { n, shared, hierarchical, .. } = shape;
     let elem = dtype.size();
     let chunking = Chunking { chunk: (s.slot_bytes / elem).max(1), align: (64 / elem).max(1) };
     let out_bytes = match *coll {
@@ -114,17 +116,33 @@ const DIRECT_MIN_BYTES: usize = 8 << 10;
 const HIER_MIN_BYTES: usize = 256 << 10;
 
 fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
-    let Shape { n, shared, hierarchical } = shape;
-    if shared && n > 1 && Algo::Direct.applies_to(coll) && coll.count() * elem >= DIRECT_MIN_BYTES {
+    let Shape { n, shared, hierarchical, network } = shape;
+    let bytes = coll.count() * elem;
+    if shared && n > 1 && Algo::Direct.applies_to(coll) && bytes >= DIRECT_MIN_BYTES {
         return Algo::Direct;
     }
-    if hierarchical && matches!(coll, Collective::AllReduce { .. }) && coll.count() * elem >= HIER_MIN_BYTES {
+    if hierarchical && matches!(coll, Collective::AllReduce { .. }) && bytes >= HIER_MIN_BYTES {
         return Algo::Hier;
     }
     match coll {
-        Collective::AllReduce { count } => {
-            let bytes = count * elem;
-            [Algo::OneShot, Algo::Ring, Algo::Tree]
+        Collective::AllReduce { .. } => {
+            // Measured crossovers (scripts/compare-peers.sh, forced algorithms, 2-core VM):
+            // small messages want one step (2 ranks) or log2(n) steps, never a ring's
+            // 2(n-1); threads do best with the one-slot one-shot; sockets make every
+            // message dear, so the small range is wider there.
+            let small = match (network, n) {
+                (true, 2) => 256 << 10,
+                (true, _) => 64 << 10,
+                (false, _) => 32 << 10,
+            };
+            if bytes <= small {
+                return if n == 2 || shared { Algo::OneShot } else { Algo::Doubling };
+            }
+            if n < 16 {
+                return Algo::Ring;
+            }
+            // Many ranks: a tree's log(n) latency can beat the ring until bandwidth rules.
+            [Algo::Ring, Algo::Tree]
                 .into_iter()
                 .min_by(|a, b| {
                     all_reduce_cost(*a, bytes, n, s.slot_bytes).total_cmp(&all_reduce_cost(*b, bytes, n, s.slot_bytes))
@@ -147,7 +165,7 @@ mod tests {
         let p = plan(
             &Collective::AllReduce { count: 10 },
             DataType::Float32,
-            Shape { n: 4, shared: true, hierarchical: false },
+            Shape { n: 4, shared: true, hierarchical: false, network: false },
             &s,
         )
         .unwrap();
@@ -155,7 +173,7 @@ mod tests {
         let e = plan(
             &Collective::Broadcast { count: 10, root: 0 },
             DataType::Float32,
-            Shape { n: 4, shared: true, hierarchical: false },
+            Shape { n: 4, shared: true, hierarchical: false, network: false },
             &s,
         )
         .unwrap_err();
@@ -169,19 +187,30 @@ mod tests {
             plan(
                 &Collective::AllReduce { count: bytes / 4 },
                 DataType::Float32,
-                Shape { n, shared: false, hierarchical: false },
+                Shape { n, shared: false, hierarchical: false, network: false },
                 &s,
             )
             .unwrap()
             .algo
         };
         assert_eq!(p(8, 2), Algo::OneShot);
+        assert_eq!(
+            plan(
+                &Collective::AllReduce { count: 2 },
+                DataType::Float32,
+                Shape { n: 4, shared: false, hierarchical: false, network: false },
+                &s
+            )
+            .unwrap()
+            .algo,
+            Algo::Doubling
+        );
         assert_eq!(p(64 << 20, 4), Algo::Ring);
         assert_eq!(
             plan(
                 &Collective::AllToAll { count: 5 },
                 DataType::Int8,
-                Shape { n: 4, shared: false, hierarchical: false },
+                Shape { n: 4, shared: false, hierarchical: false, network: false },
                 &s
             )
             .unwrap()
@@ -191,7 +220,7 @@ mod tests {
         let shared = plan(
             &Collective::AllReduce { count: 1 << 20 },
             DataType::Float32,
-            Shape { n: 4, shared: true, hierarchical: false },
+            Shape { n: 4, shared: true, hierarchical: false, network: false },
             &s,
         )
         .unwrap();
@@ -201,7 +230,7 @@ mod tests {
             plan(
                 &Collective::AllReduce { count: 8 },
                 DataType::Float32,
-                Shape { n: 2, shared: false, hierarchical: false },
+                Shape { n: 2, shared: false, hierarchical: false, network: false },
                 &s
             )
             .is_err()

@@ -383,7 +383,13 @@ impl Comm {
             let prep = match sc.prepared.iter().position(|p| p.matches(s, shared)) {
                 Some(i) => sc.prepared[i],
                 None => {
-                    let p = Prepared::new(s, self.nranks, shared, self.topo.hierarchical(), &self.settings)?;
+                    let shape = plan::Shape {
+                        n: self.nranks,
+                        shared,
+                        hierarchical: self.topo.hierarchical(),
+                        network: self.sockets,
+                    };
+                    let p = Prepared::new(s, shape, &self.settings)?;
                     if sc.prepared.len() == PREPARED_CACHE {
                         sc.prepared.remove(0);
                     }
@@ -494,8 +500,9 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(s: &CallSpec, nranks: usize, shared: bool, hierarchical: bool, settings: &Settings) -> Result<Prepared> {
-        let plan = plan::plan(&s.coll, s.dtype, plan::Shape { n: nranks, shared, hierarchical }, settings)?;
+    fn new(s: &CallSpec, shape: plan::Shape, settings: &Settings) -> Result<Prepared> {
+        let (nranks, shared) = (shape.n, shape.shared);
+        let plan = plan::plan(&s.coll, s.dtype, shape, settings)?;
         let reducer = match (&s.op, s.coll.reduces()) {
             (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
             _ => None,
