@@ -172,10 +172,12 @@ impl Comm {
 
     fn log_topology(&self) {
         let s = &self.settings;
+        let ranks = match &self.topology {
+            Some(t) => format!("{} ranks on {} host(s)", self.nranks, t.hosts.len()),
+            None => format!("{} ranks (threads of pid {})", self.nranks, std::process::id()),
+        };
         eprintln!(
-            "oxccl INFO: {} ranks (threads of pid {}), transport {}, slots {} x {} B, timeout {:?}, forced algo {:?}, kernels {:?}",
-            self.nranks,
-            std::process::id(),
+            "oxccl INFO: {ranks}, transport {}, slots {} x {} B, timeout {:?}, forced algo {:?}, kernels {:?}",
             self.transport.name(),
             s.nslots,
             s.slot_bytes,
