@@ -4,8 +4,10 @@
 #   ./scripts/test.sh
 #
 # Installs what it needs when missing, then checks formatting and lints and runs every
-# test: unit tests, the in-process multi-rank matrix, the API tests, the doc tests, and a
-# short run of the all_reduce_perf example over every data type and op.
+# test: unit tests, the multi-rank matrix with ranks as threads and as processes (shared
+# memory and TCP), two "hosts" in network namespaces (skipped, by name, without root),
+# the launcher, the API tests, the doc tests, and short checked runs of all_reduce_perf
+# with thread ranks and with processes under oxccl-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +44,13 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 log "cargo test (unit, multi-rank, API, doc tests)"
 cargo test --workspace --all-features
 
-log "all_reduce_perf smoke run: every type and op, 3 ranks, results checked"
+log "all_reduce_perf smoke run: every type and op, 3 thread ranks, results checked"
 target/debug/examples/all_reduce_perf -b 8 -e 256K -f 8 -t 3 -d all -o all -n 2 -w 1 -c 1
+
+log "all_reduce_perf under oxccl-run: 3 processes over shared memory, then over TCP"
+target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 -- \
+  target/debug/examples/all_reduce_perf -b 8 -e 4M -f 8 -d all -o sum -n 2 -w 1 -c 1
+OXCCL_SHM_DISABLE=1 target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 -- \
+  target/debug/examples/all_reduce_perf -b 8 -e 4M -f 8 -d float -o all -n 2 -w 1 -c 1
 
 log "all tests passed"
