@@ -12,6 +12,7 @@
 //! | `OXCCL_SPINS` | polls before a waiting rank yields its core | 4 when ranks outnumber cores, else 64 |
 //! | `OXCCL_YIELD_US` | microseconds of yielding before a waiting rank sleeps | 500, or 50 with sockets |
 //! | `OXCCL_SOCKET_IFNAME` | interfaces for bootstrap and TCP: prefixes, `^` excludes, `=` exact | first non-loopback |
+//! | `OXCCL_NSOCKS` | connections per TCP link; messages from 64 KiB are striped across them | 1 |
 //! | `OXCCL_SHM_DISABLE` | `1`: processes of one host talk over TCP instead of shared memory | 0 |
 //! | `OXCCL_HOSTID` | override the host identity (hostname + boot id) | unset |
 //! | `OXCCL_SIMD` | force a kernel level: `scalar`, `avx2`, `avx512` | best available |
@@ -142,6 +143,12 @@ impl Config {
         }
         if let Some(v) = env("OXCCL_SOCKET_IFNAME").filter(|v| !v.is_empty()) {
             s.socket_ifname = Some(v);
+        }
+        if let Some(v) = num("OXCCL_NSOCKS")? {
+            if !(1..=64).contains(&v) {
+                return Err(Error::InvalidArgument(format!("OXCCL_NSOCKS must be between 1 and 64, got {v}")));
+            }
+            s.nsocks = v as usize;
         }
         if let Some(v) = env("OXCCL_SHM_DISABLE") {
             s.shm_disable = matches!(v.trim(), "1" | "true" | "yes");
@@ -287,6 +294,9 @@ pub struct Settings {
     pub socket_ifname: Option<String>,
     /// Never use shared memory between processes (`OXCCL_SHM_DISABLE=1`).
     pub shm_disable: bool,
+    /// Connections per TCP link; messages from 64 KiB are striped across them
+    /// (`OXCCL_NSOCKS`).
+    pub nsocks: usize,
 }
 
 impl Default for Settings {
@@ -302,6 +312,7 @@ impl Default for Settings {
             yield_for: None,
             socket_ifname: None,
             shm_disable: false,
+            nsocks: 1,
         }
     }
 }

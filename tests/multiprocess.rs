@@ -24,6 +24,8 @@ fn child() {
     let cfg = match role.as_str() {
         // Two slots per FIFO: FIFOs fill up, which is where flow control hides its bugs.
         "backpressure" => Config::new().slot_bytes(4096).nslots(2),
+        // Default slots: messages large enough to be striped across sockets.
+        "large" => Config::new(),
         _ => Config::new().slot_bytes(matrix::SLOT).nslots(4),
     };
     let mut comm = match Comm::from_env_with(&cfg) {
@@ -42,6 +44,31 @@ fn child() {
             }
         }
         "init" => {}
+        "large" => {
+            use oxccl::ReduceOp;
+            let (me, n) = (comm.rank(), comm.size());
+            for count in [1usize << 20, (3 << 20) + 17] {
+                let send: Vec<f32> = (0..count).map(|i| ((i % 1021) * (me + 1)) as f32).collect();
+                let mut recv = vec![0f32; count];
+                comm.all_reduce(&send, &mut recv, ReduceOp::Sum).unwrap();
+                let tri = (n * (n + 1) / 2) as f32;
+                assert!(recv.iter().enumerate().all(|(i, &x)| x == (i % 1021) as f32 * tri), "all_reduce {count}");
+                let mut all = vec![0f32; count * n];
+                comm.all_gather(&send, &mut all).unwrap();
+                for r in 0..n {
+                    let blk = &all[r * count..(r + 1) * count];
+                    assert!(blk.iter().enumerate().all(|(i, &x)| x == ((i % 1021) * (r + 1)) as f32), "all_gather {count}");
+                }
+                let mut got = vec![0f32; count];
+                comm.group(|g| {
+                    g.send(&send, (me + 1) % n)?;
+                    g.recv(&mut got, (me + n - 1) % n)
+                })
+                .unwrap();
+                let p = (me + n - 1) % n;
+                assert!(got.iter().enumerate().all(|(i, &x)| x == ((i % 1021) * (p + 1)) as f32), "send/recv {count}");
+            }
+        }
         "backpressure" => {
             let (me, n) = (comm.rank(), comm.size());
             for i in 0..40usize {
@@ -166,6 +193,17 @@ fn tcp_flow_control() {
         );
         for (r, o) in out.iter().enumerate() {
             assert_eq!(o.status, Some(0), "rank {r} ({algo}) failed:\n{}", o.stderr);
+        }
+    }
+}
+
+/// Messages of several MiB over TCP, on one socket per link and striped over three.
+#[test]
+fn tcp_large_messages_and_striping() {
+    for nsocks in ["1", "3"] {
+        let out = launch("large", job(3, &[("OXCCL_SHM_DISABLE", "1"), ("OXCCL_NSOCKS", nsocks)]), Duration::from_secs(180));
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(o.status, Some(0), "rank {r} (OXCCL_NSOCKS={nsocks}) failed:\n{}", o.stderr);
         }
     }
 }

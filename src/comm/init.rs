@@ -129,7 +129,17 @@ impl Comm {
                 .iter()
                 .map(|b| decode_addr(b).map(|a| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))))
                 .collect::<Result<Vec<_>>>()?;
-            transports.push(Box::new(Tcp::new(rank, *id.secret(), shape, l, addrs, peers, bell.clone(), timeout)));
+            transports.push(Box::new(Tcp::new(
+                rank,
+                *id.secret(),
+                shape,
+                settings.nsocks,
+                l,
+                addrs,
+                peers,
+                bell.clone(),
+                timeout,
+            )));
             for (r, l) in topology.links.iter().enumerate() {
                 if *l == Link::Tcp {
                     route[r] = Some(transports.len() - 1);

@@ -1,13 +1,14 @@
 //! The TCP link, between hosts (or between processes of a host with `OXCCL_SHM_DISABLE=1`).
 //!
-//! Each rank listens on one socket; a connection per (peer, channel, direction) is opened
-//! the first time a collective needs it and introduces itself with the job's secret.
-//! The executor still sees FIFOs: a send link is a local FIFO that [`Tcp::progress`]
-//! drains into the socket, a receive link a local FIFO it fills from the socket, message
-//! by message (`bytes u32 | descriptor 2 x u64 | payload`). Progress runs inline on the
-//! executor's thread with non-blocking sockets, so there is no proxy thread to hand off
-//! to, and the send of one chunk overlaps the reduction of the previous one through the
-//! kernel's socket buffers.
+//! Each rank listens on one socket; a link per (peer, channel, direction) is opened the
+//! first time a collective needs it, as `OXCCL_NSOCKS` connections that each introduce
+//! themselves with the job's secret. The executor still sees FIFOs: a send link is a
+//! local FIFO that [`Tcp::progress`] drains into the sockets, a receive link a local FIFO
+//! it fills from them. A message (`part u32 | total u32 | descriptor 2 x u64 | bytes`)
+//! travels on the first socket, or, from 64 KiB, striped across all of them. Progress runs
+//! inline on the executor's thread with non-blocking sockets, so there is no proxy thread
+//! to hand off to, and the send of one chunk overlaps the reduction of the previous one
+//! through the kernel's socket buffers.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
@@ -26,49 +27,80 @@ use crate::log;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 
-const FRAME_HEADER: usize = 20;
+const FRAME_HEADER: usize = 24;
+/// Messages from this size are striped across a link's sockets.
+const STRIPE_MIN: usize = 64 << 10;
+/// Read-ahead buffer per socket.
+const READ_AHEAD: usize = 64 << 10;
 /// Socket buffer size to force, if any: `None` leaves the kernel's autotuning alone,
 /// which measured faster than a fixed 1 or 4 MiB on loopback (and setting a size turns
 /// autotuning off, capped at net.core.wmem_max).
 const SOCKET_BUFFER: Option<i32> = None;
 
-/// A send link: the executor posts into `fifo`'s other end; we drain it to `sock`.
+/// The `(offset, length)` of the part of a `total`-byte message each socket carries:
+/// everything on socket 0, or near-equal page-aligned stripes on all `nsocks`.
+fn stripes(total: usize, nsocks: usize) -> impl Iterator<Item = (usize, usize)> {
+    let (n, part) = if nsocks <= 1 || total < STRIPE_MIN {
+        (1, total)
+    } else {
+        (nsocks, total.div_ceil(nsocks).div_ceil(4096) * 4096)
+    };
+    (0..n).map(move |i| {
+        let off = (i * part).min(total);
+        (off, part.min(total - off))
+    })
+}
+
+/// One socket of a send link and what it has written of the current message.
+struct TxSock {
+    sock: TcpStream,
+    header: [u8; FRAME_HEADER],
+    /// Bytes of this socket's frame (header + part) still to write; 0 when idle.
+    left: usize,
+    off: usize,
+    len: usize,
+}
+
+/// A send link: the executor posts into `fifo`'s other end; we drain it to the sockets.
 struct SendConn {
     peer: usize,
-    sock: TcpStream,
+    socks: Vec<TxSock>,
     fifo: FifoRx,
-    /// Bytes of the current message (header + payload) already written.
-    sent: usize,
-    header: [u8; FRAME_HEADER],
     busy: bool,
 }
 
-/// A receive link: we fill `fifo` from `sock`; the executor reads the other end.
-struct RecvConn {
-    peer: usize,
+/// One socket of a receive link, with read-ahead and its part of the current message.
+struct RxSock {
     sock: TcpStream,
-    /// The peer closed the connection between two messages (a normal exit).
-    closed: bool,
-    /// Bytes read ahead from the socket: `rbuf[rstart..rend]`.
+    /// Bytes read ahead: `rbuf[rstart..rend]`.
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
     /// The last read found the socket empty (do not try again in this pump).
     drained: bool,
-    fifo: FifoTx,
     header: [u8; FRAME_HEADER],
     have_header: usize,
-    have_payload: usize,
+    have_part: usize,
+}
+
+/// A receive link: we fill `fifo` from the sockets; the executor reads the other end.
+struct RecvConn {
+    peer: usize,
+    socks: Vec<RxSock>,
+    fifo: FifoTx,
+    /// The peer closed the link between two messages (a normal exit).
+    closed: bool,
 }
 
 #[derive(Default)]
 struct Conns {
     sends: Vec<SendConn>,
     recvs: Vec<RecvConn>,
-    /// Accepted connections not yet claimed by `connect`, by (peer, channel).
-    accepted: HashMap<(usize, u8), TcpStream>,
-    /// Reused by `progress`.
+    /// Accepted connections not yet claimed by `connect`, by (peer, channel, socket).
+    accepted: HashMap<(usize, u8, u32), TcpStream>,
+    /// Reused by `progress`: (receive link, its socket) of each poll entry.
     pollfds: Vec<libc::pollfd>,
+    pollmap: Vec<usize>,
 }
 
 /// The TCP transport of one rank.
@@ -76,6 +108,7 @@ pub struct Tcp {
     me: usize,
     secret: Secret,
     shape: FifoShape,
+    nsocks: usize,
     listener: TcpListener,
     /// Every rank's data listener.
     addrs: Vec<SocketAddr>,
@@ -121,6 +154,21 @@ fn send_nosignal(sock: &TcpStream, a: &[u8], b: &[u8]) -> std::io::Result<usize>
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
+fn frame_header(part: usize, total: usize, desc: [u64; 2]) -> [u8; FRAME_HEADER] {
+    let mut h = [0u8; FRAME_HEADER];
+    h[..4].copy_from_slice(&(part as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&(total as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&desc[0].to_le_bytes());
+    h[16..24].copy_from_slice(&desc[1].to_le_bytes());
+    h
+}
+
+fn parse_header(h: &[u8; FRAME_HEADER]) -> (usize, usize, [u64; 2]) {
+    let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes")) as usize;
+    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    (u32_at(0), u32_at(4), [u64_at(8), u64_at(16)])
+}
+
 impl Tcp {
     /// Binds this rank's data listener on `ip` (its address goes to the peers through
     /// the bootstrap before [`Tcp::new`]).
@@ -131,19 +179,22 @@ impl Tcp {
         Ok(l)
     }
 
-    /// The transport, once every rank's listener address is known.
+    /// The transport, once every rank's listener address is known; every link uses
+    /// `nsocks` connections.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: usize,
         secret: Secret,
         shape: FifoShape,
+        nsocks: usize,
         listener: TcpListener,
         addrs: Vec<SocketAddr>,
         peers: Vec<PeerInfo>,
         bell: Doorbell,
         timeout: Option<Duration>,
     ) -> Tcp {
-        Tcp { me, secret, shape, listener, addrs, peers, bell, timeout, conns: Mutex::new(Conns::default()) }
+        let nsocks = nsocks.clamp(1, 64);
+        Tcp { me, secret, shape, nsocks, listener, addrs, peers, bell, timeout, conns: Mutex::new(Conns::default()) }
     }
 
     fn who(&self, r: usize) -> String {
@@ -158,7 +209,7 @@ impl Tcp {
     }
 
     /// Accepts pending connections (non-blocking), checks their introductions and files
-    /// them by (peer, channel).
+    /// them by (peer, channel, socket).
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
         loop {
             let (mut s, from) = match self.listener.accept() {
@@ -178,14 +229,17 @@ impl Tcp {
             };
             let mut d = Dec::new(&hello, "connection hello");
             let ok = d.raw(32).is_ok_and(|x| same_secret(&self.secret, x));
-            let (peer, ch) = (d.u32().unwrap_or(u32::MAX) as usize, d.u32().unwrap_or(u32::MAX));
-            if !ok || peer >= self.addrs.len() || ch > u8::MAX as u32 {
-                log::warn(&format!("rank {}: refused a data connection from {from}: wrong secret or rank", self.me));
+            let (peer, ch, idx) = (d.u32().unwrap_or(u32::MAX) as usize, d.u32().unwrap_or(u32::MAX), d.u32().unwrap_or(u32::MAX));
+            if !ok || peer >= self.addrs.len() || ch > u8::MAX as u32 || idx as usize >= self.nsocks {
+                log::warn(&format!(
+                    "rank {}: refused a data connection from {from}: wrong secret, rank or socket count (OXCCL_NSOCKS must match on every rank)",
+                    self.me
+                ));
                 continue;
             }
             tune(&s);
             s.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
-            conns.accepted.insert((peer, ch as u8), s);
+            conns.accepted.insert((peer, ch as u8, idx), s);
         }
     }
 
@@ -198,138 +252,175 @@ impl Tcp {
                     return Ok(moved);
                 }
                 let m = c.fifo.message();
-                c.header[..4].copy_from_slice(&(m.bytes as u32).to_le_bytes());
-                c.header[4..12].copy_from_slice(&m.desc[0].to_le_bytes());
-                c.header[12..20].copy_from_slice(&m.desc[1].to_le_bytes());
+                for (s, (off, len)) in c.socks.iter_mut().zip(stripes(m.bytes, self.nsocks)) {
+                    s.header = frame_header(len, m.bytes, m.desc);
+                    s.left = FRAME_HEADER + len;
+                    s.off = off;
+                    s.len = len;
+                }
                 c.busy = true;
-                c.sent = 0;
             }
             let m = c.fifo.message();
-            let total = FRAME_HEADER + m.bytes;
-            while c.sent < total {
-                // SAFETY: the message is ours until released, and holds m.bytes bytes.
-                let payload = unsafe { std::slice::from_raw_parts(m.ptr, m.bytes) };
-                let r = if c.sent < FRAME_HEADER {
-                    send_nosignal(&c.sock, &c.header[c.sent..], payload)
-                } else {
-                    send_nosignal(&c.sock, &payload[c.sent - FRAME_HEADER..], &[])
-                };
-                match r {
-                    Ok(0) => return Err(self.closed(c.peer, "sending")),
-                    Ok(k) => {
-                        c.sent += k;
-                        moved = true;
+            let mut done = true;
+            for s in c.socks.iter_mut().filter(|s| s.left > 0) {
+                while s.left > 0 {
+                    let sent = FRAME_HEADER + s.len - s.left;
+                    // SAFETY: the message is ours until released, and holds m.bytes bytes,
+                    // of which this socket's part is [off, off + len).
+                    let part = unsafe { std::slice::from_raw_parts(m.ptr.add(s.off), s.len) };
+                    let r = if sent < FRAME_HEADER {
+                        send_nosignal(&s.sock, &s.header[sent..], part)
+                    } else {
+                        send_nosignal(&s.sock, &part[sent - FRAME_HEADER..], &[])
+                    };
+                    match r {
+                        Ok(0) => return Err(self.closed(c.peer, "sending")),
+                        Ok(k) => {
+                            s.left -= k;
+                            moved = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => return Err(self.broken(c.peer, "sending to", e)),
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(moved),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.broken(c.peer, "sending to", e)),
                 }
+                done &= s.left == 0;
+            }
+            if !done {
+                return Ok(moved);
             }
             c.busy = false;
             c.fifo.release();
         }
     }
 
-    /// Reads from the socket into the connection's staging buffer; `Ok(false)` when the
-    /// socket has nothing now. A clean end of stream between messages marks the link
-    /// closed (a peer that finished); mid-message it is an error.
-    fn fill(&self, c: &mut RecvConn) -> Result<bool> {
-        if c.rstart == c.rend {
-            c.rstart = 0;
-            c.rend = 0;
+    /// Reads from socket `s` into its read-ahead buffer; `Ok(false)` when it has nothing
+    /// now. A clean end of stream between messages marks the link closed (a peer that
+    /// finished); mid-message it is an error.
+    fn fill(&self, peer: usize, s: &mut RxSock, closed: &mut bool) -> Result<bool> {
+        if s.rstart == s.rend {
+            s.rstart = 0;
+            s.rend = 0;
         }
         loop {
-            match c.sock.read(&mut c.rbuf[c.rend..]) {
-                Ok(0) if c.have_header == 0 && c.rstart == c.rend => {
-                    c.closed = true;
+            match s.sock.read(&mut s.rbuf[s.rend..]) {
+                Ok(0) if s.have_header == 0 && s.rstart == s.rend => {
+                    *closed = true;
                     return Ok(false);
                 }
-                Ok(0) => return Err(self.closed(c.peer, "receiving")),
+                Ok(0) => return Err(self.closed(peer, "receiving")),
                 Ok(k) => {
-                    c.drained = c.rend + k < c.rbuf.len();
-                    c.rend += k;
+                    s.drained = s.rend + k < s.rbuf.len();
+                    s.rend += k;
                     return Ok(true);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    c.drained = true;
+                    s.drained = true;
                     return Ok(false);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.broken(c.peer, "receiving from", e)),
+                Err(e) => return Err(self.broken(peer, "receiving from", e)),
             }
         }
     }
 
-    /// Moves complete messages from the socket into the receive FIFO while it has room;
-    /// returns whether bytes moved. Small messages arrive several per read through a
-    /// staging buffer; large payloads are read straight into their slot.
+    /// Completes socket `s`'s frame header from read-ahead or the socket; whether done.
+    fn read_header(&self, peer: usize, s: &mut RxSock, closed: &mut bool) -> Result<bool> {
+        while s.have_header < FRAME_HEADER {
+            if s.rstart == s.rend && (s.drained || !self.fill(peer, s, closed)?) {
+                return Ok(false);
+            }
+            let k = (FRAME_HEADER - s.have_header).min(s.rend - s.rstart);
+            s.header[s.have_header..s.have_header + k].copy_from_slice(&s.rbuf[s.rstart..s.rstart + k]);
+            s.have_header += k;
+            s.rstart += k;
+        }
+        Ok(true)
+    }
+
+    /// Reads socket `s`'s part into `dst` (its `len` bytes); whether complete. Large parts
+    /// are read straight into the slot, small ones through the read-ahead buffer.
+    fn read_part(&self, peer: usize, s: &mut RxSock, dst: *mut u8, len: usize, closed: &mut bool) -> Result<bool> {
+        while s.have_part < len {
+            let need = len - s.have_part;
+            if s.rstart < s.rend {
+                let k = need.min(s.rend - s.rstart);
+                // SAFETY: `dst` holds `len` bytes (a slot the caller owns); the staging
+                // range holds `k` bytes.
+                unsafe { std::ptr::copy_nonoverlapping(s.rbuf.as_ptr().add(s.rstart), dst.add(s.have_part), k) };
+                s.rstart += k;
+                s.have_part += k;
+            } else if need >= READ_AHEAD / 2 {
+                // SAFETY: as above: `need` bytes of the part remain.
+                let buf = unsafe { std::slice::from_raw_parts_mut(dst.add(s.have_part), need) };
+                match s.sock.read(buf) {
+                    Ok(0) => return Err(self.closed(peer, "receiving")),
+                    Ok(k) => s.have_part += k,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.broken(peer, "receiving from", e)),
+                }
+            } else if s.drained || !self.fill(peer, s, closed)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Moves complete messages from the sockets into the receive FIFO while it has room;
+    /// returns whether a message was posted or bytes moved.
     fn pump_recv(&self, c: &mut RecvConn) -> Result<bool> {
         let mut moved = false;
-        c.drained = false;
+        c.socks.iter_mut().for_each(|s| s.drained = false);
         loop {
             if c.closed {
                 return Ok(moved);
             }
-            while c.have_header < FRAME_HEADER {
-                if c.rstart == c.rend {
-                    if c.drained || !self.fill(c)? {
-                        return Ok(moved);
-                    }
-                    moved = true;
-                }
-                let k = (FRAME_HEADER - c.have_header).min(c.rend - c.rstart);
-                c.header[c.have_header..c.have_header + k].copy_from_slice(&c.rbuf[c.rstart..c.rstart + k]);
-                c.have_header += k;
-                c.rstart += k;
+            let RecvConn { peer, socks, fifo, closed } = c;
+            let peer = *peer;
+            // The first socket's header says how large the message is, hence how it is
+            // striped.
+            if !self.read_header(peer, &mut socks[0], closed)? {
+                return Ok(moved);
             }
-            let bytes = u32::from_le_bytes(c.header[..4].try_into().expect("4 bytes")) as usize;
-            if bytes > self.shape.slot_bytes {
+            let (_, total, desc) = parse_header(&socks[0].header);
+            if total > self.shape.slot_bytes {
                 return Err(Error::Remote(format!(
-                    "{} sent a malformed message ({bytes} bytes, more than a slot of {}): different OXCCL_SLOT_BYTES on the two ranks?",
-                    self.who(c.peer),
+                    "{} sent a malformed message ({total} bytes, more than a slot of {}): different OXCCL_SLOT_BYTES on the two ranks?",
+                    self.who(peer),
                     self.shape.slot_bytes
                 )));
             }
-            if !c.fifo.can_send() {
+            if !fifo.can_send() {
                 return Ok(moved); // the executor has not consumed earlier messages yet
             }
-            let dst = c.fifo.buffer(bytes);
-            while c.have_payload < bytes {
-                let need = bytes - c.have_payload;
-                if c.rstart < c.rend {
-                    let k = need.min(c.rend - c.rstart);
-                    // SAFETY: the slot is ours (can_send) and holds `bytes` bytes; the
-                    // staging range holds `k` bytes.
-                    unsafe { std::ptr::copy_nonoverlapping(c.rbuf.as_ptr().add(c.rstart), dst.add(c.have_payload), k) };
-                    c.rstart += k;
-                    c.have_payload += k;
-                } else if need >= c.rbuf.len() / 2 {
-                    // SAFETY: as above: `need` bytes of the slot remain.
-                    let buf = unsafe { std::slice::from_raw_parts_mut(dst.add(c.have_payload), need) };
-                    match c.sock.read(buf) {
-                        Ok(0) => return Err(self.closed(c.peer, "receiving")),
-                        Ok(k) => {
-                            c.have_payload += k;
-                            moved = true;
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(moved),
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(self.broken(c.peer, "receiving from", e)),
-                    }
-                } else {
-                    if c.drained || !self.fill(c)? {
-                        return Ok(moved);
-                    }
-                    moved = true;
+            let dst = fifo.buffer(total);
+            let mut complete = true;
+            for (i, (off, len)) in stripes(total, self.nsocks).enumerate() {
+                let s = &mut socks[i];
+                if !self.read_header(peer, s, closed)? {
+                    complete = false;
+                    continue;
                 }
+                let (part, t, _) = parse_header(&s.header);
+                if part != len || t != total {
+                    return Err(Error::Remote(format!(
+                        "{} sent a malformed message: socket {i} carries {part} of {t} bytes, expected {len} of {total} (different OXCCL_NSOCKS on the two ranks?)",
+                        self.who(peer)
+                    )));
+                }
+                // SAFETY: the slot holds `total` bytes and [off, off + len) lies within.
+                complete &= self.read_part(peer, s, unsafe { dst.add(off) }, len, closed)?;
             }
-            let desc = [
-                u64::from_le_bytes(c.header[4..12].try_into().expect("8 bytes")),
-                u64::from_le_bytes(c.header[12..20].try_into().expect("8 bytes")),
-            ];
-            c.fifo.post(bytes, desc);
-            c.have_header = 0;
-            c.have_payload = 0;
+            if !complete {
+                return Ok(moved);
+            }
+            fifo.post(total, desc);
+            moved = true;
+            for s in socks.iter_mut() {
+                s.have_header = 0;
+                s.have_part = 0;
+            }
         }
     }
 
@@ -355,57 +446,54 @@ impl Transport for Tcp {
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Send) {
             let addr =
                 *self.addrs.get(k.peer).ok_or_else(|| Error::Internal(format!("no address for rank {}", k.peer)))?;
-            let mut s = connect_retry(addr, deadline, &format!("rank {me}: connecting to {}", self.who(k.peer)))?;
-            let mut e = Enc::new();
-            e.raw(&self.secret).u32(me as u32).u32(k.channel as u32);
-            wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|e| self.broken(k.peer, "introducing to", e))?;
-            tune(&s);
-            s.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
+            let mut socks = Vec::with_capacity(self.nsocks);
+            for idx in 0..self.nsocks {
+                let mut s = connect_retry(addr, deadline, &format!("rank {me}: connecting to {}", self.who(k.peer)))?;
+                let mut e = Enc::new();
+                e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32);
+                wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|e| self.broken(k.peer, "introducing to", e))?;
+                tune(&s);
+                s.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
+                socks.push(TxSock { sock: s, header: [0; FRAME_HEADER], left: 0, off: 0, len: 0 });
+            }
             let region = Arc::new(Region::heap(self.shape.region_bytes())?);
             let fifo = Fifo::init(region, 0, self.shape)?;
-            let local = Doorbell::new_private();
-            self.lock()?.sends.push(SendConn {
-                peer: k.peer,
-                sock: s,
-                fifo: fifo.receiver(self.bell.clone()),
-                sent: 0,
-                header: [0; FRAME_HEADER],
-                busy: false,
-            });
-            out[i] = Some(Endpoint::Tx(fifo.sender(local)));
+            self.lock()?.sends.push(SendConn { peer: k.peer, socks, fifo: fifo.receiver(self.bell.clone()), busy: false });
+            out[i] = Some(Endpoint::Tx(fifo.sender(Doorbell::new_private())));
         }
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Recv) {
-            let s = loop {
-                let mut c = self.lock()?;
-                self.accept_pending(&mut c)?;
-                if let Some(s) = c.accepted.remove(&(k.peer, k.channel)) {
-                    break s;
-                }
-                drop(c);
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::Timeout {
-                        op: format!("rank {me}: waiting for {} to connect (channel {})", self.who(k.peer), k.channel),
-                        waited: self.timeout.unwrap_or_default(),
-                        peers: vec![k.peer],
-                    });
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            };
+            let mut socks = Vec::with_capacity(self.nsocks);
+            for idx in 0..self.nsocks as u32 {
+                let s = loop {
+                    let mut c = self.lock()?;
+                    self.accept_pending(&mut c)?;
+                    if let Some(s) = c.accepted.remove(&(k.peer, k.channel, idx)) {
+                        break s;
+                    }
+                    drop(c);
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::Timeout {
+                            op: format!("rank {me}: waiting for {} to connect (channel {})", self.who(k.peer), k.channel),
+                            waited: self.timeout.unwrap_or_default(),
+                            peers: vec![k.peer],
+                        });
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                };
+                socks.push(RxSock {
+                    sock: s,
+                    rbuf: vec![0u8; READ_AHEAD].into_boxed_slice(),
+                    rstart: 0,
+                    rend: 0,
+                    drained: false,
+                    header: [0; FRAME_HEADER],
+                    have_header: 0,
+                    have_part: 0,
+                });
+            }
             let region = Arc::new(Region::heap(self.shape.region_bytes())?);
             let fifo = Fifo::init(region, 0, self.shape)?;
-            self.lock()?.recvs.push(RecvConn {
-                peer: k.peer,
-                sock: s,
-                fifo: fifo.sender(self.bell.clone()),
-                header: [0; FRAME_HEADER],
-                have_header: 0,
-                have_payload: 0,
-                closed: false,
-                rbuf: vec![0u8; 64 << 10].into_boxed_slice(),
-                rstart: 0,
-                rend: 0,
-                drained: false,
-            });
+            self.lock()?.recvs.push(RecvConn { peer: k.peer, socks, fifo: fifo.sender(self.bell.clone()), closed: false });
             out[i] = Some(Endpoint::Rx(fifo.receiver(Doorbell::new_private())));
         }
         out.into_iter().map(|e| e.ok_or_else(|| Error::Internal("unconnected TCP key".into()))).collect()
@@ -414,33 +502,40 @@ impl Transport for Tcp {
     fn progress(&self) -> Result<bool> {
         let mut c = self.lock()?;
         let mut moved = false;
-        let Conns { sends, recvs, pollfds, .. } = &mut *c;
+        let Conns { sends, recvs, pollfds, pollmap, .. } = &mut *c;
         for s in sends.iter_mut() {
             moved |= self.pump_send(s)?;
         }
-        // One poll finds the sockets with data, instead of a failed read per socket: on an
-        // oversubscribed host those syscalls burn the core a peer needs.
-        let active =
-            |r: &RecvConn| !r.closed && r.rstart == r.rend && (r.have_header < FRAME_HEADER || r.fifo.can_send());
+        // One poll finds the links with data, instead of a failed read per socket: on an
+        // oversubscribed host those syscalls burn the core a peer needs. Read-ahead bytes,
+        // and a parsed header waiting for a free slot (a message without payload needs no
+        // further byte), are processed without asking the sockets.
         pollfds.clear();
-        pollfds.extend(recvs.iter().map(|r| libc::pollfd {
-            fd: if active(r) { r.sock.as_raw_fd() } else { -1 },
-            events: libc::POLLIN,
-            revents: 0,
-        }));
-        if recvs.len() > 1 {
-            // SAFETY: `pollfds` is a valid array for the call (negative fds are ignored);
-            // a zero timeout makes it a non-blocking check.
-            unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
-        } else {
-            pollfds.iter_mut().for_each(|p| p.revents = libc::POLLIN);
+        pollmap.clear();
+        let mut pending = vec![false; 0];
+        for (i, r) in recvs.iter().enumerate() {
+            let buffered = r.socks.iter().any(|s| s.rstart < s.rend || s.have_header == FRAME_HEADER);
+            pending.push(!r.closed && buffered);
+            if r.closed {
+                continue;
+            }
+            for s in r.socks.iter().filter(|s| s.rstart == s.rend) {
+                pollfds.push(libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pollmap.push(i);
+            }
         }
-        for (r, p) in recvs.iter_mut().zip(pollfds.iter()) {
-            // Read-ahead bytes, and a parsed header waiting for a free slot (a message
-            // without payload needs no further byte from the socket), are processed
-            // without asking the socket.
-            let pending = !r.closed && (r.rstart < r.rend || r.have_header == FRAME_HEADER);
-            if (p.fd >= 0 && p.revents != 0) || pending {
+        if !pollfds.is_empty() {
+            // SAFETY: `pollfds` is a valid array for the call; a zero timeout makes it a
+            // non-blocking check.
+            unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
+        }
+        for (p, &i) in pollfds.iter().zip(pollmap.iter()) {
+            if p.revents != 0 {
+                pending[i] = true;
+            }
+        }
+        for (r, go) in recvs.iter_mut().zip(pending) {
+            if go {
                 moved |= self.pump_recv(r)?;
             }
         }
@@ -459,19 +554,43 @@ impl Transport for Tcp {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         if let Ok(c) = self.conns.lock() {
             for r in c.recvs.iter().filter(|r| !r.closed) {
-                fds.push(libc::pollfd { fd: r.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                for s in &r.socks {
+                    fds.push(libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                }
             }
             for s in c.sends.iter().filter(|s| s.busy) {
-                fds.push(libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+                for t in s.socks.iter().filter(|t| t.left > 0) {
+                    fds.push(libc::pollfd { fd: t.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+                }
             }
         }
         fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
         // SAFETY: `fds` is a valid array of pollfd for the call; the sockets stay open
         // (the lock was released, but only this thread closes or adds connections).
         unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_cover_messages_exactly() {
+        for nsocks in [1usize, 2, 3, 4, 8] {
+            for total in [0usize, 1, 100, STRIPE_MIN - 1, STRIPE_MIN, STRIPE_MIN + 1, 1 << 20, (1 << 20) + 12345] {
+                let v: Vec<(usize, usize)> = stripes(total, nsocks).collect();
+                assert_eq!(v.len(), if nsocks > 1 && total >= STRIPE_MIN { nsocks } else { 1 });
+                let mut at = 0;
+                for (off, len) in v {
+                    assert_eq!(off, at.min(total));
+                    at = off + len;
+                }
+                assert_eq!(at, total, "nsocks {nsocks} total {total}");
+            }
+        }
+        let h = frame_header(5, 9, [1, 2]);
+        assert_eq!(parse_header(&h), (5, 9, [1, 2]));
     }
 }
