@@ -71,7 +71,10 @@ pub struct Shape {
 pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> Result<Plan> {
     let Shape { n, shared, hierarchical, .. } = shape;
     let elem = dtype.size();
-    let chunking = Chunking { chunk: (s.slot_bytes / elem).max(1), align: (64 / elem).max(1) };
+    // Over sockets every hop waits for a whole chunk, so smaller chunks pipeline better
+    // (4 processes over TCP, 1 MiB: 2.6 ms with 64 KiB chunks against 3.5 ms with 256 KiB).
+    let chunk_bytes = if shape.network { s.slot_bytes.min(NETWORK_CHUNK) } else { s.slot_bytes };
+    let chunking = Chunking { chunk: (chunk_bytes / elem).max(1), align: (64 / elem).max(1) };
     let out_bytes = match *coll {
         Collective::AllGather { count } | Collective::AllToAll { count } | Collective::Gather { count, .. } => {
             count.saturating_mul(n)
@@ -107,6 +110,9 @@ pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> R
     };
     Ok(Plan { algo, chunking, nt })
 }
+
+/// Chunk size on communicators with network links.
+const NETWORK_CHUNK: usize = 64 << 10;
 
 /// Smallest call (bytes per rank) for which direct algorithms beat staging through slots.
 const DIRECT_MIN_BYTES: usize = 8 << 10;

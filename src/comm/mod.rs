@@ -423,6 +423,7 @@ impl Comm {
                 desc: prep.desc,
                 nt: prep.plan.nt,
                 seq: self.seq,
+                by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p),
             });
             let call = sc.calls.len() - 1;
             if path != Path::Streams {

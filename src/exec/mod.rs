@@ -17,7 +17,7 @@ pub mod direct;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::algo::{Buf, Rank, Schedule, Span, Step};
+use crate::algo::{Buf, Peers, Rank, Schedule, Span, Step};
 use crate::error::{Error, Result};
 use crate::reduce::{self, Reducer};
 use crate::sync::{self, BackoffConfig, Doorbell, WaitError};
@@ -43,6 +43,9 @@ pub struct Call {
     pub nt: bool,
     /// Sequence number of the call on this communicator (for messages).
     pub seq: u64,
+    /// The schedule writes each output region once, so links that take references may
+    /// send from the caller's buffers (see `execute`).
+    pub by_ref: bool,
 }
 
 /// A schedule being run for one call of the batch.
@@ -303,21 +306,42 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
         // A partial result (hierarchical stages) combines like a received message.
         sc.srcs.push((me, span_ptr(call, sp, step.count)?, !step.partial));
     }
+    let out = match step.output {
+        Some(sp) => Some(span_ptr(call, sp, step.count)?),
+        None => None,
+    };
+    // A single link that takes references (TCP) sends straight from the caller's
+    // buffers instead of a copy in its slot: from the output this step writes, or from
+    // the raw input it only forwards. Only for schedules that write each output region
+    // once per call, so the data cannot change before the send completes (every call
+    // ends with a flush).
+    let mut by_ref: Option<*const u8> = None;
+    if call.by_ref
+        && step.count > 0
+        && let Peers::One(p) = step.send
+        && links.tx_ref(p, ch).by_reference()
+    {
+        by_ref = match (out, step.input, step.recv) {
+            (Some(o), _, _) => Some(o as *const u8),
+            (None, Some(_), Peers::None) if !step.partial && call.reducer.is_none_or(|r| !r.has_pre()) => {
+                sc.srcs.last().map(|s| s.1)
+            }
+            _ => None,
+        };
+    }
     let mut too_big = false;
     step.send.for_each(me, n, |p| {
         let tx = links.tx_ref(p, ch);
         too_big |= bytes > tx.max_bytes();
-        sc.dsts.push(tx.buffer(bytes.min(tx.max_bytes())));
+        if by_ref.is_none() {
+            sc.dsts.push(tx.buffer(bytes.min(tx.max_bytes())));
+        }
     });
     if too_big {
         sc.srcs.clear();
         sc.dsts.clear();
         return Err(Error::Internal(format!("a step of {bytes} bytes exceeds the slot size")));
     }
-    let out = match step.output {
-        Some(sp) => Some(span_ptr(call, sp, step.count)?),
-        None => None,
-    };
     if step.count > 0 {
         // SAFETY: every source and destination holds `step.count` elements: outgoing
         // slots were checked above, incoming messages against `bytes`; spans were
@@ -328,7 +352,10 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
     }
     sc.srcs.clear();
     sc.dsts.clear();
-    step.send.for_each(me, n, |p| links.tx(p, ch).post(bytes, call.desc));
+    match by_ref {
+        Some(src) => step.send.for_each(me, n, |p| links.tx(p, ch).post_ref(src, bytes, call.desc)),
+        None => step.send.for_each(me, n, |p| links.tx(p, ch).post(bytes, call.desc)),
+    }
     step.recv.for_each(me, n, |p| links.rx(p, ch).release());
     Ok(())
 }

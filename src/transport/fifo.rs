@@ -244,7 +244,14 @@ impl Fifo {
 
     /// The sending end. Exactly one may exist per FIFO.
     pub fn sender(&self, peer_bell: Doorbell) -> FifoTx {
-        FifoTx { fifo: self.clone(), head: 0, tail_seen: Cell::new(0), bell: peer_bell }
+        FifoTx { fifo: self.clone(), head: 0, tail_seen: Cell::new(0), bell: peer_bell, by_reference: false }
+    }
+
+    /// A sending end whose messages may also be references to the sender's memory
+    /// ([`FifoTx::post_ref`]): only for a consumer in the sender's process that is done
+    /// with a message before the sender's call returns (the TCP transport's drain).
+    pub fn sender_by_reference(&self, peer_bell: Doorbell) -> FifoTx {
+        FifoTx { by_reference: true, ..self.sender(peer_bell) }
     }
 
     /// The receiving end. Exactly one may exist per FIFO.
@@ -269,6 +276,7 @@ pub struct FifoTx {
     head: u64,
     tail_seen: Cell<u64>,
     bell: Doorbell,
+    by_reference: bool,
 }
 
 impl FifoTx {
@@ -313,11 +321,32 @@ impl FifoTx {
         self.bell.ring();
     }
 
+    /// Whether [`FifoTx::post_ref`] is allowed.
+    #[inline]
+    pub fn by_reference(&self) -> bool {
+        self.by_reference
+    }
+
+    /// Publishes the next message as a reference to `bytes` bytes at `ptr`, which must
+    /// stay valid and unchanged until the consumer releases the message (the executor
+    /// flushes before a call returns). Only where [`FifoTx::by_reference`].
+    #[inline]
+    pub fn post_ref(&mut self, ptr: *const u8, bytes: usize, desc: Desc) {
+        debug_assert!(self.by_reference && bytes <= self.max_bytes());
+        let inline = self.buffer(0) as *mut u64;
+        // SAFETY: the slot is ours (can_send was checked); its inline bytes hold 8 bytes.
+        unsafe { inline.write_unaligned(ptr as u64) };
+        self.post(bytes | REFERENCE, desc);
+    }
+
     /// Messages posted so far.
     pub fn posted(&self) -> u64 {
         self.head
     }
 }
+
+/// Flag in a slot's size: the payload is elsewhere, its address in the inline bytes.
+const REFERENCE: usize = 1 << 62;
 
 /// A received message, valid until [`FifoRx::release`].
 #[derive(Clone, Copy, Debug)]
@@ -359,6 +388,12 @@ impl FifoRx {
                 [(*h).desc[0].load(Ordering::Relaxed), (*h).desc[1].load(Ordering::Relaxed)],
             )
         };
+        if bytes & REFERENCE != 0 {
+            let bytes = (bytes & !REFERENCE).min(self.fifo.shape.slot_bytes);
+            // SAFETY: a reference message keeps the address in its inline bytes.
+            let ptr = unsafe { (self.fifo.data(slot, 0) as *const u64).read_unaligned() } as *const u8;
+            return Msg { ptr, bytes, desc };
+        }
         // A corrupt size must not make us read outside the slot.
         let bytes = bytes.min(self.fifo.shape.slot_bytes);
         Msg { ptr: self.fifo.data(slot, bytes), bytes, desc }

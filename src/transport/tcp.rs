@@ -229,7 +229,8 @@ impl Tcp {
             };
             let mut d = Dec::new(&hello, "connection hello");
             let ok = d.raw(32).is_ok_and(|x| same_secret(&self.secret, x));
-            let (peer, ch, idx) = (d.u32().unwrap_or(u32::MAX) as usize, d.u32().unwrap_or(u32::MAX), d.u32().unwrap_or(u32::MAX));
+            let (peer, ch, idx) =
+                (d.u32().unwrap_or(u32::MAX) as usize, d.u32().unwrap_or(u32::MAX), d.u32().unwrap_or(u32::MAX));
             if !ok || peer >= self.addrs.len() || ch > u8::MAX as u32 || idx as usize >= self.nsocks {
                 log::warn(&format!(
                     "rank {}: refused a data connection from {from}: wrong secret, rank or socket count (OXCCL_NSOCKS must match on every rank)",
@@ -458,8 +459,13 @@ impl Transport for Tcp {
             }
             let region = Arc::new(Region::heap(self.shape.region_bytes())?);
             let fifo = Fifo::init(region, 0, self.shape)?;
-            self.lock()?.sends.push(SendConn { peer: k.peer, socks, fifo: fifo.receiver(self.bell.clone()), busy: false });
-            out[i] = Some(Endpoint::Tx(fifo.sender(Doorbell::new_private())));
+            self.lock()?.sends.push(SendConn {
+                peer: k.peer,
+                socks,
+                fifo: fifo.receiver(self.bell.clone()),
+                busy: false,
+            });
+            out[i] = Some(Endpoint::Tx(fifo.sender_by_reference(Doorbell::new_private())));
         }
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Recv) {
             let mut socks = Vec::with_capacity(self.nsocks);
@@ -473,7 +479,11 @@ impl Transport for Tcp {
                     drop(c);
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::Timeout {
-                            op: format!("rank {me}: waiting for {} to connect (channel {})", self.who(k.peer), k.channel),
+                            op: format!(
+                                "rank {me}: waiting for {} to connect (channel {})",
+                                self.who(k.peer),
+                                k.channel
+                            ),
                             waited: self.timeout.unwrap_or_default(),
                             peers: vec![k.peer],
                         });
@@ -493,7 +503,12 @@ impl Transport for Tcp {
             }
             let region = Arc::new(Region::heap(self.shape.region_bytes())?);
             let fifo = Fifo::init(region, 0, self.shape)?;
-            self.lock()?.recvs.push(RecvConn { peer: k.peer, socks, fifo: fifo.sender(self.bell.clone()), closed: false });
+            self.lock()?.recvs.push(RecvConn {
+                peer: k.peer,
+                socks,
+                fifo: fifo.sender(self.bell.clone()),
+                closed: false,
+            });
             out[i] = Some(Endpoint::Rx(fifo.receiver(Doorbell::new_private())));
         }
         out.into_iter().map(|e| e.ok_or_else(|| Error::Internal("unconnected TCP key".into()))).collect()
@@ -565,7 +580,10 @@ impl Transport for Tcp {
             }
         }
         fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
         // SAFETY: `fds` is a valid array of pollfd for the call; the sockets stay open
         // (the lock was released, but only this thread closes or adds connections).
         unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
