@@ -57,7 +57,10 @@ fn child() {
                 comm.all_gather(&send, &mut all).unwrap();
                 for r in 0..n {
                     let blk = &all[r * count..(r + 1) * count];
-                    assert!(blk.iter().enumerate().all(|(i, &x)| x == ((i % 1021) * (r + 1)) as f32), "all_gather {count}");
+                    assert!(
+                        blk.iter().enumerate().all(|(i, &x)| x == ((i % 1021) * (r + 1)) as f32),
+                        "all_gather {count}"
+                    );
                 }
                 let mut got = vec![0f32; count];
                 comm.group(|g| {
@@ -201,7 +204,8 @@ fn tcp_flow_control() {
 #[test]
 fn tcp_large_messages_and_striping() {
     for nsocks in ["1", "3"] {
-        let out = launch("large", job(3, &[("OXCCL_SHM_DISABLE", "1"), ("OXCCL_NSOCKS", nsocks)]), Duration::from_secs(180));
+        let out =
+            launch("large", job(3, &[("OXCCL_SHM_DISABLE", "1"), ("OXCCL_NSOCKS", nsocks)]), Duration::from_secs(180));
         for (r, o) in out.iter().enumerate() {
             assert_eq!(o.status, Some(0), "rank {r} (OXCCL_NSOCKS={nsocks}) failed:\n{}", o.stderr);
         }
