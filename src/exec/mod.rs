@@ -184,11 +184,15 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_li
     }
 }
 
-fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
-    let (me, n) = (ctx.me, ctx.n);
+/// Waits, with the communicator's backoff, until `ready(links)` holds, moving network
+/// bytes meanwhile. On timeout, `timed_out(links)` says what the rank was waiting for.
+fn wait_on(
+    ctx: &mut Ctx<'_>,
+    ready: &mut dyn FnMut(&Links) -> bool,
+    timed_out: &dyn Fn(&Links) -> (String, Vec<Rank>),
+) -> Result<()> {
     let links: &Links = ctx.links;
-    let aborted = ctx.aborted;
-    let transport = ctx.transport;
+    let (aborted, transport) = (ctx.aborted, ctx.transport);
     let mut failed = None;
     let io = |d: Duration| transport.wait_io(d);
     let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
@@ -197,12 +201,12 @@ fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
         ctx.bell,
         ctx.timeout,
         &|| aborted.load(Ordering::Relaxed),
-        &mut || {
-            if let Err(e) = transport.progress() {
+        &mut || match transport.progress() {
+            Err(e) => {
                 failed = Some(e);
-                return true;
+                true
             }
-            streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st)))
+            Ok(_) => ready(links),
         },
         io,
     );
@@ -211,33 +215,41 @@ fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
     }
     match r {
         Ok(()) => Ok(()),
-        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {me}: the communicator was aborted"))),
+        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {}: the communicator was aborted", ctx.me))),
         Err(WaitError::Timeout) => {
-            let mut peers = Vec::new();
-            let mut what = String::new();
-            for s in streams {
-                if let Some(st) = s.cur {
-                    st.recv.for_each(me, n, |p| {
-                        if !links.rx_ref(p, st.channel).can_recv() {
-                            peers.push(p);
-                        }
-                    });
-                    st.send.for_each(me, n, |p| {
-                        if !links.tx_ref(p, st.channel).can_send() {
-                            peers.push(p);
-                        }
-                    });
-                    if what.is_empty() {
-                        let c = &calls[s.call];
-                        what = format!("rank {me}: {} #{}", desc::describe(c.desc), c.seq);
-                    }
-                }
-            }
+            let (op, mut peers) = timed_out(links);
             peers.sort_unstable();
             peers.dedup();
-            Err(Error::Timeout { op: what, waited: ctx.timeout.unwrap_or_default(), peers })
+            Err(Error::Timeout { op, waited: ctx.timeout.unwrap_or_default(), peers })
         }
     }
+}
+
+fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
+    let (me, n) = (ctx.me, ctx.n);
+    wait_on(ctx, &mut |links| streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st))), &|links| {
+        let mut peers = Vec::new();
+        let mut what = String::new();
+        for s in streams {
+            if let Some(st) = s.cur {
+                st.recv.for_each(me, n, |p| {
+                    if !links.rx_ref(p, st.channel).can_recv() {
+                        peers.push(p);
+                    }
+                });
+                st.send.for_each(me, n, |p| {
+                    if !links.tx_ref(p, st.channel).can_send() {
+                        peers.push(p);
+                    }
+                });
+                if what.is_empty() {
+                    let c = &calls[s.call];
+                    what = format!("rank {me}: {} #{}", desc::describe(c.desc), c.seq);
+                }
+            }
+        }
+        (what, peers)
+    })
 }
 
 /// Vectors reused by every step, so steps do not allocate. Empty between steps.
@@ -546,71 +558,15 @@ pub fn flush(ctx: &mut Ctx<'_>, op: &str) -> Result<()> {
     if transport.flushed() {
         return Ok(());
     }
-    let aborted = ctx.aborted;
-    let mut failed = None;
-    let io = |d: Duration| transport.wait_io(d);
-    let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
-    let r = sync::wait_until(
-        &ctx.backoff,
-        ctx.bell,
-        ctx.timeout,
-        &|| aborted.load(Ordering::Relaxed),
-        &mut || {
-            if let Err(e) = transport.progress() {
-                failed = Some(e);
-                return true;
-            }
-            transport.flushed()
-        },
-        io,
-    );
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    match r {
-        Ok(()) => Ok(()),
-        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {}: the communicator was aborted", ctx.me))),
-        Err(WaitError::Timeout) => Err(Error::Timeout {
-            op: format!("rank {}: {op}: sending the last messages", ctx.me),
-            waited: ctx.timeout.unwrap_or_default(),
-            peers: vec![],
-        }),
-    }
+    let me = ctx.me;
+    wait_on(ctx, &mut |_| transport.flushed(), &|_| (format!("rank {me}: {op}: sending the last messages"), vec![]))
 }
 
 /// Waits until `ok(links, peer)` holds for every peer.
 pub(crate) fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank) -> bool) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
-    let links: &Links = ctx.links;
-    let aborted = ctx.aborted;
-    let transport = ctx.transport;
-    let mut failed = None;
-    let io = |d: Duration| transport.wait_io(d);
-    let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
-    let r = sync::wait_until(
-        &ctx.backoff,
-        ctx.bell,
-        ctx.timeout,
-        &|| aborted.load(Ordering::Relaxed),
-        &mut || {
-            if let Err(e) = transport.progress() {
-                failed = Some(e);
-                return true;
-            }
-            (0..n).filter(|&p| p != me).all(|p| ok(links, p))
-        },
-        io,
-    );
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    match r {
-        Ok(()) => Ok(()),
-        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {me}: the communicator was aborted"))),
-        Err(WaitError::Timeout) => Err(Error::Timeout {
-            op: format!("rank {me}: {} #{}", desc::describe(call.desc), call.seq),
-            waited: ctx.timeout.unwrap_or_default(),
-            peers: (0..n).filter(|&p| p != me && !ok(links, p)).collect(),
-        }),
-    }
+    wait_on(ctx, &mut |links| (0..n).filter(|&p| p != me).all(|p| ok(links, p)), &|links| {
+        let what = format!("rank {me}: {} #{}", desc::describe(call.desc), call.seq);
+        (what, (0..n).filter(|&p| p != me && !ok(links, p)).collect())
+    })
 }
