@@ -175,3 +175,58 @@ fn collectives_and_point_to_point_in_one_group() {
     });
     let _ = out;
 }
+
+/// `Comm::split` as `ncclCommSplit`: groups by colour, ordered by key then parent rank,
+/// no communicator for no colour, nested splits, children that outlive the parent.
+#[test]
+fn split_groups_by_colour_and_orders_by_key() {
+    const N: usize = 6;
+    run_ranks(N, &Config::new(), DEADLINE, |mut c| {
+        let me = c.rank();
+        // Colours {0, 3}, {1, 4}, {2, 5}; keys reversed, so the higher parent rank is
+        // rank 0 of its group.
+        let mut sub = c.split(Some((me % 3) as u32), -(me as i32)).unwrap().expect("a colour gives a communicator");
+        assert_eq!((sub.size(), sub.rank()), (2, if me < 3 { 1 } else { 0 }));
+        let mut x = [me as u64 * 10];
+        sub.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();
+        assert_eq!(x[0], ((me % 3) * 10 + (me % 3 + 3) * 10) as u64);
+        // Rank 0 of the group broadcasts its parent rank: that is the higher one.
+        let mut who = [me as u32];
+        sub.broadcast_in_place(&mut who, 0).unwrap();
+        assert_eq!(who[0] as usize, me % 3 + 3);
+
+        // Ranks 0 and 1 stay out; the other four form one group, equal keys ordered by
+        // parent rank.
+        let color = if me < 2 { None } else { Some(7) };
+        let quad = c.split(color, 0).unwrap();
+        assert_eq!(quad.is_some(), me >= 2);
+        // The parent goes first; its children keep working.
+        drop(c);
+        if let Some(mut q) = quad {
+            assert_eq!((q.size(), q.rank()), (4, me - 2));
+            // A split of a split.
+            let mut pair = q.split(Some((q.rank() / 2) as u32), 0).unwrap().unwrap();
+            let mut y = [me as i32];
+            pair.all_reduce_in_place(&mut y, ReduceOp::Max).unwrap();
+            assert_eq!(y[0] as usize, if me < 4 { 3 } else { 5 });
+            let mut z = [1i32];
+            q.all_reduce_in_place(&mut z, ReduceOp::Sum).unwrap();
+            assert_eq!(z[0], 4);
+        }
+        sub.barrier().unwrap();
+    });
+}
+
+#[test]
+fn split_with_a_bad_colour_fails_on_every_rank() {
+    let out = run_ranks(3, &Config::new(), DEADLINE, |mut c| {
+        let color = if c.rank() == 2 { Some(Comm::MAX_COLOR + 1) } else { Some(0) };
+        match c.split(color, 0) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {:?}", other.map(|c| c.map(|c| c.size()))),
+        }
+    });
+    for m in out {
+        assert!(m.contains("rank 2 gave colour 2147483648"), "{m}");
+    }
+}

@@ -44,6 +44,33 @@ fn child() {
             }
         }
         "init" => {}
+        "split" => {
+            use oxccl::ReduceOp;
+            let (me, n) = (comm.rank(), comm.size());
+            // Even and odd ranks, keys reversed; rank 1 stays out of a second split.
+            let mut half = comm.split(Some((me % 2) as u32), -(me as i32)).unwrap().unwrap();
+            let size = n.div_ceil(2) - (n % 2 == 1 && me % 2 == 1) as usize;
+            assert_eq!(half.size(), size, "half size");
+            let members: Vec<usize> = (0..n).filter(|r| r % 2 == me % 2).rev().collect();
+            assert_eq!(half.rank(), members.iter().position(|&r| r == me).unwrap(), "half rank");
+            let mut x = vec![me as u64 + 1; 100_000];
+            half.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();
+            let want: u64 = members.iter().map(|&r| r as u64 + 1).sum();
+            assert!(x.iter().all(|&v| v == want), "all_reduce on the half");
+            let rest = comm.split(if me == 1 { None } else { Some(0) }, 0).unwrap();
+            assert_eq!(rest.is_none(), me == 1);
+            if let Some(mut rest) = rest {
+                let mut y = vec![1u32; 1000];
+                rest.scope(|s| s.all_reduce_in_place(&mut y, ReduceOp::Sum).unwrap().wait().map(|_| ()))
+                    .unwrap()
+                    .unwrap();
+                assert!(y.iter().all(|&v| v as usize == n - 1), "all_reduce on the rest");
+            }
+            // The parent still works after its splits.
+            let mut z = [1u8];
+            comm.all_reduce_in_place(&mut z, ReduceOp::Sum).unwrap();
+            assert_eq!(z[0] as usize, n);
+        }
         "large" => {
             use oxccl::ReduceOp;
             let (me, n) = (comm.rank(), comm.size());
@@ -167,6 +194,16 @@ fn run_matrix(n: usize, extra: &[(&str, &str)]) {
     let out = launch("matrix", job(n, extra), Duration::from_secs(240));
     for (r, o) in out.iter().enumerate() {
         assert_eq!(o.status, Some(0), "rank {r} of {n} ({extra:?}) failed:\n{}", o.stderr);
+    }
+}
+
+#[test]
+fn split_processes() {
+    for extra in [&[][..], &[("OXCCL_SHM_DISABLE", "1")][..]] {
+        let out = launch("split", job(4, extra), Duration::from_secs(120));
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(o.status, Some(0), "rank {r} ({extra:?}) failed:\n{}", o.stderr);
+        }
     }
 }
 

@@ -26,7 +26,11 @@ impl UniqueId {
     /// `ncclGetUniqueId`): the root listens on the interface `OXCCL_SOCKET_IFNAME`
     /// selects and serves one job, for at most the timeout (`OXCCL_TIMEOUT`).
     pub fn new() -> Result<UniqueId> {
-        let s = Config::new().resolve()?;
+        Self::new_with(&Config::new().resolve()?)
+    }
+
+    /// As [`UniqueId::new`], with resolved settings (interface and timeout).
+    pub(crate) fn new_with(s: &Settings) -> Result<UniqueId> {
         let ip = netif::pick(s.socket_ifname.as_deref())?.ip;
         let l = TcpListener::bind(SocketAddr::new(ip, 0))
             .map_err(|e| Error::system(format!("binding the bootstrap root on {ip}"), e))?;
@@ -77,7 +81,16 @@ impl Comm {
     /// duplicate or out-of-range rank, different `nranks`) or a rank does not arrive
     /// within the timeout.
     pub fn init_rank(id: &UniqueId, rank: usize, nranks: usize, config: &Config) -> Result<Comm> {
-        let settings = Arc::new(config.resolve()?);
+        Self::init_rank_settings(id, rank, nranks, Arc::new(config.resolve()?))
+    }
+
+    /// As [`Comm::init_rank`], with resolved settings.
+    pub(crate) fn init_rank_settings(
+        id: &UniqueId,
+        rank: usize,
+        nranks: usize,
+        settings: Arc<Settings>,
+    ) -> Result<Comm> {
         if nranks == 0 || rank >= nranks {
             return Err(Error::InvalidArgument(format!("rank {rank} is out of range for a job of {nranks} ranks")));
         }
@@ -153,13 +166,17 @@ impl Comm {
         }
         let topo = Topo::with_hosts(rank, topology.ring.clone(), topology.hosts.clone());
         let mut comm = Comm::assemble(rank, nranks, settings, topo, Box::new(transport), bell, local.len());
-        comm.sockets = sockets;
-        if sockets && comm.settings.yield_for.is_none() {
-            // Sockets get their own wait (poll): yielding long only burns the core the
-            // peer's kernel needs to move the data.
-            comm.backoff.yield_for = std::time::Duration::from_micros(50);
+        {
+            let mut e = comm.engine()?;
+            e.sockets = sockets;
+            if sockets && e.settings.yield_for.is_none() {
+                // Sockets get their own wait (poll): yielding long only burns the core the
+                // peer's kernel needs to move the data.
+                e.backoff.yield_for = std::time::Duration::from_micros(50);
+            }
         }
         comm.bootstrap = Some(boot);
+        comm.family = super::split::Family::Processes;
         comm.topology = Some(topology);
         if rank == 0 && (comm.settings.debug || log::info_enabled()) {
             comm.log_topology();

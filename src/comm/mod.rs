@@ -6,26 +6,27 @@
 //! moves no bytes itself.
 
 mod calls;
+mod engine;
 mod group;
 mod init;
+mod split;
+mod work;
 
 pub use group::Group;
+pub use work::{Scope, Work};
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use crate::algo::{self, Algo, Collective, Topo};
+use crate::algo::{self, Collective, Topo};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
-use crate::exec::{self, Call, Ctx, Stream};
-use crate::plan;
-use crate::reduce::Reducer;
-use crate::sync::{BackoffConfig, Doorbell};
+use crate::sync::Doorbell;
+use crate::transport::Transport;
 use crate::transport::fifo::FifoShape;
 use crate::transport::inproc::{InProc, World};
-use crate::transport::{Links, Transport};
 use crate::types::{DataType, Element, ReduceOp};
+use engine::Engine;
 
 /// A communicator: one rank's handle on a group of ranks that run collectives together.
 ///
@@ -58,34 +59,18 @@ pub struct Comm {
     rank: usize,
     nranks: usize,
     settings: Arc<Settings>,
-    topo: Topo,
-    links: Links,
-    transport: Box<dyn Transport>,
-    bell: Doorbell,
+    engine: Arc<Mutex<Engine>>,
     aborted: Arc<AtomicBool>,
-    seq: u64,
-    backoff: BackoffConfig,
-    scratch: Scratch,
+    bell: Doorbell,
     bootstrap: Option<crate::bootstrap::Bootstrap>,
     topology: Option<crate::topology::Topology>,
-    /// Some links are sockets: calls end by flushing them.
-    sockets: bool,
+    /// The progress thread, started by the first [`Comm::scope`].
+    worker: Option<work::Worker>,
+    /// Where the ranks live (threads or processes), for [`Comm::split`].
+    family: split::Family,
+    /// Splits so far: together with the family, names a split's groups.
+    splits: u64,
 }
-
-/// Vectors reused from call to call, so a call does not allocate.
-#[derive(Default)]
-struct Scratch {
-    calls: Vec<Call>,
-    streams: Vec<Stream>,
-    scheds: Vec<algo::Schedule>,
-    exec: exec::Scratch,
-    prepared: Vec<Prepared>,
-}
-
-// SAFETY: `Call` holds raw pointers into the caller's buffers only while a call runs;
-// between calls the vectors are empty, so moving the communicator to another thread
-// moves no live pointer.
-unsafe impl Send for Scratch {}
 
 /// A handle that aborts a communicator from any thread.
 #[derive(Clone)]
@@ -129,11 +114,15 @@ impl Comm {
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
         let world = World::new(nranks, shape)?;
         let order: Vec<usize> = (0..nranks).collect();
+        let family = split::Family::Threads(split::new_thread_family());
         let comms: Vec<Comm> = (0..nranks)
             .map(|rank| {
                 let transport = Box::new(InProc::new(world.clone()));
                 let topo = Topo::new(rank, order.clone());
-                Comm::assemble(rank, nranks, settings.clone(), topo, transport, world.bell(rank).clone(), nranks)
+                let mut c =
+                    Comm::assemble(rank, nranks, settings.clone(), topo, transport, world.bell(rank).clone(), nranks);
+                c.family = family;
+                c
             })
             .collect();
         if settings.debug {
@@ -152,25 +141,31 @@ impl Comm {
         bell: Doorbell,
         local_ranks: usize,
     ) -> Comm {
+        let aborted = Arc::new(AtomicBool::new(false));
+        let engine =
+            Engine::new(rank, nranks, settings.clone(), topo, transport, bell.clone(), aborted.clone(), local_ranks);
         Comm {
             rank,
             nranks,
-            backoff: backoff(&settings, local_ranks),
             settings,
-            topo,
-            links: Links::new(nranks),
-            transport,
+            engine: Arc::new(Mutex::new(engine)),
+            aborted,
             bell,
-            aborted: Arc::new(AtomicBool::new(false)),
-            seq: 0,
-            scratch: Scratch::default(),
             bootstrap: None,
             topology: None,
-            sockets: false,
+            worker: None,
+            family: split::Family::Processes,
+            splits: 0,
         }
     }
 
+    /// The engine, for a call on this thread.
+    fn engine(&self) -> Result<std::sync::MutexGuard<'_, Engine>> {
+        self.engine.lock().map_err(|_| Error::Internal("communicator state poisoned by a panic".into()))
+    }
+
     fn log_topology(&self) {
+        let Ok(engine) = self.engine() else { return };
         let s = &self.settings;
         let ranks = match &self.topology {
             Some(t) => format!("{} ranks on {} host(s)", self.nranks, t.hosts.len()),
@@ -178,14 +173,14 @@ impl Comm {
         };
         eprintln!(
             "oxccl INFO: {ranks}, transport {}, slots {} x {} B, timeout {:?}, forced algo {:?}, kernels {:?}",
-            self.transport.name(),
+            engine.transport.name(),
             s.nslots,
             s.slot_bytes,
             s.timeout,
             s.algo,
             crate::reduce::Level::selected()
         );
-        eprintln!("oxccl INFO: ring {:?}", self.topo.ring);
+        eprintln!("oxccl INFO: ring {:?}", engine.topo.ring);
         for t in 0..2 {
             let nodes: Vec<String> = (0..self.nranks)
                 .map(|r| {
@@ -356,165 +351,13 @@ impl Comm {
         self.run(&specs)
     }
 
-    fn ensure_alive(&self) -> Result<()> {
-        if self.aborted.load(Ordering::Relaxed) {
-            return Err(Error::Aborted(format!("rank {}: the communicator was aborted", self.rank)));
-        }
-        Ok(())
-    }
-
     /// Runs one call.
     fn run1(&mut self, s: CallSpec) -> Result<()> {
         self.run(std::slice::from_ref(&s))
     }
 
-    /// Plans and runs a batch of calls (one call, or a group).
+    /// Plans and runs a batch of calls (one call, or a group) on this thread.
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
-        self.ensure_alive()?;
-        let sc = &mut self.scratch;
-        let mut all_connected = true;
-        let mut path = Path::Streams;
-        // Direct algorithms synchronise the whole call with their peers; inside a group
-        // they could wait on a peer that waits on another member of the group.
-        let shared = self.transport.shares_address_space() && specs.len() == 1;
-        for s in specs {
-            self.seq += 1;
-            if s.coll.count() == 0 && s.coll != Collective::Barrier {
-                continue;
-            }
-            let prep = match sc.prepared.iter().position(|p| p.matches(s, shared)) {
-                Some(i) => sc.prepared[i],
-                None => {
-                    let shape = plan::Shape {
-                        n: self.nranks,
-                        shared,
-                        hierarchical: self.topo.hierarchical(),
-                        network: self.sockets,
-                    };
-                    let p = Prepared::new(s, shape, &self.settings)?;
-                    if sc.prepared.len() == PREPARED_CACHE {
-                        sc.prepared.remove(0);
-                    }
-                    sc.prepared.push(p);
-                    p
-                }
-            };
-            all_connected &= prep.connected;
-            if specs.len() == 1 {
-                path = match prep.plan.algo {
-                    Algo::Direct => Path::Direct,
-                    Algo::OneShot
-                        if prep.connected
-                            && self.nranks > 1
-                            && s.send_len * s.dtype.size() <= self.settings.slot_bytes =>
-                    {
-                        Path::OneSlot
-                    }
-                    _ => Path::Streams,
-                };
-            }
-            sc.calls.push(Call {
-                send: s.send,
-                send_len: s.send_len,
-                recv: s.recv,
-                recv_len: s.recv_len,
-                elem: s.dtype.size(),
-                reducer: prep.reducer,
-                desc: prep.desc,
-                nt: prep.plan.nt,
-                seq: self.seq,
-                by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p),
-            });
-            let call = sc.calls.len() - 1;
-            if path != Path::Streams {
-                continue;
-            }
-            algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
-            sc.streams.extend(sc.scheds.drain(..).map(|sched| Stream::new(sched, call)));
-        }
-        let mut ctx = Ctx {
-            me: self.rank,
-            n: self.nranks,
-            links: &mut self.links,
-            transport: &*self.transport,
-            bell: &self.bell,
-            backoff: self.backoff,
-            timeout: self.settings.timeout,
-            aborted: &self.aborted,
-            scratch: &mut sc.exec,
-        };
-        let mut r = match (path, specs, &sc.calls[..]) {
-            (Path::Direct, [s], [call]) => exec::direct::run(&mut ctx, call, &s.coll),
-            (Path::OneSlot, [s], [call]) => exec::all_reduce_one_slot(&mut ctx, call, s.coll.count()),
-            _ if sc.streams.is_empty() => Ok(()),
-            _ => exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected),
-        };
-        if r.is_ok() && self.sockets {
-            let what = specs.first().map_or("call", |s| s.coll.name());
-            r = exec::flush(&mut ctx, what);
-        }
-        if r.is_ok() && !all_connected {
-            for s in specs {
-                if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s, shared)) {
-                    p.connected = true;
-                }
-            }
-        }
-        sc.calls.clear();
-        sc.streams.clear();
-        r
-    }
-}
-
-/// How a rank of a host running `local_ranks` ranks waits.
-fn backoff(s: &Settings, local_ranks: usize) -> BackoffConfig {
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let spins = s.spins.unwrap_or(if local_ranks > cores { 4 } else { 64 });
-    BackoffConfig { spins, yield_for: s.yield_for.unwrap_or(Duration::from_micros(500)), ..BackoffConfig::default() }
-}
-
-/// How a batch runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// Schedules over FIFOs, through the general executor.
-    Streams,
-    /// Directly in the peers' buffers (threads of one process).
-    Direct,
-    /// The one-slot one-shot all-reduce fast path.
-    OneSlot,
-}
-
-/// How many distinct calls keep their plan cached.
-const PREPARED_CACHE: usize = 16;
-
-/// Everything about a call that depends only on its shape, cached so repeated calls
-/// (the common case in training loops and benchmarks) skip planning.
-#[derive(Clone, Copy)]
-struct Prepared {
-    coll: Collective,
-    dtype: DataType,
-    op: Option<ReduceOp>,
-    shared: bool,
-    plan: plan::Plan,
-    reducer: Option<Reducer>,
-    desc: crate::transport::Desc,
-    /// The links this call uses are known to be connected.
-    connected: bool,
-}
-
-impl Prepared {
-    fn new(s: &CallSpec, shape: plan::Shape, settings: &Settings) -> Result<Prepared> {
-        let (nranks, shared) = (shape.n, shape.shared);
-        let plan = plan::plan(&s.coll, s.dtype, shape, settings)?;
-        let reducer = match (&s.op, s.coll.reduces()) {
-            (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
-            _ => None,
-        };
-        let desc = exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), plan.algo);
-        Ok(Prepared { coll: s.coll, dtype: s.dtype, op: s.op, shared, plan, reducer, desc, connected: false })
-    }
-
-    fn matches(&self, s: &CallSpec, shared: bool) -> bool {
-        self.coll == s.coll && self.dtype == s.dtype && self.op == s.op && self.shared == shared
+        self.engine()?.run(specs)
     }
 }

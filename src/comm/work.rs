@@ -1,0 +1,376 @@
+//! Operations that run while the caller computes: a [`Scope`] lends buffers to the
+//! communicator's progress thread, which runs the operations in issue order; each
+//! returns a [`Work`] handle whose `wait` gives the buffers back.
+//!
+//! Soundness rests on two rules the types enforce: a buffer lent to an operation stays
+//! borrowed (immutably or mutably, as the operation needs) until its handle is waited on
+//! or the scope ends, and the scope does not return, not even by unwinding, before every
+//! operation issued in it has completed.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::engine::Engine;
+use super::{CallSpec, Comm};
+use crate::error::{Error, Result};
+use crate::types::{Element, ReduceOp};
+
+/// Where an operation stands.
+#[derive(Default)]
+enum Outcome {
+    #[default]
+    Pending,
+    Done(Result<()>),
+    /// Done, and the result went to whoever waited first.
+    Taken,
+}
+
+/// Completion of one operation, shared between the progress thread and its handle.
+#[derive(Default)]
+struct State {
+    outcome: Mutex<Outcome>,
+    done: Condvar,
+}
+
+impl State {
+    fn complete(&self, r: Result<()>) {
+        if let Ok(mut g) = self.outcome.lock() {
+            *g = Outcome::Done(r);
+        }
+        self.done.notify_all();
+    }
+
+    fn is_done(&self) -> bool {
+        self.outcome.lock().is_ok_and(|g| !matches!(*g, Outcome::Pending))
+    }
+
+    /// Waits at most `limit` (forever with `None`) for the operation: `None` while it
+    /// is still pending, else its result (`Ok` if someone took it already).
+    fn take(&self, limit: Option<Duration>) -> Option<Result<()>> {
+        let lost = || Some(Err(Error::Internal("the progress thread's state was poisoned".into())));
+        let Ok(mut g) = self.outcome.lock() else { return lost() };
+        let deadline = limit.map(|t| std::time::Instant::now() + t);
+        while matches!(*g, Outcome::Pending) {
+            g = match deadline {
+                None => match self.done.wait(g) {
+                    Ok(g) => g,
+                    Err(_) => return lost(),
+                },
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    match self.done.wait_timeout(g, d - now) {
+                        Ok((g, _)) => g,
+                        Err(_) => return lost(),
+                    }
+                }
+            };
+        }
+        match std::mem::replace(&mut *g, Outcome::Taken) {
+            Outcome::Done(r) => Some(r),
+            _ => Some(Ok(())),
+        }
+    }
+}
+
+/// An operation for the progress thread.
+struct Job {
+    specs: Vec<CallSpec>,
+    state: Arc<State>,
+}
+
+// SAFETY: the job's raw pointers point into buffers borrowed by a `Scope`, which does not
+// end before the job has completed; only the progress thread touches them meanwhile.
+unsafe impl Send for Job {}
+
+impl Drop for Job {
+    /// A job dropped before it ran (its thread is gone) must still release its waiters.
+    fn drop(&mut self) {
+        if !self.state.is_done() {
+            self.state.complete(Err(Error::Internal("the progress thread ended before running an operation".into())));
+        }
+    }
+}
+
+/// A communicator's progress thread: runs jobs in the order they were issued.
+pub(crate) struct Worker {
+    jobs: mpsc::Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(engine: Arc<Mutex<Engine>>, rank: usize) -> Result<Worker> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name(format!("oxccl-progress-{rank}"))
+            .spawn(move || {
+                for job in rx {
+                    let r = match engine.lock() {
+                        Ok(mut e) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.run(&job.specs)))
+                            .unwrap_or_else(|_| {
+                                Err(Error::Internal("an operation panicked on the progress thread".into()))
+                            }),
+                        Err(_) => Err(Error::Internal("communicator state poisoned by a panic".into())),
+                    };
+                    job.state.complete(r);
+                }
+            })
+            .map_err(|e| Error::system("starting the progress thread", e))?;
+        Ok(Worker { jobs: tx, thread: Some(thread) })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop once the queue is empty.
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Operations issued together; see [`Comm::scope`].
+pub struct Scope<'scope, 'env: 'scope> {
+    comm: &'scope Comm,
+    issued: RefCell<Vec<Arc<State>>>,
+    _env: PhantomData<&'env mut &'env ()>,
+}
+
+/// A pending operation of a [`Scope`]. [`Work::wait`] returns the buffer the operation
+/// wrote, once it is complete; dropping the handle leaves the buffer lent until the scope
+/// ends.
+#[must_use = "an operation's buffer stays lent until its work is waited on or the scope ends"]
+pub struct Work<'scope, B> {
+    state: Arc<State>,
+    buf: Option<B>,
+    _scope: PhantomData<&'scope ()>,
+}
+
+impl<B> Work<'_, B> {
+    /// Whether the operation has completed (successfully or not).
+    pub fn is_completed(&self) -> bool {
+        self.state.is_done()
+    }
+
+    /// Waits for the operation and gives its buffer back.
+    pub fn wait(mut self) -> Result<B> {
+        match self.state.take(None) {
+            Some(r) => r.map(|()| self.buf.take().expect("buffer held until completion")),
+            None => unreachable!("an unlimited wait returns only when done"),
+        }
+    }
+
+    /// Waits at most `limit`: `Ok(buffer)` once complete, or the handle back
+    /// (`Err(self)`) if the operation is still running.
+    pub fn wait_timeout(mut self, limit: Duration) -> std::result::Result<Result<B>, Self> {
+        match self.state.take(Some(limit)) {
+            Some(r) => Ok(r.map(|()| self.buf.take().expect("buffer held until completion"))),
+            None => Err(self),
+        }
+    }
+}
+
+impl<'scope, 'env> Scope<'scope, 'env> {
+    fn submit<B>(&self, specs: Vec<CallSpec>, buf: B) -> Result<Work<'scope, B>> {
+        let state = Arc::new(State::default());
+        let worker = self.comm.worker.as_ref().ok_or_else(|| Error::Internal("no progress thread".into()))?;
+        worker
+            .jobs
+            .send(Job { specs, state: state.clone() })
+            .map_err(|_| Error::Internal("progress thread gone".into()))?;
+        self.issued.borrow_mut().push(state.clone());
+        Ok(Work { state, buf: Some(buf), _scope: PhantomData })
+    }
+
+    fn ranks(&self) -> super::calls::Ranks {
+        self.comm.ranks()
+    }
+
+    /// Non-blocking [`Comm::all_reduce`]: `wait` returns `recv`.
+    pub fn all_reduce<T: Element>(
+        &self,
+        send: &'env [T],
+        recv: &'env mut [T],
+        op: ReduceOp,
+    ) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().all_reduce(send, recv, op)?;
+        self.submit(vec![s], recv)
+    }
+
+    /// Non-blocking [`Comm::all_reduce_in_place`]: `wait` returns `buf`.
+    pub fn all_reduce_in_place<T: Element>(
+        &self,
+        buf: &'env mut [T],
+        op: ReduceOp,
+    ) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().all_reduce_in_place(buf, op)?;
+        self.submit(vec![s], buf)
+    }
+
+    /// Non-blocking [`Comm::reduce`]: `wait` returns `recv`.
+    pub fn reduce<T: Element>(
+        &self,
+        send: &'env [T],
+        recv: &'env mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().reduce(send, recv, op, root)?;
+        self.submit(vec![s], recv)
+    }
+
+    /// Non-blocking [`Comm::broadcast`]: `wait` returns `recv`.
+    pub fn broadcast<T: Element>(
+        &self,
+        send: &'env [T],
+        recv: &'env mut [T],
+        root: usize,
+    ) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().broadcast(send, recv, root)?;
+        self.submit(vec![s], recv)
+    }
+
+    /// Non-blocking [`Comm::broadcast_in_place`]: `wait` returns `buf`.
+    pub fn broadcast_in_place<T: Element>(
+        &self,
+        buf: &'env mut [T],
+        root: usize,
+    ) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().broadcast_in_place(buf, root)?;
+        self.submit(vec![s], buf)
+    }
+
+    /// Non-blocking [`Comm::all_gather`]: `wait` returns `recv`.
+    pub fn all_gather<T: Element>(&self, send: &'env [T], recv: &'env mut [T]) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().all_gather(send, recv)?;
+        self.submit(vec![s], recv)
+    }
+
+    /// Non-blocking [`Comm::reduce_scatter`]: `wait` returns `recv`.
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        send: &'env [T],
+        recv: &'env mut [T],
+        op: ReduceOp,
+    ) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().reduce_scatter(send, recv, op)?;
+        self.submit(vec![s], recv)
+    }
+
+    /// Non-blocking [`Comm::all_to_all`]: `wait` returns `recv`.
+    pub fn all_to_all<T: Element>(&self, send: &'env [T], recv: &'env mut [T]) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().all_to_all(send, recv)?;
+        self.submit(vec![s], recv)
+    }
+
+    /// Non-blocking [`Comm::send`]: `wait` returns `buf`.
+    pub fn send<T: Element>(&self, buf: &'env [T], peer: usize) -> Result<Work<'scope, &'env [T]>> {
+        let s = self.ranks().send(buf, peer)?;
+        self.submit(vec![s], buf)
+    }
+
+    /// Non-blocking [`Comm::recv`]: `wait` returns `buf`.
+    pub fn recv<T: Element>(&self, buf: &'env mut [T], peer: usize) -> Result<Work<'scope, &'env mut [T]>> {
+        let s = self.ranks().recv(buf, peer)?;
+        self.submit(vec![s], buf)
+    }
+
+    /// Non-blocking [`Comm::barrier`].
+    pub fn barrier(&self) -> Result<Work<'scope, ()>> {
+        self.submit(vec![self.ranks().barrier()], ())
+    }
+}
+
+/// Waits for every operation of a scope, also when the scope's closure panics.
+struct WaitAll<'a>(&'a RefCell<Vec<Arc<State>>>);
+
+impl WaitAll<'_> {
+    /// The first error of an operation whose handle was dropped unwaited.
+    fn finish(&self) -> Option<Error> {
+        let mut first = None;
+        for st in self.0.borrow_mut().drain(..) {
+            if let Some(Err(e)) = st.take(None) {
+                first.get_or_insert(e);
+            }
+        }
+        first
+    }
+}
+
+impl Drop for WaitAll<'_> {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+impl Comm {
+    /// Runs `f` with a [`Scope`] in which operations are issued without blocking: the
+    /// communicator's progress thread runs them, in issue order, while `f` goes on. Each
+    /// returns a [`Work`] handle; its `wait` returns the buffer the operation wrote. The
+    /// buffers stay borrowed until then, so they cannot be read half-reduced, and the
+    /// scope returns only after every operation issued in it has completed. An operation
+    /// whose handle was dropped and that failed makes the scope return that error.
+    ///
+    /// ```
+    /// use oxccl::{Comm, ReduceOp};
+    /// let comms = Comm::init_all(2)?;
+    /// std::thread::scope(|t| {
+    ///     for mut comm in comms {
+    ///         t.spawn(move || {
+    ///             let mut grads = vec![comm.rank() as f32 + 1.0; 1 << 16];
+    ///             let mut other = vec![1.0f32; 1 << 10];
+    ///             comm.scope(|s| {
+    ///                 let w = s.all_reduce_in_place(&mut grads, ReduceOp::Sum)?;
+    ///                 // ... back-propagate the next layer here, while `grads` is reduced ...
+    ///                 let w2 = s.all_reduce_in_place(&mut other, ReduceOp::Avg)?;
+    ///                 let grads = w.wait()?; // complete, in issue order
+    ///                 assert_eq!(grads[0], 3.0);
+    ///                 w2.wait()?;
+    ///                 Ok::<_, oxccl::Error>(())
+    ///             })
+    ///             .unwrap()
+    ///             .unwrap();
+    ///         });
+    ///     }
+    /// });
+    /// # Ok::<(), oxccl::Error>(())
+    /// ```
+    ///
+    /// Reading a buffer while its operation is pending does not compile:
+    ///
+    /// ```compile_fail
+    /// use oxccl::{Comm, ReduceOp};
+    /// let mut comm = Comm::init_all(1).unwrap().pop().unwrap();
+    /// let mut grads = vec![1.0f32; 8];
+    /// comm.scope(|s| {
+    ///     let w = s.all_reduce_in_place(&mut grads, ReduceOp::Sum).unwrap();
+    ///     println!("{}", grads[0]); // error: `grads` is lent to the pending all-reduce
+    ///     w.wait().unwrap();
+    /// })
+    /// .unwrap();
+    /// ```
+    pub fn scope<'env, F, R>(&'env mut self, f: F) -> Result<R>
+    where
+        F: for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> R,
+    {
+        if self.worker.is_none() {
+            self.worker = Some(Worker::start(self.engine.clone(), self.rank)?);
+        }
+        let scope = Scope { comm: self, issued: RefCell::new(Vec::new()), _env: PhantomData };
+        let guard = WaitAll(&scope.issued);
+        let r = f(&scope);
+        let err = guard.finish();
+        drop(guard);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(r),
+        }
+    }
+}
