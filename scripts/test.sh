@@ -53,4 +53,13 @@ target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 -- \
 OXCCL_SHM_DISABLE=1 target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 -- \
   target/debug/examples/all_reduce_perf -b 8 -e 4M -f 8 -d float -o all -n 2 -w 1 -c 1
 
+# The training example checks itself: the loss falls, weights are bit-identical on every
+# rank and in both schedules (overlapped and after the backward pass).
+# Built optimised (the test profile, whose library `cargo test` already built): it trains.
+log "data_parallel: 3 thread ranks, then 2 processes under oxccl-run"
+cargo build --profile test --example data_parallel
+dp_args=(-s 25 -w 256 -B 8 -k 256)
+target/debug/examples/data_parallel -t 3 "${dp_args[@]}"
+target/debug/oxccl-run -n 2 --no-tag-output --timeout 300 -- target/debug/examples/data_parallel "${dp_args[@]}"
+
 log "all tests passed"
