@@ -8,6 +8,8 @@
 mod calls;
 mod group;
 mod init;
+#[cfg(feature = "mpi")]
+mod mpi;
 
 pub use group::Group;
 
