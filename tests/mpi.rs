@@ -2,7 +2,8 @@
 //! `MPI_COMM_WORLD`, over its halves (`MPI_Comm_split` by rank % 2, both halves at once),
 //! over a split that reverses the ranks, and over `MPI_COMM_SELF`, each checked with
 //! collectives whose results depend on which ranks are members; and bad input (a rank
-//! whose configuration is wrong) failing on every rank instead of hanging.
+//! whose configuration is wrong) failing on every rank instead of hanging; the world's
+//! communicator is used once more after MPI_Finalize.
 //!
 //! A plain test binary (`harness = false`): run by `cargo test`, it asks the MPI library
 //! it was linked with which one it is (mpi-sys binds to one at build time), re-launches
@@ -174,29 +175,40 @@ fn run_with_deadline(mut cmd: Command, deadline: Duration) -> (Option<i32>, Stri
     (status, format!("--- stdout\n{}--- stderr\n{}---", out[0], out[1]))
 }
 
-/// One rank of the job: the checks, then MPI_Finalize; on any failure the message and
-/// MPI_Abort, which ends every rank at once.
+/// One rank of the job: the checks; then MPI_Finalize, and the world communicator once
+/// more without MPI. On a failure under MPI the message and MPI_Abort, which ends every
+/// rank at once; after MPI_Finalize the message and a non-zero exit.
 fn child() {
     let universe = mpi::initialize().expect("MPI_Init");
     let world = universe.world();
+    let (wr, wn) = (world.rank(), world.size());
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| checks(&world)));
     let msg = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(p) => Some(
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default(),
-        ),
+        Ok(Ok(wc)) => Ok(wc),
+        Ok(Err(e)) => Err(e),
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()),
     };
-    if let Some(m) = msg {
-        eprintln!("rank {} of {}: FAILED: {m}", world.rank(), world.size());
-        world.abort(1);
-    }
+    let mut wc = match msg {
+        Ok(wc) => wc,
+        Err(m) => {
+            eprintln!("rank {wr} of {wn}: FAILED: {m}");
+            world.abort(1);
+        }
+    };
     world.barrier();
-    if world.rank() == 0 {
-        println!("from_mpi checks passed on {} ranks", world.size());
+    drop(world);
+    drop(universe); // MPI_Finalize: the oxccl communicators do not need MPI any more
+    let (me, n) = (wr as u64, wn as u64);
+    if let Err(m) = members(&mut wc, me + 2, &(2..n + 2).collect::<Vec<_>>(), "world, after MPI_Finalize") {
+        eprintln!("rank {wr} of {wn}: FAILED: {m}");
+        std::process::exit(1);
+    }
+    if wr == 0 {
+        println!("from_mpi checks passed on {wn} ranks");
     }
 }
 
@@ -239,7 +251,9 @@ fn matrix_of(comm: &mut Comm, all_types: bool, what: &str) -> Result<(), String>
     })
 }
 
-fn checks(world: &SimpleCommunicator) -> Result<(), String> {
+/// Every check that needs MPI; returns the communicator over the world, for use after
+/// MPI_Finalize.
+fn checks(world: &SimpleCommunicator) -> Result<Comm, String> {
     let cfg = Config::new().slot_bytes(matrix::SLOT).nslots(4).timeout(OP_TIMEOUT);
     let (wr, wn) = (world.rank() as usize, world.size() as usize);
     let me = wr as u64;
@@ -275,7 +289,8 @@ fn checks(world: &SimpleCommunicator) -> Result<(), String> {
     members(&mut wc, me + 1, &(1..=wn as u64).collect::<Vec<_>>(), "world, again")?;
     members(&mut hc, me + 1, &evens_or_odds.iter().map(|r| r + 1).collect::<Vec<_>>(), "half, again")?;
 
-    failures(world, &cfg)
+    failures(world, &cfg)?;
+    Ok(wc)
 }
 
 /// Bad input makes `from_mpi` fail on every rank, with an error rather than a panic or a
