@@ -7,7 +7,10 @@
 # test: unit tests, the multi-rank matrix with ranks as threads and as processes (shared
 # memory and TCP), two "hosts" in network namespaces (skipped, by name, without root),
 # the launcher, the API tests, the doc tests, and short checked runs of all_reduce_perf
-# with thread ranks and with processes under oxccl-run.
+# with thread ranks and with processes under oxccl-run; then jobs under mpirun, with 2 and
+# 4 ranks, under both Open MPI and MPICH: all_reduce_perf built without the `mpi` feature
+# (ranks from the launcher's environment, OXCCL_COMM_ID), and Comm::from_mpi (the `mpi`
+# feature, built once against each MPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,17 +35,84 @@ for comp in rustfmt clippy; do
   fi
 done
 
+# --- MPI and libclang ---------------------------------------------------------------
+# The `mpi` feature (rsmpi) links an MPI library, and mpi-sys generates its bindings with
+# bindgen, which loads libclang. CI builds and tests with every feature, and runs jobs
+# under Open MPI's and MPICH's mpirun: install both (Debian/Ubuntu packages) when missing.
+MPI_PKGS=(openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev pkg-config)
+
+# Runs a command as root: directly, or through sudo (without a password prompt when
+# there is no terminal to type one).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif need_cmd sudo; then
+    if [ -t 0 ]; then sudo "$@"; else sudo -n "$@"; fi
+  else
+    return 1
+  fi
+}
+
+if need_cmd dpkg-query && need_cmd apt-get; then
+  missing=()
+  for p in "${MPI_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (apt-get)"
+    if ! { as_root apt-get update -qq >/dev/null &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
+      echo "could not install ${missing[*]}: run as root, or with sudo" >&2
+    fi
+  fi
+fi
+
+have_libclang() {
+  [ -n "${LIBCLANG_PATH:-}" ] || ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'
+}
+HAVE_OPENMPI=0
+HAVE_MPICH=0
+need_cmd mpirun.openmpi && need_cmd mpicc.openmpi && HAVE_OPENMPI=1
+need_cmd mpirun.mpich && need_cmd mpicc.mpich && HAVE_MPICH=1
+
+# mpi-sys binds to the MPI that MPICC names (else `mpicc`, which Debian points at Open
+# MPI), once, when first built: name it, so that target/ holds an Open MPI build.
+if [ "$HAVE_OPENMPI" = 1 ]; then
+  export MPICC=mpicc.openmpi
+  MAIN_MPI=openmpi
+elif [ "$HAVE_MPICH" = 1 ]; then
+  export MPICC=mpicc.mpich
+  MAIN_MPI=mpich
+else
+  MAIN_MPI=
+fi
+if have_libclang && { [ -n "$MAIN_MPI" ] || need_cmd mpicc; }; then
+  FEATURES=(--all-features)
+  WITH_MPI=1
+else
+  # Every feature but `mpi`, as `oxccl/NAME` (the workspace has two packages).
+  others=$(awk '/^\[features\]/ { f = 1; next } /^\[/ { f = 0 } f && /^[A-Za-z0-9_-]+ *=/ { print $1 }' Cargo.toml |
+    grep -vx -e default -e mpi | sed 's|^|oxccl/|' | paste -sd, -)
+  FEATURES=(--features "$others")
+  WITH_MPI=0
+  printf '\nSKIPPED: the `mpi` feature and every mpirun test: they need an MPI library (mpicc) and libclang,\n' >&2
+  printf 'which could not be installed (%s); building with --features %s instead of --all-features\n' \
+    "${MPI_PKGS[*]}" "$others" >&2
+fi
+
 # --- static checks -----------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
-log "cargo clippy (all targets, all features, warnings are errors)"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+log "cargo clippy (all targets, ${FEATURES[*]}, warnings are errors)"
+cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings
 
 # --- tests -------------------------------------------------------------------------
 # The test profile is optimised (Cargo.toml) but keeps debug assertions.
-log "cargo test (unit, multi-rank, API, doc tests)"
-cargo test --workspace --all-features
+# With the `mpi` feature this includes tests/mpi.rs: Comm::from_mpi under the mpirun of
+# the MPI it was built against (OXCCL_TEST_MPI: and no other).
+log "cargo test (unit, multi-rank, API, doc tests, from_mpi under ${MAIN_MPI:-no} MPI)"
+OXCCL_TEST_MPI=$MAIN_MPI cargo test --workspace "${FEATURES[@]}"
 
 log "all_reduce_perf smoke run: every type and op, 3 thread ranks, results checked"
 target/debug/examples/all_reduce_perf -b 8 -e 256K -f 8 -t 3 -d all -o all -n 2 -w 1 -c 1
@@ -57,9 +127,80 @@ OXCCL_SHM_DISABLE=1 target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 --
 # rank and in both schedules (overlapped and after the backward pass).
 # Built optimised (the test profile, whose library `cargo test` already built): it trains.
 log "data_parallel: 3 thread ranks, then 2 processes under oxccl-run"
-cargo build --profile test --example data_parallel
+cargo build --profile test "${FEATURES[@]}" --example data_parallel
 dp_args=(-s 25 -w 256 -B 8 -k 256)
 target/debug/examples/data_parallel -t 3 "${dp_args[@]}"
 target/debug/oxccl-run -n 2 --no-tag-output --timeout 300 -- target/debug/examples/data_parallel "${dp_args[@]}"
+
+# --- mpirun --------------------------------------------------------------------------
+# Each mpirun has a deadline: a hang fails with a message instead of stalling CI.
+MPI_DEADLINE=120
+
+# mpi_run WHAT MPIRUN ARGS...: runs an mpirun under `timeout`; exits on failure or hang.
+mpi_run() {
+  local what=$1 rc=0
+  shift
+  timeout -k 10 "$MPI_DEADLINE" "$@" || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "FAILED: $what did not end within ${MPI_DEADLINE} s (a hang?): killed" >&2
+    exit 1
+  elif [ "$rc" -ne 0 ]; then
+    echo "FAILED: $what: exit status $rc" >&2
+    exit 1
+  fi
+}
+
+# A TCP port of 127.0.0.1 that nothing listens on now, for rank 0's root.
+free_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return
+    fi
+  done
+  echo 29500
+}
+
+MPIS=()
+[ "$HAVE_OPENMPI" = 1 ] && MPIS+=(openmpi)
+[ "$HAVE_MPICH" = 1 ] && MPIS+=(mpich)
+if [ "${#MPIS[@]}" -gt 0 ]; then
+  # Without the feature: the harness takes the rank and size from mpirun's environment
+  # (Open MPI: OMPI_COMM_WORLD_RANK/SIZE; MPICH's hydra: PMI_RANK/PMI_SIZE) and rank 0's
+  # address from OXCCL_COMM_ID, which mpirun passes on (-x, -env).
+  log "building all_reduce_perf without the mpi feature (target/nompi)"
+  CARGO_TARGET_DIR=target/nompi cargo build --example all_reduce_perf
+  perf=target/nompi/debug/examples/all_reduce_perf
+  perf_args=(-b 8 -e 1M -f 32 -d float -o sum -n 2 -w 1 -c 1)
+  for n in 2 4; do
+    for m in "${MPIS[@]}"; do
+      log "all_reduce_perf under $m's mpirun, $n ranks, OXCCL_COMM_ID"
+      if [ "$m" = openmpi ]; then
+        mpi_run "mpirun.openmpi -np $n all_reduce_perf" \
+          mpirun.openmpi --allow-run-as-root --oversubscribe -np "$n" -x OXCCL_COMM_ID="127.0.0.1:$(free_port)" \
+          "$perf" "${perf_args[@]}"
+      else
+        mpi_run "mpirun.mpich -np $n all_reduce_perf" \
+          mpirun.mpich -np "$n" -env OXCCL_COMM_ID "127.0.0.1:$(free_port)" "$perf" "${perf_args[@]}"
+      fi
+    done
+  done
+fi
+
+# With the feature, against the other MPI: mpi-sys binds to one MPI per build, so build
+# the test again into its own target directory (tests/mpi.rs picks the matching mpirun).
+if [ "$WITH_MPI" = 1 ] && [ "${#MPIS[@]}" = 2 ]; then
+  other=$([ "$MAIN_MPI" = openmpi ] && echo mpich || echo openmpi)
+  log "Comm::from_mpi under $other (--features mpi, MPICC=mpicc.$other, target/$other)"
+  MPICC=mpicc.$other CARGO_TARGET_DIR=target/$other OXCCL_TEST_MPI=$other \
+    cargo test --features mpi --test mpi
+fi
+if [ "${#MPIS[@]}" -lt 2 ]; then
+  printf '\nSKIPPED: mpirun jobs under %s: not installed (%s)\n' \
+    "$([ "$HAVE_OPENMPI" = 1 ] && echo MPICH || echo 'Open MPI')$([ "${#MPIS[@]}" = 0 ] && echo ' and MPICH')" \
+    "${MPI_PKGS[*]}" >&2
+fi
 
 log "all tests passed"

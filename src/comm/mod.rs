@@ -9,6 +9,8 @@ mod calls;
 mod engine;
 mod group;
 mod init;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod split;
 mod work;
 
