@@ -428,3 +428,77 @@ fn nice_ceil(v: f64) -> f64 {
     }
     10.0 * p
 }
+
+/// The usage of `perf_plot`.
+const PLOT_USAGE: &str = "USAGE: perf_plot -o <out.svg> [--title <text>] <file[:label]>...
+Draws busbw against message size (log scale) into an SVG file, one line per input (per
+type, op and root when a file holds several): JSON written by the *_perf examples' -J
+(or by nccl-tests' -J), or CSV with size,busbw or size,time_us,algbw,busbw columns
+(header optional). The label defaults to the collective and rank count of a JSON file,
+else the file's name.
+";
+
+/// What `perf_plot`'s command line asks for: the SVG file, the title and the inputs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlotArgs {
+    /// `-o`: the SVG file to write.
+    pub output: String,
+    /// `--title`.
+    pub title: String,
+    /// The inputs, `file[:label]`.
+    pub inputs: Vec<String>,
+}
+
+/// Parses `perf_plot`'s arguments (without the program name). `Ok(None)`: `-h`.
+pub fn parse_plot_args(args: &[String]) -> Result<Option<PlotArgs>, String> {
+    let (mut output, mut title, mut inputs) = (None, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("option '{name}' needs a value"));
+        match a.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "-o" | "--output" => output = Some(value(a)?),
+            "--title" => title = Some(value(a)?),
+            s if s.starts_with('-') && s.len() > 1 => return Err(format!("invalid option '{s}'")),
+            s => inputs.push(s.to_string()),
+        }
+    }
+    let output = output.ok_or("no output file (-o <out.svg>)")?;
+    if inputs.is_empty() {
+        return Err("no input files".into());
+    }
+    Ok(Some(PlotArgs { output, title: title.unwrap_or_else(|| "oxccl: busbw".into()), inputs }))
+}
+
+/// `perf_plot`'s whole run: exits 0 when the picture is written, 1 when an input or the
+/// output fails, 2 on a bad command line.
+pub fn plot_main() -> ! {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = match parse_plot_args(&args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{PLOT_USAGE}");
+            std::process::exit(0);
+        }
+        Err(m) => {
+            eprint!("perf_plot: {m}\n{PLOT_USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let mut series = Vec::new();
+    for spec in &a.inputs {
+        match load_peer(spec) {
+            Ok(s) => series.extend(s),
+            Err(m) => {
+                eprintln!("perf_plot: {}", m.trim_start_matches("--plot-peer "));
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Err(m) = draw(&a.output, &a.title, &series) {
+        eprintln!("perf_plot: cannot draw {}: {m}", a.output);
+        std::process::exit(1);
+    }
+    println!("perf_plot: {} line{} drawn to {}", series.len(), if series.len() == 1 { "" } else { "s" }, a.output);
+    std::process::exit(0);
+}
