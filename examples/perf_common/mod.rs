@@ -1920,3 +1920,187 @@ fn bench<C: Collective, T: PerfElem>(
         report::set_meas(in_place, report::Meas { time_us: sec * 1e6, algbw, busbw, wrong });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::collectives::*;
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn parse(s: &str) -> Result<Opts, CliError> {
+        parse_args(&args(s), 2)
+    }
+
+    fn bad(s: &str) -> String {
+        match parse(s) {
+            Err(CliError::Bad(m)) => m,
+            other => panic!("{s:?} should be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_scripts_command_line_parses() {
+        let o = parse("-b 8 -e 256K -f 8 -t 3 -d all -o all -n 2 -w 1 -c 1").unwrap();
+        assert_eq!((o.min_bytes, o.max_bytes, o.step_factor, o.nthreads), (8, 256 << 10, 8, 3));
+        assert_eq!((o.dtype, o.op, o.iters, o.warmup, o.check), (None, None, 2, 1, 1));
+    }
+
+    #[test]
+    fn defaults_and_long_forms() {
+        let o = parse("").unwrap();
+        assert_eq!((o.nthreads, o.root, o.blocking, o.average, o.cycles), (2, Some(0), 0, 1, 1));
+        assert_eq!((o.json.as_deref(), o.plot.as_deref()), (None, None));
+        let o = parse("--minbytes=1K --maxbytes 2M --stepbytes 512 --stepfactor 1 --root all --blocking 1").unwrap();
+        assert_eq!((o.min_bytes, o.max_bytes, o.step_bytes, o.step_factor), (1024, 2 << 20, 512, 1));
+        assert_eq!((o.root, o.blocking), (None, 1));
+        let o =
+            parse("-r -1 -a 3 -T 2.5 -z0 -J out.json --plot p.svg --plot-peer a.csv:MPI --plot-peer b.json").unwrap();
+        assert_eq!((o.root, o.average, o.timeout, o.blocking), (None, 3, Some(2.5), 0));
+        assert_eq!((o.json.as_deref(), o.plot.as_deref()), (Some("out.json"), Some("p.svg")));
+        assert_eq!(o.plot_peers, ["a.csv:MPI", "b.json"]);
+        assert_eq!(parse("-r 2").unwrap().root, Some(2));
+        assert!(matches!(parse("-h"), Err(CliError::Help)));
+        assert!(matches!(parse("-b 8 --help"), Err(CliError::Help)));
+    }
+
+    #[test]
+    fn bad_command_lines_say_why() {
+        assert_eq!(bad("-x 1"), "invalid option '-x'");
+        assert_eq!(bad("--bogus 1"), "invalid option '--bogus'");
+        assert_eq!(bad("-b"), "option '-b' needs a value");
+        assert_eq!(bad("--plot"), "option '--plot' needs a value");
+        assert!(bad("-b 8Q").contains("invalid size"), "{}", bad("-b 8Q"));
+        assert!(bad("-n zero").contains("iters"));
+        assert!(bad("-z 2").contains("blocking"));
+        assert!(bad("-a 4").contains("average"));
+        assert!(bad("-r x").contains("root"));
+        assert!(bad("-T -1").contains("timeout"));
+        assert!(bad("-b 1M -e 1K").contains("maxbytes"));
+        assert!(bad("--plot-peer a.csv").contains("--plot"));
+        assert!(bad("stray").contains("unexpected argument"));
+        assert!(bad("-f 1 -i 0 -b 8 -e 64").contains("stepbytes"));
+    }
+
+    #[test]
+    fn sizes_step_as_nccl_tests() {
+        assert_eq!(sizes(&parse("-b 8 -e 256K -f 8").unwrap()), [8, 64, 512, 4096, 32768, 262144]);
+        assert_eq!(sizes(&parse("-b 8 -e 100 -f 2").unwrap()), [8, 16, 32, 64]);
+        assert_eq!(sizes(&parse("-b 0 -e 4 -f 2").unwrap()), [0, 1, 2, 4]);
+        assert_eq!(sizes(&parse("-b 1K -e 4K -f 1 -i 1K").unwrap()), [1024, 2048, 3072, 4096]);
+        assert_eq!(sizes(&parse("-b 5 -e 5").unwrap()), [5]);
+        assert_eq!(parse_size("1.5K"), Some(1536));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("-1"), None);
+    }
+
+    #[test]
+    fn bus_factors_are_nccl_tests() {
+        for n in [2usize, 3, 4, 8] {
+            let nf = n as f64;
+            assert_eq!(AllReduce.bus_factor(n), 2.0 * (nf - 1.0) / nf);
+            assert_eq!(AllGather.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(ReduceScatter.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(AllToAll.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(Broadcast.bus_factor(n), 1.0);
+            assert_eq!(Reduce.bus_factor(n), 1.0);
+            assert_eq!(SendRecv.bus_factor(n), 1.0);
+        }
+    }
+
+    #[test]
+    fn sizes_are_totals_for_the_gathering_collectives() {
+        // 1 MiB of floats over 4 ranks: 64Ki elements per rank, 1 MiB in all.
+        let (count, n, es) = ((1 << 20) / 4, 4, 4);
+        let ag = AllGather.layout(count, n, es);
+        assert_eq!((ag.send, ag.recv, ag.count, ag.size), (count / 4, count, count / 4, count));
+        let rs = ReduceScatter.layout(count, n, es);
+        assert_eq!((rs.send, rs.recv, rs.count, rs.size), (count, count / 4, count / 4, count));
+        let a2a = AllToAll.layout(count, n, es);
+        assert_eq!((a2a.send, a2a.recv, a2a.count, a2a.size), (count, count, count / 4, count));
+        assert_eq!(AllGather.alg_bytes(&ag, es, n), (1 << 20) as f64);
+        let ar = AllReduce.layout(count, n, es);
+        assert_eq!((ar.count, ar.size, AllReduce.alg_bytes(&ar, es, n)), (count, count, (1 << 20) as f64));
+        // Per-rank blocks of all-gather are whole 16-byte units, as in nccl-tests.
+        assert_eq!(AllGather.layout(100, 3, 4).count, 32);
+        assert_eq!(AllGather.layout(2, 3, 4).size, 0);
+        assert_eq!(AllToAll.layout(100, 3, 4).count, 33);
+    }
+
+    /// Every collective's outputs, built from its inputs by a host model of the call,
+    /// match what it declares: the segments tell the checker the truth.
+    #[test]
+    fn declared_outputs_follow_from_inputs() {
+        fn model<C: Collective>(c: &C, n: usize, root: usize, in_place: bool) {
+            let lay = c.layout(40 * n, n, 4);
+            let t = Tables::<i32>::new(if C::REDUCES { OpKind::Sum } else { OpKind::None }, n, 7);
+            let ctx = |rank| CallCtx { rank, nranks: n, root };
+            let len_in = if in_place { lay.in_place } else { lay.send };
+            let ins: Vec<Vec<i32>> = (0..n)
+                .map(|r| {
+                    let mut b = vec![0i32; len_in];
+                    for s in c.inputs(&lay, ctx(r), in_place) {
+                        t.fill(&mut b, &s);
+                    }
+                    b
+                })
+                .collect();
+            let per = lay.count;
+            for r in 0..n {
+                let out: Vec<i32> = match C::NAME {
+                    "all_reduce_perf" => {
+                        (0..per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add)).collect()
+                    }
+                    "reduce_perf" => (0..per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add)).collect(),
+                    "broadcast_perf" => ins[root].clone(),
+                    "all_gather_perf" => {
+                        let at = |q: usize| if in_place { q * per } else { 0 };
+                        (0..n).flat_map(|q| ins[q][at(q)..at(q) + per].to_vec()).collect()
+                    }
+                    "reduce_scatter_perf" => {
+                        let red = (r * per..(r + 1) * per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add));
+                        let mut o = if in_place { vec![0; lay.in_place] } else { Vec::new() };
+                        let at = if in_place { r * per } else { 0 };
+                        o.splice(at..at, red);
+                        o
+                    }
+                    "alltoall_perf" => (0..n).flat_map(|q| ins[q][r * per..(r + 1) * per].to_vec()).collect(),
+                    "sendrecv_perf" => ins[(r + n - 1) % n].clone(),
+                    other => panic!("no model of {other}"),
+                };
+                let mut res = CheckResult::default();
+                for s in c.outputs(&lay, ctx(r), in_place) {
+                    t.check(&out, &s, &mut res);
+                }
+                assert_eq!(res.wrong, 0, "{} rank {r} of {n}, in-place {in_place}: {:?}", C::NAME, res.first);
+            }
+        }
+        fn all<C: Collective>(c: &C) {
+            for n in [1, 2, 3, 4] {
+                for in_place in [false, true] {
+                    if !in_place || C::IN_PLACE {
+                        model(c, n, n - 1, in_place);
+                    }
+                }
+            }
+        }
+        all(&AllReduce);
+        all(&Reduce);
+        all(&Broadcast);
+        all(&AllGather);
+        all(&ReduceScatter);
+        all(&AllToAll);
+        all(&SendRecv);
+    }
+
+    #[test]
+    fn c_formats() {
+        assert_eq!(c_g(0.0888226), "0.0888226");
+        assert_eq!(c_g(1234567.0), "1.23457e+06");
+        assert_eq!(float_str(12.345, 6), " 12.35");
+        assert_eq!(float_str(1234567.0, 7), "1234567");
+        assert_eq!(float_str(12345678.0, 7), "1.2e+07");
+    }
+}

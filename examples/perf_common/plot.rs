@@ -502,3 +502,74 @@ pub fn plot_main() -> ! {
     println!("perf_plot: {} line{} drawn to {}", series.len(), if series.len() == 1 { "" } else { "s" }, a.output);
     std::process::exit(0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("oxccl-perf-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn size_labels() {
+        assert_eq!(size_label(8.0), "8 B");
+        assert_eq!(size_label(1024.0), "1 KiB");
+        assert_eq!(size_label(1536.0), "1.5 KiB");
+        assert_eq!(size_label((16 << 20) as f64), "16 MiB");
+        assert_eq!(size_label((1u64 << 30) as f64), "1 GiB");
+    }
+
+    #[test]
+    fn peer_csv_with_and_without_header() {
+        let p = tmp("peer.csv");
+        std::fs::write(&p, "# from Open MPI\nsize,time_us,algbw,busbw\n8,1,0.1,0.2\n1K,2,0.5,0.75\n0,1,0,0\n").unwrap();
+        let s = load_peer(&format!("{}:Open MPI", p.display())).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].label, "Open MPI");
+        assert_eq!(s[0].points, [(8.0, 0.2), (1024.0, 0.75)]);
+        assert!(s[0].peer);
+        std::fs::write(&p, "64 1.5\n8 0.5\n").unwrap();
+        let s = load_peer(p.to_str().unwrap()).unwrap();
+        assert_eq!((s[0].label.as_str(), s[0].points.as_slice()), ("peer", &[(8.0, 0.5), (64.0, 1.5)][..]));
+        std::fs::write(&p, "8,1,2\n").unwrap();
+        assert!(load_peer(p.to_str().unwrap()).unwrap_err().contains("3 columns"));
+        assert!(load_peer("/nonexistent/x.csv").is_err());
+    }
+
+    #[test]
+    fn plot_args() {
+        let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let p = parse_plot_args(&a("-o x.svg a.json b.csv:MPI")).unwrap().unwrap();
+        assert_eq!((p.output.as_str(), p.inputs.len()), ("x.svg", 2));
+        assert!(parse_plot_args(&a("a.json")).unwrap_err().contains("-o"));
+        assert!(parse_plot_args(&a("-o x.svg")).unwrap_err().contains("input"));
+        assert!(parse_plot_args(&a("-o x.svg -q a.json")).unwrap_err().contains("invalid option"));
+        assert_eq!(parse_plot_args(&a("-h")).unwrap(), None);
+    }
+
+    /// The picture is an SVG with its axis titles, binary size ticks and legend as text.
+    #[test]
+    fn draws_an_svg() {
+        let p = tmp("busbw.svg");
+        let pts: Vec<(f64, f64)> = (3..=20).map(|k| ((1u64 << k) as f64, k as f64 / 4.0)).collect();
+        let ours = Series {
+            label: "oxccl, out-of-place".into(),
+            points: pts.clone(),
+            dashed: false,
+            peer: false,
+            color_key: "a".into(),
+        };
+        let peer = Series { label: "MPI".into(), points: pts, dashed: false, peer: true, color_key: "b".into() };
+        draw(p.to_str().unwrap(), "all_reduce_perf: busbw", &[ours, peer]).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+        for t in
+            ["busbw (GB/s)", "message size (bytes, log scale)", "1 KiB", "1 MiB", "16 B", "oxccl, out-of-place", "MPI"]
+        {
+            assert!(svg.contains(t), "no {t:?} in the SVG");
+        }
+    }
+}

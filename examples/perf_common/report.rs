@@ -346,3 +346,64 @@ fn utc_now() -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run's rows through `prepare`, `start_row`, `set_meas` and `finish` make a JSON
+    /// document that parses, with the values given.
+    #[test]
+    fn json_output_parses_and_holds_the_rows() {
+        let dir = std::env::temp_dir().join(format!("oxccl-perf-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.json");
+        let _ = std::fs::remove_file(&path);
+        let args: Vec<String> = ["-b", "8", "-J", path.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+        let opts = super::super::parse_args(&args, 2).unwrap();
+        let devices = vec![
+            Device { pid: 1, host: "h\"1".into(), dev: 0, what: "CPU thread, x".into() },
+            Device { pid: 1, host: "h\"1".into(), dev: 1, what: "CPU thread, x".into() },
+        ];
+        let note = prepare("all_gather_perf", &opts, &args, &devices, false).unwrap();
+        assert!(note.contains("Writing JSON output to"), "{note}");
+        for (size, wrong) in [(0usize, 0u64), (1024, 3)] {
+            start_row(Row {
+                size,
+                count: size / 8,
+                dtype: "float",
+                op: "none",
+                root: -1,
+                out_of_place: None,
+                in_place: None,
+            });
+            let m = Meas { time_us: 12.5, algbw: size as f64 / 12.5e3, busbw: f64::NAN, wrong: Some(wrong) };
+            set_meas(false, m);
+            set_meas(true, Meas { wrong: None, ..m });
+        }
+        assert!(finish(1, 0.25, None).is_empty());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        assert_eq!(doc["collective"], "all_gather_perf");
+        assert_eq!(doc["config"]["nranks"], 2);
+        assert_eq!(doc["config"]["minimum_bytes"], 8);
+        assert_eq!(doc["devices"][1]["hostname"], "h\"1");
+        let r = &doc["results"];
+        assert_eq!(r.as_array().unwrap().len(), 2);
+        assert_eq!(r[1]["size"], 1024);
+        assert_eq!(r[1]["out_of_place"]["time"], 12.5);
+        assert_eq!(r[1]["out_of_place"]["nwrong"], 3);
+        assert!(r[1]["out_of_place"]["bus_bw"].is_null(), "NaN is written as null");
+        assert!(r[1]["in_place"]["nwrong"].is_null());
+        assert_eq!(doc["out_of_bounds"]["count"], 1);
+        assert_eq!(doc["average_bus_bandwidth"]["bandwidth"], 0.25);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+        assert_eq!(num(f64::INFINITY), "null");
+        assert_eq!(num(1.5), "1.5");
+    }
+}
