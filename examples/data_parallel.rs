@@ -479,7 +479,12 @@ fn main() {
         }
     };
     let failed = if launched() && o.threads.is_none() {
-        match Comm::from_env() {
+        // With the `mpi` feature, a bare mpirun works: MPI hands out the unique id.
+        #[cfg(feature = "mpi")]
+        let joined = Comm::from_env_or_mpi(&oxccl::Config::new());
+        #[cfg(not(feature = "mpi"))]
+        let joined = Comm::from_env();
+        match joined {
             Ok(c) => rank_main(c, o).err().map(|e| vec![e]).unwrap_or_default(),
             Err(e) => vec![format!("joining the job: {e}")],
         }

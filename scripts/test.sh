@@ -6,8 +6,9 @@
 # Installs what it needs when missing, then checks formatting and lints and runs every
 # test: unit tests, the multi-rank matrix with ranks as threads and as processes (shared
 # memory and TCP), two "hosts" in network namespaces (skipped, by name, without root),
-# the launcher, the API tests, the doc tests, and short checked runs of all_reduce_perf
-# with thread ranks and with processes under oxccl-run; then jobs under mpirun, with 2 and
+# the launcher, the API tests, the doc tests, short checked runs of every *_perf example
+# with thread ranks and with processes under oxccl-run (with their -J and --plot outputs
+# checked) and of the data_parallel training example; then jobs under mpirun, with 2 and
 # 4 ranks, under both Open MPI and MPICH: all_reduce_perf built without the `mpi` feature
 # (ranks from the launcher's environment, OXCCL_COMM_ID), and Comm::from_mpi (the `mpi`
 # feature, built once against each MPI).
@@ -123,6 +124,64 @@ target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 -- \
 OXCCL_SHM_DISABLE=1 target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 -- \
   target/debug/examples/all_reduce_perf -b 8 -e 4M -f 8 -d float -o all -n 2 -w 1 -c 1
 
+PERF=target/debug/examples
+RUN3=(target/debug/oxccl-run -n 3 --no-tag-output --timeout 300 --)
+
+log "the other perf examples: 3 thread ranks, then 3 processes under oxccl-run"
+for ex in all_gather_perf reduce_scatter_perf broadcast_perf reduce_perf alltoall_perf sendrecv_perf; do
+  case $ex in
+    broadcast_perf | reduce_perf) extra=(-r all) ;;
+    *) extra=() ;;
+  esac
+  log "$ex -t 3"
+  "$PERF/$ex" -b 8 -e 256K -f 8 -t 3 -d all -o all "${extra[@]}" -n 2 -w 1 -c 1
+  log "$ex under oxccl-run -n 3"
+  "${RUN3[@]}" "$PERF/$ex" -b 8 -e 1M -f 8 -d float -o all "${extra[@]}" -n 2 -w 1 -c 1
+done
+
+log "perf examples: a bad flag is refused with status 2 and a message, not a panic"
+rc=0
+"$PERF/reduce_perf" --no-such-flag 2>"${TMPDIR:-/tmp}/oxccl-perf-badflag.$$" >/dev/null || rc=$?
+msg=$(cat "${TMPDIR:-/tmp}/oxccl-perf-badflag.$$")
+rm -f "${TMPDIR:-/tmp}/oxccl-perf-badflag.$$"
+if [[ $rc -ne 2 || $msg != *"invalid option '--no-such-flag'"* || $msg == *panicked* ]]; then
+  echo "reduce_perf --no-such-flag: status $rc, stderr:" >&2
+  echo "$msg" >&2
+  exit 1
+fi
+
+log "perf examples: -J (threads and processes), --plot with a peer, perf_plot merging"
+perf_out=$(mktemp -d)
+trap 'rm -rf "$perf_out"' EXIT
+printf 'size,busbw\n8,0.01\n1K,0.5\n1M,2.5\n' >"$perf_out/peer.csv"
+"$PERF/all_gather_perf" -b 8 -e 1M -f 8 -t 3 -n 2 -w 1 -c 1 -J "$perf_out/ag.json" \
+  --plot "$perf_out/ag.svg" --plot-peer "$perf_out/peer.csv:a peer"
+"${RUN3[@]}" "$PERF/all_reduce_perf" -b 8 -e 1M -f 8 -n 2 -w 1 -c 1 -J "$perf_out/ar.json"
+"$PERF/perf_plot" -o "$perf_out/both.svg" "$perf_out/ag.json" "$perf_out/ar.json" "$perf_out/peer.csv:a peer"
+for f in ag.json ar.json ag.svg both.svg; do
+  [[ -s "$perf_out/$f" ]] || { echo "missing or empty: $f" >&2; exit 1; }
+done
+for f in ag.svg both.svg; do
+  head -c 4 "$perf_out/$f" | grep -q '<svg' || { echo "$f is not an SVG" >&2; exit 1; }
+done
+if need_cmd python3; then
+  python3 - "$perf_out/ag.json" "$perf_out/ar.json" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    with open(path) as f:
+        doc = json.load(f)
+    rows = doc["results"]
+    assert rows, f"{path}: no results"
+    assert all(r["out_of_place"]["nwrong"] == 0 for r in rows), f"{path}: wrong values"
+    assert doc["out_of_bounds"]["count"] == 0, path
+    print(f"{path}: {doc['collective']}, {doc['config']['nranks']} ranks, {len(rows)} rows: valid JSON")
+PY
+elif need_cmd jq; then
+  jq -e '.results | length > 0' "$perf_out/ag.json" "$perf_out/ar.json" >/dev/null
+else
+  echo "neither python3 nor jq: the JSON files are not parsed"
+fi
+
 # The training example checks itself: the loss falls, weights are bit-identical on every
 # rank and in both schedules (overlapped and after the backward pass).
 # Built optimised (the test profile, whose library `cargo test` already built): it trains.
@@ -187,6 +246,24 @@ if [ "${#MPIS[@]}" -gt 0 ]; then
       fi
     done
   done
+fi
+
+# With the feature (cargo test built the examples with it, against $MAIN_MPI): a bare
+# mpirun, no OXCCL_COMM_ID; MPI hands out the unique id (Comm::from_env_or_mpi).
+if [ "$WITH_MPI" = 1 ] && [ -n "$MAIN_MPI" ]; then
+  for n in 2 4; do
+    log "all_reduce_perf built with --features mpi under $MAIN_MPI's mpirun, $n ranks, no OXCCL_COMM_ID"
+    if [ "$MAIN_MPI" = openmpi ]; then
+      mpirun_main=(mpirun.openmpi --allow-run-as-root --oversubscribe -np "$n")
+    else
+      mpirun_main=(mpirun.mpich -np "$n")
+    fi
+    mpi_run "${mpirun_main[*]} all_reduce_perf (mpi feature)" \
+      "${mpirun_main[@]}" target/debug/examples/all_reduce_perf -b 8 -e 1M -f 32 -d float -o sum -n 2 -w 1 -c 1
+  done
+  log "data_parallel built with --features mpi under $MAIN_MPI's mpirun, 4 ranks"
+  mpi_run "${mpirun_main[*]} data_parallel (mpi feature)" \
+    "${mpirun_main[@]}" target/debug/examples/data_parallel "${dp_args[@]}"
 fi
 
 # With the feature, against the other MPI: mpi-sys binds to one MPI per build, so build

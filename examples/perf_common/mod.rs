@@ -5,7 +5,13 @@
 //! and what its outputs must hold (as [`Segment`]s of periodic tables). [`main`] does the
 //! rest, with nccl-tests' flags, output format and exit codes:
 //!
-//! - flags `-b -e -i -f -n -w -c -o -d -r -a -t -T -u -N -h` (and their long forms);
+//! - flags `-b -e -i -f -n -w -c -o -d -r -z -a -t -T -u -N -J -h` (and their long
+//!   forms), and `--plot`/`--plot-peer` (busbw as an SVG picture, [`plot`]); `-r all`
+//!   (or `-1`) runs every root in turn; `-z 1` adds a timed barrier after each call
+//!   (oxccl's calls block until this rank is done, so that is all nccl-tests' blocking
+//!   mode adds); the `perf_plot` example draws several `-J` files into one picture;
+//! - the collectives are in [`collectives`], with nccl-tests' size conventions and bus
+//!   factors; each `*_perf` example only picks one;
 //! - ranks are threads of this process (`-t N`, [`oxccl::Comm::init_all`]), or, under a
 //!   launcher (`oxccl-run`, mpirun, srun, torchrun: see [`job_from_env`]), each process
 //!   is one rank ([`oxccl::Comm::from_env_with`]) and `-t` must be 1. Only the start
@@ -16,8 +22,11 @@
 //!   and `-a` aggregates (rank 0, average, min, max), out-of-place then in-place;
 //! - `-c N`: N checks per measurement, with inputs whose reduction is exact in any order,
 //!   compared element by element with a host reference; `#wrong` is summed over ranks;
-//! - only rank 0 writes to standard output; with ranks as processes, every line on
-//!   standard error starts with `rank R: `;
+//! - only rank 0 writes to standard output, and the `-J` and `--plot` files
+//!   ([`report`]); each row is flushed as soon as measured, and a progress note
+//!   (`[row 3/40, in-place]`) shows while a row runs only when standard output is a
+//!   terminal; with ranks as processes, every line on standard error starts with
+//!   `rank R: `;
 //! - exit status 0 when every value is right, 1 on wrong values or an oxccl error, 2 on a
 //!   bad command line; with ranks as processes, every rank exits with the same status
 //!   when the run completes (wrong values on any rank fail them all).
@@ -28,9 +37,14 @@
 
 #![allow(dead_code)] // Each example uses a different part of the harness.
 
+pub mod collectives;
+pub mod plot;
+pub mod report;
+
 use std::alloc::{self, Layout as AllocLayout};
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -118,15 +132,20 @@ pub trait Collective: Sync {
     /// Whether every rank ends with the same output (then their outputs are also
     /// compared with each other, bit for bit).
     const SAME_OUTPUT: bool = false;
+    /// Whether the collective has an in-place form. Without one (all-to-all and
+    /// send/receive, whose Rust calls take two distinct slices) the in-place columns say
+    /// `N/A` and [`Collective::run_in_place`] is never called.
+    const IN_PLACE: bool = true;
 
     /// Buffer sizes for `count` = size in bytes / element size (rounding down as the
-    /// collective needs, e.g. to a multiple of the number of ranks).
-    fn layout(&self, count: usize, nranks: usize) -> Layout;
+    /// collective needs, e.g. to a multiple of the number of ranks), for elements of
+    /// `elem_size` bytes.
+    fn layout(&self, count: usize, nranks: usize, elem_size: usize) -> Layout;
 
     /// Bytes behind algbw: algbw = alg_bytes / time (nccl-tests' `getBw`). Default: the
-    /// count column times the element size.
+    /// size column (the total for all-gather, reduce-scatter and all-to-all).
     fn alg_bytes(&self, lay: &Layout, elem_size: usize, _nranks: usize) -> f64 {
-        (lay.count * elem_size) as f64
+        (lay.size * elem_size) as f64
     }
 
     /// busbw = algbw x this factor (nccl-tests' definition).
@@ -142,9 +161,17 @@ pub trait Collective: Sync {
         ctx: CallCtx,
     ) -> oxccl::Result<()>;
 
-    /// One in-place call on `buf` (`layout().in_place` elements).
-    fn run_in_place<T: Element>(&self, comm: &mut Comm, buf: &mut [T], op: ReduceOp, ctx: CallCtx)
-    -> oxccl::Result<()>;
+    /// One in-place call on `buf` (`layout().in_place` elements). Only called when
+    /// [`Collective::IN_PLACE`]; the default (for the others) is never reached.
+    fn run_in_place<T: Element>(
+        &self,
+        _comm: &mut Comm,
+        _buf: &mut [T],
+        _op: ReduceOp,
+        _ctx: CallCtx,
+    ) -> oxccl::Result<()> {
+        unreachable!("{} has no in-place form", Self::NAME)
+    }
 
     /// This rank's input: segments of the send buffer (out-of-place) or of the in-place
     /// buffer.
@@ -778,8 +805,8 @@ fn settle(comm: &mut Comm) {
     }
 }
 
-/// One rank's line in the header's device list.
-struct Device {
+/// One rank's line in the header's device list (and in the `-J` document).
+pub struct Device {
     pid: u64,
     host: String,
     /// The device number: the rank's index among the ranks of its host.
@@ -855,8 +882,13 @@ pub struct Opts {
     pub op: Option<OpKind>,
     /// `-d`: `None` is `all`.
     pub dtype: Option<DataType>,
-    /// `-r`.
-    pub root: usize,
+    /// `-r`: `None` (`-1` or `all`) is every rank in turn, as nccl-tests' `-r -1`.
+    pub root: Option<usize>,
+    /// `-z`: 1 adds a barrier after every timed call, inside the clock (nccl-tests'
+    /// blocking mode: wait for completion, then a barrier). oxccl's calls always block
+    /// (they return when this rank's part is done), so the "wait for completion" half is
+    /// there in both modes.
+    pub blocking: u32,
     /// `-a`: 0 rank 0, 1 average, 2 min, 3 max.
     pub average: u32,
     /// `-T`: seconds (0: no timeout); `None`: oxccl's default (or `OXCCL_TIMEOUT`).
@@ -865,8 +897,16 @@ pub struct Opts {
     pub unalign: usize,
     /// `-N`: times the size sweep runs (0: forever).
     pub cycles: usize,
+    /// `-J`: the JSON results file asked for.
+    pub json: Option<String>,
+    /// `--plot`: the SVG file to draw busbw into.
+    pub plot: Option<String>,
+    /// `--plot-peer`: other results to draw beside ours, each `file[:label]`.
+    pub plot_peers: Vec<String>,
 }
 
+/// Why the command line does not start a run.
+#[derive(Debug)]
 enum CliError {
     Help,
     Bad(String),
@@ -888,10 +928,17 @@ fn usage(prog: &str, default_ranks: usize) -> String {
 [-c,--check <check iteration count>] \n\t\
 [-o,--op <sum/prod/min/max/avg/mulsum/all>] \n\t\
 [-d,--datatype <int8/uint8/int32/uint32/int64/uint64/half/float/double/bfloat16/f8e4m3/f8e5m2/all>] \n\t\
-[-r,--root <root>] \n\t\
+[-r,--root <root> (broadcast, reduce; default: 0; -1 or all: every rank in turn)] \n\t\
+[-z,--blocking <0/1> 1: a barrier after each call, timed (oxccl calls always block until this rank \
+is done, so 0 and 1 differ only by the barrier; default: 0)] \n\t\
 [-T,--timeout <time in seconds> (0: none; default: OXCCL_TIMEOUT or 600)] \n\t\
 [-a,--average <0/1/2/3> report average iteration time <0=RANK0/1=AVG/2=MIN/3=MAX>] \n\t\
 [-u,--unalign <index of first element> Misalign source and destination buffers (default: 0)] \n\t\
+[-J,--output_file <file.json> write the results as JSON (rank 0; an existing file is kept and \
+file.0, file.1, ... used instead)] \n\t\
+[--plot <file.svg> draw busbw against size into an SVG file (rank 0, at the end)] \n\t\
+[--plot-peer <file[:label]> add other results to the plot: CSV with size,busbw or \
+size,time_us,algbw,busbw columns (header optional), or JSON from -J; may be repeated] \n\t\
 [-h,--help]\n\
 Sizes take K, M, G suffixes (powers of 1024).\n\
 Under a launcher (oxccl-run, mpirun, srun, torchrun), each process is one rank: use -t 1.\n"
@@ -930,25 +977,29 @@ fn parse_int(v: &str) -> Option<i64> {
     Some(if neg { -x } else { x })
 }
 
-const FLAGS: &[(char, &str)] = &[
-    ('t', "nthreads"),
-    ('g', "ngpus"),
-    ('b', "minbytes"),
-    ('e', "maxbytes"),
-    ('i', "stepbytes"),
-    ('f', "stepfactor"),
-    ('n', "iters"),
-    ('m', "agg_iters"),
-    ('w', "warmup_iters"),
-    ('N', "run_cycles"),
-    ('c', "check"),
-    ('o', "op"),
-    ('d', "datatype"),
-    ('r', "root"),
-    ('T', "timeout"),
-    ('a', "average"),
-    ('u', "unalign"),
-    ('J', "output_file"),
+/// The options: short letter (if any) and long name.
+const FLAGS: &[(Option<char>, &str)] = &[
+    (Some('t'), "nthreads"),
+    (Some('g'), "ngpus"),
+    (Some('b'), "minbytes"),
+    (Some('e'), "maxbytes"),
+    (Some('i'), "stepbytes"),
+    (Some('f'), "stepfactor"),
+    (Some('n'), "iters"),
+    (Some('m'), "agg_iters"),
+    (Some('w'), "warmup_iters"),
+    (Some('N'), "run_cycles"),
+    (Some('c'), "check"),
+    (Some('o'), "op"),
+    (Some('d'), "datatype"),
+    (Some('r'), "root"),
+    (Some('z'), "blocking"),
+    (Some('T'), "timeout"),
+    (Some('a'), "average"),
+    (Some('u'), "unalign"),
+    (Some('J'), "output_file"),
+    (None, "plot"),
+    (None, "plot-peer"),
 ];
 
 fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
@@ -963,18 +1014,22 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
         check: 1,
         op: Some(OpKind::Sum),
         dtype: Some(DataType::Float32),
-        root: 0,
+        root: Some(0),
+        blocking: 0,
         average: 1,
         timeout: None,
         unalign: 0,
         cycles: 1,
+        json: None,
+        plot: None,
+        plot_peers: Vec::new(),
     };
     let bad = |m: String| CliError::Bad(m);
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
         i += 1;
-        let (flag, inline): (char, Option<String>) = if let Some(long) = a.strip_prefix("--") {
+        let (name, inline): (&'static str, Option<String>) = if let Some(long) = a.strip_prefix("--") {
             let (name, val) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
@@ -983,7 +1038,7 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
                 return Err(CliError::Help);
             }
             match FLAGS.iter().find(|(_, l)| *l == name) {
-                Some((c, _)) => (*c, val),
+                Some((_, l)) => (*l, val),
                 None => return Err(bad(format!("invalid option '--{name}'"))),
             }
         } else if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
@@ -991,13 +1046,17 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
             if c == 'h' {
                 return Err(CliError::Help);
             }
-            if !FLAGS.iter().any(|(f, _)| *f == c) {
+            let Some((_, l)) = FLAGS.iter().find(|(f, _)| *f == Some(c)) else {
                 return Err(bad(format!("invalid option '-{c}'")));
-            }
+            };
             let rest = &short[c.len_utf8()..];
-            (c, (!rest.is_empty()).then(|| rest.to_string()))
+            (*l, (!rest.is_empty()).then(|| rest.to_string()))
         } else {
             return Err(bad(format!("unexpected argument '{a}'")));
+        };
+        let shown = match FLAGS.iter().find(|(_, l)| *l == name) {
+            Some((Some(c), _)) => format!("-{c}"),
+            _ => format!("--{name}"),
         };
         let val = match inline {
             Some(v) => v,
@@ -1005,7 +1064,7 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
                 i += 1;
                 args[i - 1].clone()
             }
-            None => return Err(bad(format!("option '-{flag}' needs a value"))),
+            None => return Err(bad(format!("option '{shown}' needs a value"))),
         };
         let int = |what: &str, lo: i64, hi: i64| -> Result<i64, CliError> {
             match parse_int(&val) {
@@ -1016,23 +1075,26 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
         let size = |what: &str| -> Result<usize, CliError> {
             parse_size(&val).ok_or_else(|| bad(format!("invalid size specified for '{what}': '{val}'")))
         };
-        match flag {
-            't' => o.nthreads = int("nthreads", 1, 4096)? as usize,
-            'g' => {
-                int("ngpus", 1, 1)?;
+        let path = |what: &str| -> Result<String, CliError> {
+            if val.is_empty() { Err(bad(format!("'{what}' needs a file name"))) } else { Ok(val.clone()) }
+        };
+        match name {
+            "nthreads" => o.nthreads = int(name, 1, 4096)? as usize,
+            "ngpus" => {
+                int(name, 1, 1)?;
             }
-            'b' => o.min_bytes = size("minbytes")?,
-            'e' => o.max_bytes = size("maxbytes")?,
-            'i' => o.step_bytes = size("stepbytes")?,
-            'f' => o.step_factor = int("stepfactor", 1, 1 << 30)? as usize,
-            'n' => o.iters = int("iters", 1, 1 << 40)? as usize,
-            'm' => {
-                int("agg_iters", 1, 1)?;
+            "minbytes" => o.min_bytes = size(name)?,
+            "maxbytes" => o.max_bytes = size(name)?,
+            "stepbytes" => o.step_bytes = size(name)?,
+            "stepfactor" => o.step_factor = int(name, 1, 1 << 30)? as usize,
+            "iters" => o.iters = int(name, 1, 1 << 40)? as usize,
+            "agg_iters" => {
+                int(name, 1, 1)?;
             }
-            'w' => o.warmup = int("warmup_iters", 0, 1 << 40)? as usize,
-            'N' => o.cycles = int("run_cycles", 0, 1 << 40)? as usize,
-            'c' => o.check = int("check", 0, 1 << 20)? as usize,
-            'o' => {
+            "warmup_iters" => o.warmup = int(name, 0, 1 << 40)? as usize,
+            "run_cycles" => o.cycles = int(name, 0, 1 << 40)? as usize,
+            "check" => o.check = int(name, 0, 1 << 20)? as usize,
+            "op" => {
                 o.op = match val.as_str() {
                     "all" => None,
                     s => Some(OpKind::parse(s).ok_or_else(|| {
@@ -1040,14 +1102,20 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
                     })?),
                 }
             }
-            'd' => {
+            "datatype" => {
                 o.dtype = match val.as_str() {
                     "all" => None,
                     s => Some(s.parse::<DataType>().map_err(bad)?),
                 }
             }
-            'r' => o.root = int("root", 0, i32::MAX as i64)? as usize,
-            'T' => {
+            "root" => {
+                o.root = match val.trim() {
+                    "all" | "-1" => None,
+                    _ => Some(int("root (or -1 or all: every rank)", 0, i32::MAX as i64)? as usize),
+                }
+            }
+            "blocking" => o.blocking = int(name, 0, 1)? as u32,
+            "timeout" => {
                 let t: f64 = val
                     .parse()
                     .ok()
@@ -1055,12 +1123,12 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
                     .ok_or_else(|| bad(format!("invalid timeout '{val}' (seconds)")))?;
                 o.timeout = Some(t);
             }
-            'a' => o.average = int("average", 0, 3)? as u32,
-            'u' => o.unalign = int("unalign", 0, 1 << 20)? as usize,
-            'J' => {
-                return Err(bad("-J (JSON output) is not supported yet by the oxccl perf examples".into()));
-            }
-            _ => unreachable!(),
+            "average" => o.average = int(name, 0, 3)? as u32,
+            "unalign" => o.unalign = int(name, 0, 1 << 20)? as usize,
+            "output_file" => o.json = Some(path(name)?),
+            "plot" => o.plot = Some(path(name)?),
+            "plot-peer" => o.plot_peers.push(path(name)?),
+            _ => unreachable!("option {name} has no handler"),
         }
     }
     if o.min_bytes > o.max_bytes {
@@ -1068,6 +1136,9 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
     }
     if o.step_factor <= 1 && o.step_bytes == 0 && o.min_bytes < o.max_bytes {
         return Err(bad("stepbytes must be positive when stepfactor is 1 (it would never reach maxbytes)".into()));
+    }
+    if !o.plot_peers.is_empty() && o.plot.is_none() {
+        return Err(bad("--plot-peer needs --plot <file.svg>".into()));
     }
     Ok(o)
 }
@@ -1144,12 +1215,33 @@ fn float_str(v: f64, width: usize) -> String {
     format!("{s:>width$}")
 }
 
+/// Length of the progress note now at the end of the terminal's line (0: none).
+static PROGRESS_SHOWN: AtomicUsize = AtomicUsize::new(0);
+
+/// Writes `s` to standard output and flushes it, so the table streams row by row; a
+/// progress note on the terminal ([`progress`]) is erased first.
 fn out(s: &str) {
+    let shown = PROGRESS_SHOWN.swap(0, Ordering::Relaxed);
+    let mut s = std::borrow::Cow::Borrowed(s);
+    if shown > 0 {
+        let back = "\x08".repeat(shown);
+        s = format!("{back}{}{back}{s}", " ".repeat(shown)).into();
+    }
     let mut o = std::io::stdout().lock();
     if o.write_all(s.as_bytes()).and_then(|_| o.flush()).is_err() {
         // Nobody reads the results any more (a closed pipe): stop, as nccl-tests would
         // on SIGPIPE.
         std::process::exit(1);
+    }
+}
+
+/// Shows `note` after the row being measured, until the next output replaces it; only
+/// when standard output is a terminal (into a file or a pipe the table stays clean).
+fn progress(note: &str) {
+    static TERMINAL: OnceLock<bool> = OnceLock::new();
+    if *TERMINAL.get_or_init(|| std::io::stdout().is_terminal()) {
+        out(note);
+        PROGRESS_SHOWN.store(note.chars().count(), Ordering::Relaxed);
     }
 }
 
@@ -1193,6 +1285,9 @@ fn header(prog: &str, o: &Opts, devices: &[Device], reduced_max: Option<usize>) 
         "# nThread {} nGpus 1 minBytes {} maxBytes {} step: {step}({kind}) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0 unalign: {}",
         o.nthreads, o.min_bytes, o.max_bytes, o.warmup, o.iters, o.check, o.unalign
     );
+    if o.blocking != 0 {
+        let _ = writeln!(h, "#  Blocking Enabled: wait for completion and barrier after each collective");
+    }
     let _ = writeln!(h, "#");
     let _ = writeln!(h, "# Using devices");
     for (r, d) in devices.iter().enumerate() {
@@ -1251,8 +1346,17 @@ struct Plan<'a, C> {
     opts: &'a Opts,
     types: Vec<DataType>,
     ops: Vec<OpKind>,
+    roots: Vec<usize>,
     sizes: Vec<usize>,
     ranks: Ranks,
+}
+
+impl<C> Plan<'_, C> {
+    /// Rows of the whole run (`None`: `-N 0` runs forever).
+    fn rows(&self) -> Option<usize> {
+        let per_cycle = self.types.len() * self.ops.len() * self.roots.len() * self.sizes.len();
+        (self.opts.cycles > 0).then(|| per_cycle * self.opts.cycles)
+    }
 }
 
 /// What one rank brings back.
@@ -1263,6 +1367,8 @@ struct RankStats {
     /// Sum and number of busbw values (rank 0 only).
     bw_sum: f64,
     bw_count: u64,
+    /// Rows started (rank 0 only), for the progress note.
+    rows: usize,
 }
 
 /// The outcome of a run, the same on every rank.
@@ -1318,6 +1424,7 @@ pub fn main<C: Collective>(coll: C) -> ! {
     let processes = job.is_some();
     std::panic::set_hook(Box::new(move |info| {
         let _ = std::io::stdout().flush();
+        report::abort(&info.to_string());
         if processes {
             err(&info.to_string());
             let bt = std::backtrace::Backtrace::capture();
@@ -1356,17 +1463,34 @@ pub fn main<C: Collective>(coll: C) -> ! {
 
     let min_bw: Option<f64> = std::env::var("NCCL_TESTS_MIN_BW").ok().and_then(|v| v.parse().ok());
     let bw_ok = min_bw.is_none_or(|m| summary.bw >= m * 0.9);
+    let mut files_ok = true;
     if print {
         out(&footer(prog, summary.errors, summary.bw, min_bw.map(|_| bw_ok)));
+        for p in report::finish(summary.errors, summary.bw, min_bw.map(|_| bw_ok)) {
+            err(&format!("{prog}: {p}"));
+            files_ok = false;
+        }
     }
-    std::process::exit(if summary.errors > 0 || !bw_ok { 1 } else { 0 });
+    std::process::exit(if summary.errors > 0 || !bw_ok || !files_ok { 1 } else { 0 });
 }
 
 /// Exits (status 2) when `-r` names no rank of `n`.
 fn check_root<C: Collective>(opts: &Opts, n: usize) {
-    if C::ROOTED && opts.root >= n {
-        err(&format!("{}: invalid root {} for {n} ranks", C::NAME, opts.root));
+    if let (true, Some(r)) = (C::ROOTED, opts.root)
+        && r >= n
+    {
+        err(&format!("{}: invalid root {r} for {n} ranks", C::NAME));
         std::process::exit(2);
+    }
+}
+
+/// The roots each size runs with: `-r`, or every rank in turn (`-r all`); one (unused)
+/// root for collectives without one.
+fn roots<C: Collective>(opts: &Opts, n: usize) -> Vec<usize> {
+    match (C::ROOTED, opts.root) {
+        (true, Some(r)) => vec![r],
+        (true, None) => (0..n).collect(),
+        (false, _) => vec![0],
     }
 }
 
@@ -1376,7 +1500,7 @@ fn caps<C: Collective>(coll: &C, opts: &Opts, types: &[DataType], n: usize, max_
     let (mut s, mut r) = (0, 0);
     for t in types {
         let es = t.size();
-        let lay = coll.layout(max_bytes / es, n);
+        let lay = coll.layout(max_bytes / es, n, es);
         let extra = (opts.unalign + GUARD_ELEMS) * es;
         s = s.max(lay.send * es + extra);
         r = r.max(lay.recv.max(lay.in_place) * es + extra);
@@ -1421,6 +1545,10 @@ fn run_threads<C: Collective>(
     let devices: Vec<Device> =
         (0..n).map(|r| Device { pid, host: host.clone(), dev: r, what: format!("CPU thread, {cpu}") }).collect();
     out(&header(C::NAME, &opts, &devices, reduced_note));
+    if let Err(m) = open_report::<C>(&opts, &devices, false) {
+        err(&format!("{}: {m}", C::NAME));
+        std::process::exit(2);
+    }
 
     let comms = match Comm::init_all_with(n, cfg) {
         Ok(c) => c,
@@ -1434,7 +1562,8 @@ fn run_threads<C: Collective>(
 
     let (send_cap, recv_cap) = caps(coll, &opts, &types, n, opts.max_bytes);
     let sizes = sizes(&opts);
-    let plan = Plan { coll, opts: &opts, types, ops, sizes, ranks: Ranks::Threads(Shared::new(n)) };
+    let roots = roots::<C>(&opts, n);
+    let plan = Plan { coll, opts: &opts, types, ops, roots, sizes, ranks: Ranks::Threads(Shared::new(n)) };
     let summaries: Vec<Summary> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -1461,7 +1590,12 @@ fn run_process<C: Collective>(
     ops: Vec<OpKind>,
     cfg: &Config,
 ) -> (Summary, bool) {
-    let mut comm = match Comm::from_env_with(cfg) {
+    // With the `mpi` feature, a bare mpirun works: MPI hands out the unique id.
+    #[cfg(feature = "mpi")]
+    let joined = Comm::from_env_or_mpi(cfg);
+    #[cfg(not(feature = "mpi"))]
+    let joined = Comm::from_env_with(cfg);
+    let mut comm = match joined {
         Ok(c) => c,
         Err(e) => {
             err(&format!("oxccl error: {e}"));
@@ -1481,14 +1615,29 @@ fn run_process<C: Collective>(
     if let Some(max) = reduced_note {
         reduce_max_bytes(&mut opts, max);
     }
+    // Rank 0 opens the -J and --plot files; every rank stops (status 2) if it cannot.
+    let mut ok = [1u64];
     if rank == 0 {
         out(&header(C::NAME, &opts, &devices, reduced_note));
+        if let Err(m) = open_report::<C>(&opts, &devices, true) {
+            err(&format!("{}: {m}", C::NAME));
+            ok[0] = 0;
+        }
+    }
+    if let Err(e) = comm.broadcast_in_place(&mut ok, 0) {
+        fail(e, "agreeing on the output files");
+    }
+    if ok[0] == 0 {
+        std::process::exit(2);
+    }
+    if rank == 0 {
         out(&column_header());
     }
 
     let (send_cap, recv_cap) = caps(coll, &opts, &types, n, opts.max_bytes);
     let sizes = sizes(&opts);
-    let plan = Plan { coll, opts: &opts, types, ops, sizes, ranks: Ranks::Process };
+    let roots = roots::<C>(&opts, n);
+    let plan = Plan { coll, opts: &opts, types, ops, roots, sizes, ranks: Ranks::Process };
     (rank_main(&plan, comm, send_cap, recv_cap), rank == 0)
 }
 
@@ -1502,9 +1651,11 @@ fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize,
     let mut rep = 0u64;
     for &dt in &plan.types {
         for &op in &plan.ops {
-            with_elem!(dt, T => run_test::<C, T>(
-                plan, &mut comm, &mut send, &mut recv, op, &mut rep, &mut st
-            ));
+            for &root in &plan.roots {
+                with_elem!(dt, T => run_test::<C, T>(
+                    plan, &mut comm, &mut send, &mut recv, op, root, &mut rep, &mut st
+                ));
+            }
         }
     }
     // Every rank ends with the totals, so that every process of a job exits alike.
@@ -1515,34 +1666,46 @@ fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize,
     Summary { errors: errors[0], bw }
 }
 
-/// Ends the process on an oxccl error, saying what the call was.
+/// Ends the process on an oxccl error, saying what the call was (rank 0 also writes
+/// what it has of the `-J` and `--plot` files).
 fn fail(e: oxccl::Error, what: &str) -> ! {
     let _ = std::io::stdout().flush();
     err(&format!("oxccl error: {e}"));
     err(&format!("  (during {what})"));
+    report::abort(&format!("oxccl error: {e} (during {what})"));
     std::process::exit(1);
 }
 
-/// nccl-tests' TimeTest: every size of one type and op.
+/// Rank 0: prepares the `-J` and `--plot` outputs and says so under the header.
+fn open_report<C: Collective>(opts: &Opts, devices: &[Device], processes: bool) -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let note = report::prepare(C::NAME, opts, &args, devices, processes)?;
+    out(&note);
+    Ok(())
+}
+
+/// nccl-tests' TimeTest: every size of one type, op and root.
+#[allow(clippy::too_many_arguments)]
 fn run_test<C: Collective, T: PerfElem>(
     plan: &Plan<'_, C>,
     comm: &mut Comm,
     send: &mut Buf,
     recv: &mut Buf,
     op: OpKind,
+    root: usize,
     rep: &mut u64,
     st: &mut RankStats,
 ) {
     let (opts, coll) = (plan.opts, plan.coll);
     let (rank, n) = (comm.rank(), comm.size());
-    let ctx = CallCtx { rank, nranks: n, root: opts.root };
+    let ctx = CallCtx { rank, nranks: n, root };
     let es = std::mem::size_of::<T>();
     let u = opts.unalign;
     let rop = op.reduce_op::<T>();
 
     // Realistic data for the timed calls (the checks refill what they use).
     let t0 = Tables::<T>::new(op, n, 0);
-    let max_lay = coll.layout(opts.max_bytes / es, n);
+    let max_lay = coll.layout(opts.max_bytes / es, n, es);
     for seg in coll.inputs(&max_lay, ctx, false) {
         t0.fill(send.view_mut::<T>(u, max_lay.send), &seg);
     }
@@ -1550,7 +1713,8 @@ fn run_test<C: Collective, T: PerfElem>(
     let mut cycle = 0;
     loop {
         for &bytes in &plan.sizes {
-            let lay = coll.layout(bytes / es, n);
+            let lay = coll.layout(bytes / es, n, es);
+            let root_col = if C::ROOTED { root as i64 } else { -1 };
             if rank == 0 {
                 out(&format!(
                     "{:>12}  {:>12}  {:>8}  {:>6}  {:>6}",
@@ -1558,10 +1722,31 @@ fn run_test<C: Collective, T: PerfElem>(
                     lay.count,
                     T::DTYPE.name(),
                     op.name(),
-                    if C::ROOTED { opts.root as i64 } else { -1 }
+                    root_col
                 ));
+                report::start_row(report::Row {
+                    size: lay.size * es,
+                    count: lay.count,
+                    dtype: T::DTYPE.name(),
+                    op: op.name(),
+                    root: root_col,
+                    out_of_place: None,
+                    in_place: None,
+                });
+                st.rows += 1;
             }
             for in_place in [false, true] {
+                if in_place && !C::IN_PLACE {
+                    if rank == 0 {
+                        out(&format!("  {:>7}  {:>6}  {:>6}  {:>6}", "N/A", "N/A", "N/A", "N/A"));
+                    }
+                    continue;
+                }
+                if rank == 0 {
+                    let total = plan.rows().map_or("?".to_string(), |t| t.to_string());
+                    let half = if in_place { "in-place" } else { "out-of-place" };
+                    progress(&format!("  [row {}/{total}, {half}]", st.rows));
+                }
                 bench::<C, T>(plan, comm, send, recv, &lay, ctx, op, rop, in_place, rep, st);
             }
             if rank == 0 {
@@ -1625,6 +1810,11 @@ fn bench<C: Collective, T: PerfElem>(
     let start = Instant::now();
     for _ in 0..opts.iters {
         call(comm, send, recv);
+        if opts.blocking != 0
+            && let Err(e) = comm.barrier()
+        {
+            fail(e, &format!("the barrier after {}", what()));
+        }
     }
     let sec = start.elapsed().as_secs_f64() / opts.iters as f64;
     let how = Fold::of_average(opts.average);
@@ -1731,5 +1921,191 @@ fn bench<C: Collective, T: PerfElem>(
         ));
         st.bw_sum += busbw;
         st.bw_count += 1;
+        let wrong = (opts.check > 0).then_some(wrong_total);
+        report::set_meas(in_place, report::Meas { time_us: sec * 1e6, algbw, busbw, wrong });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collectives::*;
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn parse(s: &str) -> Result<Opts, CliError> {
+        parse_args(&args(s), 2)
+    }
+
+    fn bad(s: &str) -> String {
+        match parse(s) {
+            Err(CliError::Bad(m)) => m,
+            other => panic!("{s:?} should be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_scripts_command_line_parses() {
+        let o = parse("-b 8 -e 256K -f 8 -t 3 -d all -o all -n 2 -w 1 -c 1").unwrap();
+        assert_eq!((o.min_bytes, o.max_bytes, o.step_factor, o.nthreads), (8, 256 << 10, 8, 3));
+        assert_eq!((o.dtype, o.op, o.iters, o.warmup, o.check), (None, None, 2, 1, 1));
+    }
+
+    #[test]
+    fn defaults_and_long_forms() {
+        let o = parse("").unwrap();
+        assert_eq!((o.nthreads, o.root, o.blocking, o.average, o.cycles), (2, Some(0), 0, 1, 1));
+        assert_eq!((o.json.as_deref(), o.plot.as_deref()), (None, None));
+        let o = parse("--minbytes=1K --maxbytes 2M --stepbytes 512 --stepfactor 1 --root all --blocking 1").unwrap();
+        assert_eq!((o.min_bytes, o.max_bytes, o.step_bytes, o.step_factor), (1024, 2 << 20, 512, 1));
+        assert_eq!((o.root, o.blocking), (None, 1));
+        let o =
+            parse("-r -1 -a 3 -T 2.5 -z0 -J out.json --plot p.svg --plot-peer a.csv:MPI --plot-peer b.json").unwrap();
+        assert_eq!((o.root, o.average, o.timeout, o.blocking), (None, 3, Some(2.5), 0));
+        assert_eq!((o.json.as_deref(), o.plot.as_deref()), (Some("out.json"), Some("p.svg")));
+        assert_eq!(o.plot_peers, ["a.csv:MPI", "b.json"]);
+        assert_eq!(parse("-r 2").unwrap().root, Some(2));
+        assert!(matches!(parse("-h"), Err(CliError::Help)));
+        assert!(matches!(parse("-b 8 --help"), Err(CliError::Help)));
+    }
+
+    #[test]
+    fn bad_command_lines_say_why() {
+        assert_eq!(bad("-x 1"), "invalid option '-x'");
+        assert_eq!(bad("--bogus 1"), "invalid option '--bogus'");
+        assert_eq!(bad("-b"), "option '-b' needs a value");
+        assert_eq!(bad("--plot"), "option '--plot' needs a value");
+        assert!(bad("-b 8Q").contains("invalid size"), "{}", bad("-b 8Q"));
+        assert!(bad("-n zero").contains("iters"));
+        assert!(bad("-z 2").contains("blocking"));
+        assert!(bad("-a 4").contains("average"));
+        assert!(bad("-r x").contains("root"));
+        assert!(bad("-T -1").contains("timeout"));
+        assert!(bad("-b 1M -e 1K").contains("maxbytes"));
+        assert!(bad("--plot-peer a.csv").contains("--plot"));
+        assert!(bad("stray").contains("unexpected argument"));
+        assert!(bad("-f 1 -i 0 -b 8 -e 64").contains("stepbytes"));
+    }
+
+    #[test]
+    fn sizes_step_as_nccl_tests() {
+        assert_eq!(sizes(&parse("-b 8 -e 256K -f 8").unwrap()), [8, 64, 512, 4096, 32768, 262144]);
+        assert_eq!(sizes(&parse("-b 8 -e 100 -f 2").unwrap()), [8, 16, 32, 64]);
+        assert_eq!(sizes(&parse("-b 0 -e 4 -f 2").unwrap()), [0, 1, 2, 4]);
+        assert_eq!(sizes(&parse("-b 1K -e 4K -f 1 -i 1K").unwrap()), [1024, 2048, 3072, 4096]);
+        assert_eq!(sizes(&parse("-b 5 -e 5").unwrap()), [5]);
+        assert_eq!(parse_size("1.5K"), Some(1536));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("-1"), None);
+    }
+
+    #[test]
+    fn bus_factors_are_nccl_tests() {
+        for n in [2usize, 3, 4, 8] {
+            let nf = n as f64;
+            assert_eq!(AllReduce.bus_factor(n), 2.0 * (nf - 1.0) / nf);
+            assert_eq!(AllGather.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(ReduceScatter.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(AllToAll.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(Broadcast.bus_factor(n), 1.0);
+            assert_eq!(Reduce.bus_factor(n), 1.0);
+            assert_eq!(SendRecv.bus_factor(n), 1.0);
+        }
+    }
+
+    #[test]
+    fn sizes_are_totals_for_the_gathering_collectives() {
+        // 1 MiB of floats over 4 ranks: 64Ki elements per rank, 1 MiB in all.
+        let (count, n, es) = ((1 << 20) / 4, 4, 4);
+        let ag = AllGather.layout(count, n, es);
+        assert_eq!((ag.send, ag.recv, ag.count, ag.size), (count / 4, count, count / 4, count));
+        let rs = ReduceScatter.layout(count, n, es);
+        assert_eq!((rs.send, rs.recv, rs.count, rs.size), (count, count / 4, count / 4, count));
+        let a2a = AllToAll.layout(count, n, es);
+        assert_eq!((a2a.send, a2a.recv, a2a.count, a2a.size), (count, count, count / 4, count));
+        assert_eq!(AllGather.alg_bytes(&ag, es, n), (1 << 20) as f64);
+        let ar = AllReduce.layout(count, n, es);
+        assert_eq!((ar.count, ar.size, AllReduce.alg_bytes(&ar, es, n)), (count, count, (1 << 20) as f64));
+        // Per-rank blocks of all-gather are whole 16-byte units, as in nccl-tests.
+        assert_eq!(AllGather.layout(100, 3, 4).count, 32);
+        assert_eq!(AllGather.layout(2, 3, 4).size, 0);
+        assert_eq!(AllToAll.layout(100, 3, 4).count, 33);
+    }
+
+    /// Every collective's outputs, built from its inputs by a host model of the call,
+    /// match what it declares: the segments tell the checker the truth.
+    #[test]
+    fn declared_outputs_follow_from_inputs() {
+        fn model<C: Collective>(c: &C, n: usize, root: usize, in_place: bool) {
+            let lay = c.layout(40 * n, n, 4);
+            let t = Tables::<i32>::new(if C::REDUCES { OpKind::Sum } else { OpKind::None }, n, 7);
+            let ctx = |rank| CallCtx { rank, nranks: n, root };
+            let len_in = if in_place { lay.in_place } else { lay.send };
+            let ins: Vec<Vec<i32>> = (0..n)
+                .map(|r| {
+                    let mut b = vec![0i32; len_in];
+                    for s in c.inputs(&lay, ctx(r), in_place) {
+                        t.fill(&mut b, &s);
+                    }
+                    b
+                })
+                .collect();
+            let per = lay.count;
+            for r in 0..n {
+                let out: Vec<i32> = match C::NAME {
+                    "all_reduce_perf" => {
+                        (0..per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add)).collect()
+                    }
+                    "reduce_perf" => (0..per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add)).collect(),
+                    "broadcast_perf" => ins[root].clone(),
+                    "all_gather_perf" => {
+                        let at = |q: usize| if in_place { q * per } else { 0 };
+                        (0..n).flat_map(|q| ins[q][at(q)..at(q) + per].to_vec()).collect()
+                    }
+                    "reduce_scatter_perf" => {
+                        let red = (r * per..(r + 1) * per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add));
+                        let mut o = if in_place { vec![0; lay.in_place] } else { Vec::new() };
+                        let at = if in_place { r * per } else { 0 };
+                        o.splice(at..at, red);
+                        o
+                    }
+                    "alltoall_perf" => (0..n).flat_map(|q| ins[q][r * per..(r + 1) * per].to_vec()).collect(),
+                    "sendrecv_perf" => ins[(r + n - 1) % n].clone(),
+                    other => panic!("no model of {other}"),
+                };
+                let mut res = CheckResult::default();
+                for s in c.outputs(&lay, ctx(r), in_place) {
+                    t.check(&out, &s, &mut res);
+                }
+                assert_eq!(res.wrong, 0, "{} rank {r} of {n}, in-place {in_place}: {:?}", C::NAME, res.first);
+            }
+        }
+        fn all<C: Collective>(c: &C) {
+            for n in [1, 2, 3, 4] {
+                for in_place in [false, true] {
+                    if !in_place || C::IN_PLACE {
+                        model(c, n, n - 1, in_place);
+                    }
+                }
+            }
+        }
+        all(&AllReduce);
+        all(&Reduce);
+        all(&Broadcast);
+        all(&AllGather);
+        all(&ReduceScatter);
+        all(&AllToAll);
+        all(&SendRecv);
+    }
+
+    #[test]
+    fn c_formats() {
+        assert_eq!(c_g(0.0888226), "0.0888226");
+        assert_eq!(c_g(1234567.0), "1.23457e+06");
+        assert_eq!(float_str(12.345, 6), " 12.35");
+        assert_eq!(float_str(1234567.0, 7), "1234567");
+        assert_eq!(float_str(12345678.0, 7), "1.2e+07");
     }
 }

@@ -50,6 +50,22 @@ impl Comm {
         Self::from_mpi_with(mpi_comm, &Config::new())
     }
 
+    /// Joins the job a launcher started, preferring oxccl's own rendezvous: when the
+    /// environment names one (`OXCCL_COMM_ID`, `OXCCL_UNIQUE_ID` or `MASTER_ADDR`), as
+    /// [`Comm::from_env_with`]; otherwise it initialises MPI, joins over
+    /// `MPI_COMM_WORLD` ([`Comm::from_mpi_with`]) and finalises MPI again. This is how
+    /// the `*_perf` examples built with the `mpi` feature start under a bare `mpirun`.
+    /// A program that uses MPI itself should call [`Comm::from_mpi`] instead (MPI can
+    /// be initialised only once).
+    pub fn from_env_or_mpi(config: &Config) -> Result<Comm> {
+        let named = ["OXCCL_COMM_ID", "OXCCL_UNIQUE_ID", "MASTER_ADDR"].iter().any(|k| std::env::var_os(k).is_some());
+        if !named && let Some(universe) = ::mpi::initialize() {
+            // `universe` is dropped on return: MPI_Finalize, after the id went round.
+            return Self::from_mpi_with(&universe.world(), config);
+        }
+        Self::from_env_with(config)
+    }
+
     /// As [`Comm::from_mpi`], with a configuration (its timeout also bounds how long the
     /// bootstrap root on rank 0 waits for the other ranks).
     pub fn from_mpi_with<C: Communicator + ?Sized>(mpi_comm: &C, config: &Config) -> Result<Comm> {
