@@ -187,7 +187,7 @@ fi
 # Built optimised (the test profile, whose library `cargo test` already built): it trains.
 log "data_parallel: 3 thread ranks, then 2 processes under oxccl-run"
 cargo build --profile test "${FEATURES[@]}" --example data_parallel
-dp_args=(-s 25 -w 256 -B 8 -k 256)
+dp_args=(-s 40 -B 8)
 target/debug/examples/data_parallel -t 3 "${dp_args[@]}"
 target/debug/oxccl-run -n 2 --no-tag-output --timeout 300 -- target/debug/examples/data_parallel "${dp_args[@]}"
 
