@@ -15,7 +15,7 @@ mod split;
 mod work;
 
 pub use group::Group;
-pub use work::{Scope, Work};
+pub use work::{Lent, Scope, Work};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

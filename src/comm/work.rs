@@ -17,6 +17,7 @@ use super::engine::Engine;
 use super::{CallSpec, Comm};
 use crate::error::{Error, Result};
 use crate::types::{Element, ReduceOp};
+use sealed::Parts;
 
 /// Where an operation stands.
 #[derive(Default)]
@@ -143,42 +144,107 @@ pub struct Scope<'scope, 'env: 'scope> {
     _env: PhantomData<&'env mut &'env ()>,
 }
 
+mod sealed {
+    /// A buffer reference taken apart into its raw parts and put back together.
+    pub trait Parts: Sized {
+        /// Address and length; the reference itself is gone.
+        fn into_parts(self) -> (*mut u8, usize);
+        /// The reference again.
+        ///
+        /// # Safety
+        /// `p` comes from [`Parts::into_parts`] of the same type and lifetime, and no
+        /// other reference to the buffer is alive while the result is.
+        unsafe fn from_parts(p: (*mut u8, usize)) -> Self;
+    }
+
+    impl<T> Parts for &mut [T] {
+        fn into_parts(self) -> (*mut u8, usize) {
+            (self.as_mut_ptr().cast(), self.len())
+        }
+        unsafe fn from_parts(p: (*mut u8, usize)) -> Self {
+            // SAFETY: the caller passes the parts of a `&mut [T]` of this lifetime, whose
+            // reference is gone.
+            unsafe { std::slice::from_raw_parts_mut(p.0.cast(), p.1) }
+        }
+    }
+
+    impl<T> Parts for &[T] {
+        fn into_parts(self) -> (*mut u8, usize) {
+            (self.as_ptr().cast_mut().cast(), self.len())
+        }
+        unsafe fn from_parts(p: (*mut u8, usize)) -> Self {
+            // SAFETY: the caller passes the parts of a `&[T]` of this lifetime.
+            unsafe { std::slice::from_raw_parts(p.0.cast_const().cast(), p.1) }
+        }
+    }
+
+    impl Parts for () {
+        fn into_parts(self) -> (*mut u8, usize) {
+            (std::ptr::null_mut(), 0)
+        }
+        unsafe fn from_parts(_: (*mut u8, usize)) -> Self {}
+    }
+}
+
+/// What a [`Work`] gives back when it completes: the `&mut [T]` the operation wrote, the
+/// `&[T]` it read (a send), or `()` (a barrier).
+pub trait Lent: sealed::Parts {}
+
+impl<T> Lent for &mut [T] {}
+impl<T> Lent for &[T] {}
+impl Lent for () {}
+
 /// A pending operation of a [`Scope`]. [`Work::wait`] returns the buffer the operation
 /// wrote, once it is complete; dropping the handle leaves the buffer lent until the scope
 /// ends.
+///
+/// While the operation runs, the handle keeps only the buffer's address and length (no
+/// reference to it exists that the progress thread's writes could invalidate), and the
+/// borrow lives on in its type.
 #[must_use = "an operation's buffer stays lent until its work is waited on or the scope ends"]
-pub struct Work<'scope, B> {
+pub struct Work<'scope, B: Lent> {
     state: Arc<State>,
-    buf: Option<B>,
+    parts: (*mut u8, usize),
+    _buf: PhantomData<B>,
     _scope: PhantomData<&'scope ()>,
 }
 
-impl<B> Work<'_, B> {
+impl<B: Lent> Work<'_, B> {
+    /// The buffer, once the operation has completed.
+    fn give_back(&self) -> B {
+        // SAFETY: `parts` came from `into_parts` of a `B` whose borrow this handle holds
+        // (in its type); the operation that used the buffer has completed, and `self` is
+        // consumed by the caller, so this is the one reference made from them.
+        unsafe { B::from_parts(self.parts) }
+    }
+
     /// Whether the operation has completed (successfully or not).
     pub fn is_completed(&self) -> bool {
         self.state.is_done()
     }
 
     /// Waits for the operation and gives its buffer back.
-    pub fn wait(mut self) -> Result<B> {
+    pub fn wait(self) -> Result<B> {
         match self.state.take(None) {
-            Some(r) => r.map(|()| self.buf.take().expect("buffer held until completion")),
+            Some(r) => r.map(|()| self.give_back()),
             None => unreachable!("an unlimited wait returns only when done"),
         }
     }
 
     /// Waits at most `limit`: `Ok(buffer)` once complete, or the handle back
     /// (`Err(self)`) if the operation is still running.
-    pub fn wait_timeout(mut self, limit: Duration) -> std::result::Result<Result<B>, Self> {
+    pub fn wait_timeout(self, limit: Duration) -> std::result::Result<Result<B>, Self> {
         match self.state.take(Some(limit)) {
-            Some(r) => Ok(r.map(|()| self.buf.take().expect("buffer held until completion"))),
+            Some(r) => Ok(r.map(|()| self.give_back())),
             None => Err(self),
         }
     }
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
-    fn submit<B>(&self, specs: Vec<CallSpec>, buf: B) -> Result<Work<'scope, B>> {
+    /// Queues `specs` for the progress thread; `parts` are those of the buffer `wait`
+    /// gives back.
+    fn submit<B: Lent>(&self, specs: Vec<CallSpec>, parts: (*mut u8, usize)) -> Result<Work<'scope, B>> {
         let state = Arc::new(State::default());
         let worker = self.comm.worker.as_ref().ok_or_else(|| Error::Internal("no progress thread".into()))?;
         worker
@@ -186,7 +252,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
             .send(Job { specs, state: state.clone() })
             .map_err(|_| Error::Internal("progress thread gone".into()))?;
         self.issued.borrow_mut().push(state.clone());
-        Ok(Work { state, buf: Some(buf), _scope: PhantomData })
+        Ok(Work { state, parts, _buf: PhantomData, _scope: PhantomData })
     }
 
     fn ranks(&self) -> super::calls::Ranks {
@@ -200,8 +266,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'env mut [T],
         op: ReduceOp,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().all_reduce(send, recv, op)?;
-        self.submit(vec![s], recv)
+        let parts = recv.into_parts();
+        // SAFETY: the parts of `recv`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().all_reduce(send, unsafe { <&mut [T]>::from_parts(parts) }, op)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::all_reduce_in_place`]: `wait` returns `buf`.
@@ -210,8 +279,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         buf: &'env mut [T],
         op: ReduceOp,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().all_reduce_in_place(buf, op)?;
-        self.submit(vec![s], buf)
+        let parts = buf.into_parts();
+        // SAFETY: the parts of `buf`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().all_reduce_in_place(unsafe { <&mut [T]>::from_parts(parts) }, op)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::reduce`]: `wait` returns `recv`.
@@ -222,8 +294,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         op: ReduceOp,
         root: usize,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().reduce(send, recv, op, root)?;
-        self.submit(vec![s], recv)
+        let parts = recv.into_parts();
+        // SAFETY: the parts of `recv`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().reduce(send, unsafe { <&mut [T]>::from_parts(parts) }, op, root)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::broadcast`]: `wait` returns `recv`.
@@ -233,8 +308,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'env mut [T],
         root: usize,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().broadcast(send, recv, root)?;
-        self.submit(vec![s], recv)
+        let parts = recv.into_parts();
+        // SAFETY: the parts of `recv`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().broadcast(send, unsafe { <&mut [T]>::from_parts(parts) }, root)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::broadcast_in_place`]: `wait` returns `buf`.
@@ -243,14 +321,20 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         buf: &'env mut [T],
         root: usize,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().broadcast_in_place(buf, root)?;
-        self.submit(vec![s], buf)
+        let parts = buf.into_parts();
+        // SAFETY: the parts of `buf`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().broadcast_in_place(unsafe { <&mut [T]>::from_parts(parts) }, root)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::all_gather`]: `wait` returns `recv`.
     pub fn all_gather<T: Element>(&self, send: &'env [T], recv: &'env mut [T]) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().all_gather(send, recv)?;
-        self.submit(vec![s], recv)
+        let parts = recv.into_parts();
+        // SAFETY: the parts of `recv`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().all_gather(send, unsafe { <&mut [T]>::from_parts(parts) })?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::reduce_scatter`]: `wait` returns `recv`.
@@ -260,31 +344,43 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'env mut [T],
         op: ReduceOp,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().reduce_scatter(send, recv, op)?;
-        self.submit(vec![s], recv)
+        let parts = recv.into_parts();
+        // SAFETY: the parts of `recv`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().reduce_scatter(send, unsafe { <&mut [T]>::from_parts(parts) }, op)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::all_to_all`]: `wait` returns `recv`.
     pub fn all_to_all<T: Element>(&self, send: &'env [T], recv: &'env mut [T]) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().all_to_all(send, recv)?;
-        self.submit(vec![s], recv)
+        let parts = recv.into_parts();
+        // SAFETY: the parts of `recv`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().all_to_all(send, unsafe { <&mut [T]>::from_parts(parts) })?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::send`]: `wait` returns `buf`.
     pub fn send<T: Element>(&self, buf: &'env [T], peer: usize) -> Result<Work<'scope, &'env [T]>> {
-        let s = self.ranks().send(buf, peer)?;
-        self.submit(vec![s], buf)
+        let parts = buf.into_parts();
+        // SAFETY: the parts of `buf`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().send(unsafe { <&[T]>::from_parts(parts) }, peer)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::recv`]: `wait` returns `buf`.
     pub fn recv<T: Element>(&self, buf: &'env mut [T], peer: usize) -> Result<Work<'scope, &'env mut [T]>> {
-        let s = self.ranks().recv(buf, peer)?;
-        self.submit(vec![s], buf)
+        let parts = buf.into_parts();
+        // SAFETY: the parts of `buf`, which is not used again; the slice only
+        // lives for the argument checks.
+        let s = self.ranks().recv(unsafe { <&mut [T]>::from_parts(parts) }, peer)?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::barrier`].
     pub fn barrier(&self) -> Result<Work<'scope, ()>> {
-        self.submit(vec![self.ranks().barrier()], ())
+        self.submit(vec![self.ranks().barrier()], ().into_parts())
     }
 }
 
