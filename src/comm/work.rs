@@ -17,7 +17,6 @@ use super::engine::Engine;
 use super::{CallSpec, Comm};
 use crate::error::{Error, Result};
 use crate::types::{Element, ReduceOp};
-use sealed::Parts;
 
 /// Where an operation stands.
 #[derive(Default)]
@@ -255,8 +254,18 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         Ok(Work { state, parts, _buf: PhantomData, _scope: PhantomData })
     }
 
-    fn ranks(&self) -> super::calls::Ranks {
-        self.comm.ranks()
+    /// Lends `buf` to one operation: `call` checks the arguments and describes the call
+    /// on a reference rebuilt from `buf`'s raw parts; `buf` itself is not used again.
+    fn lend<B: Lent>(
+        &self,
+        buf: B,
+        call: impl FnOnce(&super::calls::Ranks, B) -> Result<CallSpec>,
+    ) -> Result<Work<'scope, B>> {
+        let parts = buf.into_parts();
+        // SAFETY: the parts of `buf`, which is gone; the rebuilt reference lives only for
+        // the argument checks, before the progress thread may touch the buffer.
+        let s = call(&self.comm.ranks(), unsafe { B::from_parts(parts) })?;
+        self.submit(vec![s], parts)
     }
 
     /// Non-blocking [`Comm::all_reduce`]: `wait` returns `recv`.
@@ -266,11 +275,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'env mut [T],
         op: ReduceOp,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = recv.into_parts();
-        // SAFETY: the parts of `recv`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().all_reduce(send, unsafe { <&mut [T]>::from_parts(parts) }, op)?;
-        self.submit(vec![s], parts)
+        self.lend(recv, |r, b| r.all_reduce(send, b, op))
     }
 
     /// Non-blocking [`Comm::all_reduce_in_place`]: `wait` returns `buf`.
@@ -279,11 +284,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         buf: &'env mut [T],
         op: ReduceOp,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = buf.into_parts();
-        // SAFETY: the parts of `buf`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().all_reduce_in_place(unsafe { <&mut [T]>::from_parts(parts) }, op)?;
-        self.submit(vec![s], parts)
+        self.lend(buf, |r, b| r.all_reduce_in_place(b, op))
     }
 
     /// Non-blocking [`Comm::reduce`]: `wait` returns `recv`.
@@ -294,11 +295,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         op: ReduceOp,
         root: usize,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = recv.into_parts();
-        // SAFETY: the parts of `recv`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().reduce(send, unsafe { <&mut [T]>::from_parts(parts) }, op, root)?;
-        self.submit(vec![s], parts)
+        self.lend(recv, |r, b| r.reduce(send, b, op, root))
     }
 
     /// Non-blocking [`Comm::broadcast`]: `wait` returns `recv`.
@@ -308,11 +305,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'env mut [T],
         root: usize,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = recv.into_parts();
-        // SAFETY: the parts of `recv`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().broadcast(send, unsafe { <&mut [T]>::from_parts(parts) }, root)?;
-        self.submit(vec![s], parts)
+        self.lend(recv, |r, b| r.broadcast(send, b, root))
     }
 
     /// Non-blocking [`Comm::broadcast_in_place`]: `wait` returns `buf`.
@@ -321,20 +314,12 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         buf: &'env mut [T],
         root: usize,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = buf.into_parts();
-        // SAFETY: the parts of `buf`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().broadcast_in_place(unsafe { <&mut [T]>::from_parts(parts) }, root)?;
-        self.submit(vec![s], parts)
+        self.lend(buf, |r, b| r.broadcast_in_place(b, root))
     }
 
     /// Non-blocking [`Comm::all_gather`]: `wait` returns `recv`.
     pub fn all_gather<T: Element>(&self, send: &'env [T], recv: &'env mut [T]) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = recv.into_parts();
-        // SAFETY: the parts of `recv`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().all_gather(send, unsafe { <&mut [T]>::from_parts(parts) })?;
-        self.submit(vec![s], parts)
+        self.lend(recv, |r, b| r.all_gather(send, b))
     }
 
     /// Non-blocking [`Comm::reduce_scatter`]: `wait` returns `recv`.
@@ -344,43 +329,27 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         recv: &'env mut [T],
         op: ReduceOp,
     ) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = recv.into_parts();
-        // SAFETY: the parts of `recv`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().reduce_scatter(send, unsafe { <&mut [T]>::from_parts(parts) }, op)?;
-        self.submit(vec![s], parts)
+        self.lend(recv, |r, b| r.reduce_scatter(send, b, op))
     }
 
     /// Non-blocking [`Comm::all_to_all`]: `wait` returns `recv`.
     pub fn all_to_all<T: Element>(&self, send: &'env [T], recv: &'env mut [T]) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = recv.into_parts();
-        // SAFETY: the parts of `recv`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().all_to_all(send, unsafe { <&mut [T]>::from_parts(parts) })?;
-        self.submit(vec![s], parts)
+        self.lend(recv, |r, b| r.all_to_all(send, b))
     }
 
     /// Non-blocking [`Comm::send`]: `wait` returns `buf`.
     pub fn send<T: Element>(&self, buf: &'env [T], peer: usize) -> Result<Work<'scope, &'env [T]>> {
-        let parts = buf.into_parts();
-        // SAFETY: the parts of `buf`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().send(unsafe { <&[T]>::from_parts(parts) }, peer)?;
-        self.submit(vec![s], parts)
+        self.lend(buf, |r, b| r.send(b, peer))
     }
 
     /// Non-blocking [`Comm::recv`]: `wait` returns `buf`.
     pub fn recv<T: Element>(&self, buf: &'env mut [T], peer: usize) -> Result<Work<'scope, &'env mut [T]>> {
-        let parts = buf.into_parts();
-        // SAFETY: the parts of `buf`, which is not used again; the slice only
-        // lives for the argument checks.
-        let s = self.ranks().recv(unsafe { <&mut [T]>::from_parts(parts) }, peer)?;
-        self.submit(vec![s], parts)
+        self.lend(buf, |r, b| r.recv(b, peer))
     }
 
     /// Non-blocking [`Comm::barrier`].
     pub fn barrier(&self) -> Result<Work<'scope, ()>> {
-        self.submit(vec![self.ranks().barrier()], ().into_parts())
+        self.lend((), |r, ()| Ok(r.barrier()))
     }
 }
 
