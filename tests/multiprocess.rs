@@ -44,6 +44,63 @@ fn child() {
             }
         }
         "init" => {}
+        "die" => {
+            use oxccl::{Error, ReduceOp};
+            let (me, n) = (comm.rank(), comm.size());
+            let victim = n - 1;
+            let during = std::env::var("OXCCL_TEST_DIE").as_deref() == Ok("during");
+            let mut x = vec![1u32; 1 << 20];
+            comm.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();
+            assert!(x.iter().all(|&v| v as usize == n));
+            if me == victim {
+                if during {
+                    // Killed while the others (and this rank) are inside a large all-reduce.
+                    std::thread::spawn(|| {
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                        // SAFETY: sends SIGKILL to this process.
+                        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                    });
+                    let mut big = vec![1f32; 16 << 20];
+                    loop {
+                        let _ = comm.all_reduce_in_place(&mut big, ReduceOp::Sum);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                // SAFETY: sends SIGKILL to this process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            let mut big = vec![1f32; 16 << 20];
+            let t0 = std::time::Instant::now();
+            let r = loop {
+                // With `during`, the first all-reduces may still complete.
+                match comm.all_reduce_in_place(&mut big, ReduceOp::Sum) {
+                    Ok(()) if during && t0.elapsed() < std::time::Duration::from_secs(10) => continue,
+                    r => break r,
+                }
+            };
+            let took = t0.elapsed();
+            let m = match r {
+                Err(Error::Remote(m)) => m,
+                other => panic!("rank {me}: expected a remote error, got {other:?}"),
+            };
+            // The rank that waits on the victim names it; the others learn when their own
+            // upstream gives up and leaves (failures do not yet travel as messages).
+            // (Over TCP the connection may close before the process is gone.)
+            let why = m.contains("died") || m.contains("closed its connection");
+            assert!(m.contains(" (host ") && m.contains("pid ") && why, "{m}");
+            assert!(m.contains("all_reduce") && m.contains('#'), "the error names the operation: {m}");
+            // Detection is bounded by the victim's death, not the timeout (60 s here).
+            let allowed = std::time::Duration::from_millis(if during { 2000 } else { 2200 });
+            assert!(took < allowed, "rank {me}: detected after {took:?}");
+            eprintln!("DETECTED after {took:?}: {m}");
+            // Poisoned: the next call fails at once with the same cause.
+            let t1 = std::time::Instant::now();
+            match comm.barrier() {
+                Err(Error::Remote(m2)) => assert!(m2.contains(&m), "{m2}"),
+                other => panic!("rank {me}: expected the same remote error, got {other:?}"),
+            }
+            assert!(t1.elapsed() < std::time::Duration::from_millis(100));
+        }
         "split" => {
             use oxccl::ReduceOp;
             let (me, n) = (comm.rank(), comm.size());
@@ -203,6 +260,42 @@ fn split_processes() {
         let out = launch("split", job(4, extra), Duration::from_secs(120));
         for (r, o) in out.iter().enumerate() {
             assert_eq!(o.status, Some(0), "rank {r} ({extra:?}) failed:\n{}", o.stderr);
+        }
+    }
+}
+
+/// A rank killed with SIGKILL between collectives or inside one: every survivor's call
+/// fails within 2 s naming the dead rank, its host and pid, and the operation; later calls
+/// fail at once.
+#[test]
+fn a_killed_rank_is_detected_quickly() {
+    for when in ["between", "during"] {
+        for extra in [&[][..], &[("OXCCL_SHM_DISABLE", "1")][..]] {
+            let mut j = job(3, extra);
+            for env in &mut j {
+                env.push(("OXCCL_TEST_DIE".into(), when.into()));
+            }
+            let out = launch("die", j, Duration::from_secs(60));
+            for (r, o) in out.iter().enumerate().take(2) {
+                let all: Vec<&str> = out.iter().map(|o| o.stderr.as_str()).collect();
+                assert_eq!(
+                    o.status,
+                    Some(0),
+                    "rank {r} ({when}, {extra:?}) failed; all ranks:\n{}",
+                    all.join("\n-----\n")
+                );
+                assert!(o.stderr.contains("DETECTED"), "{}", o.stderr);
+                for l in o.stderr.lines().filter(|l| l.starts_with("DETECTED")) {
+                    println!("{when}, {extra:?}, rank {r}: {l}");
+                }
+            }
+            assert_eq!(out[2].status, None, "the victim was killed by a signal");
+            assert!(
+                out[..2].iter().any(|o| o.stderr.contains("rank 2 (host ")),
+                "no survivor named the victim: {} / {}",
+                out[0].stderr,
+                out[1].stderr
+            );
         }
     }
 }

@@ -32,6 +32,11 @@ pub(crate) struct Engine {
     scratch: Scratch,
     /// Some links are sockets: calls end by flushing them.
     pub sockets: bool,
+    /// This host's peer processes, watched for exit.
+    pub watch: Option<Arc<crate::liveness::PeerWatch>>,
+    /// Set by the first failure that leaves the links in an unknown state (a dead or
+    /// silent peer): every later call fails with it at once.
+    poisoned: Option<String>,
 }
 
 /// Vectors reused from call to call, so a call does not allocate.
@@ -75,6 +80,8 @@ impl Engine {
             seq: 0,
             scratch: Scratch::default(),
             sockets: false,
+            watch: None,
+            poisoned: None,
         }
     }
 
@@ -82,12 +89,33 @@ impl Engine {
         if self.aborted.load(Ordering::Relaxed) {
             return Err(Error::Aborted(format!("rank {}: the communicator was aborted", self.rank)));
         }
+        if let Some(m) = &self.poisoned {
+            return Err(Error::Remote(format!("the communicator failed earlier: {m}")));
+        }
         Ok(())
     }
 
-    /// Plans and runs a batch of calls (one call, or a group).
+    /// Plans and runs a batch of calls; a failure that leaves the links in an unknown
+    /// state poisons the communicator.
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
         self.ensure_alive()?;
+        let first = self.seq + 1;
+        let r = match self.run_batch(specs) {
+            // Name the operation: a peer's failure surfaces wherever the rank waited.
+            Err(Error::Remote(m)) => {
+                let ops: Vec<&str> = specs.iter().map(|s| s.coll.name()).collect();
+                Err(Error::Remote(format!("rank {}: {} #{first}: {m}", self.rank, ops.join("+"))))
+            }
+            r => r,
+        };
+        if let Err(e @ (Error::Remote(_) | Error::Timeout { .. })) = &r {
+            self.poisoned = Some(e.to_string());
+        }
+        r
+    }
+
+    /// Plans and runs a batch of calls (one call, or a group).
+    fn run_batch(&mut self, specs: &[CallSpec]) -> Result<()> {
         let sc = &mut self.scratch;
         let mut all_connected = true;
         let mut path = Path::Streams;
@@ -158,6 +186,7 @@ impl Engine {
             backoff: self.backoff,
             timeout: self.settings.timeout,
             aborted: &self.aborted,
+            watch: self.watch.as_deref(),
             scratch: &mut sc.exec,
         };
         let mut r = match (path, specs, &sc.calls[..]) {

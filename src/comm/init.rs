@@ -127,6 +127,8 @@ impl Comm {
             s.unlink();
         }
         let bell = shm.as_ref().map_or_else(Doorbell::new_private, |s| s.my_bell());
+        // This host's peer processes, watched so that waits end when one dies.
+        let watch = Arc::new(crate::liveness::PeerWatch::new(local.iter().map(|&r| (r, topology.peers[r].clone()))));
         let mut transports: Vec<Box<dyn Transport>> = Vec::new();
         let mut route = vec![None; nranks];
         if let Some(s) = shm {
@@ -142,17 +144,10 @@ impl Comm {
                 .iter()
                 .map(|b| decode_addr(b).map(|a| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))))
                 .collect::<Result<Vec<_>>>()?;
-            transports.push(Box::new(Tcp::new(
-                rank,
-                *id.secret(),
-                shape,
-                settings.nsocks,
-                l,
-                addrs,
-                peers,
-                bell.clone(),
-                timeout,
-            )));
+            transports.push(Box::new(
+                Tcp::new(rank, *id.secret(), shape, settings.nsocks, l, addrs, peers, bell.clone(), timeout)
+                    .with_watch(watch.clone()),
+            ));
             for (r, l) in topology.links.iter().enumerate() {
                 if *l == Link::Tcp {
                     route[r] = Some(transports.len() - 1);
@@ -174,6 +169,14 @@ impl Comm {
                 // peer's kernel needs to move the data.
                 e.backoff.yield_for = std::time::Duration::from_micros(50);
             }
+        }
+        // Waits watch the peers behind shared memory: what they wrote is there, so a dead
+        // one sends nothing more. A socket peer's death shows as its connection closing
+        // (data it wrote before dying may still be on the way).
+        let shm_peers = local.iter().filter(|&&r| topology.links[r] == Link::SharedMemory);
+        let shm_watch = crate::liveness::PeerWatch::new(shm_peers.map(|&r| (r, topology.peers[r].clone())));
+        if !shm_watch.is_empty() {
+            comm.engine()?.watch = Some(Arc::new(shm_watch));
         }
         comm.bootstrap = Some(boot);
         comm.family = super::split::Family::Processes;

@@ -83,6 +83,9 @@ pub struct Ctx<'a> {
     pub timeout: Option<Duration>,
     /// Set by `abort`.
     pub aborted: &'a AtomicBool,
+    /// The processes of this host's peers: a wait ends with an error naming a peer
+    /// that died.
+    pub watch: Option<&'a crate::liveness::PeerWatch>,
     /// Reused per-step vectors.
     pub scratch: &'a mut Scratch,
 }
@@ -192,8 +195,9 @@ fn wait_on(
     timed_out: &dyn Fn(&Links) -> (String, Vec<Rank>),
 ) -> Result<()> {
     let links: &Links = ctx.links;
-    let (aborted, transport) = (ctx.aborted, ctx.transport);
+    let (aborted, transport, watch) = (ctx.aborted, ctx.transport, ctx.watch);
     let mut failed = None;
+    let mut dead = None;
     let io = |d: Duration| transport.wait_io(d);
     let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
     let r = sync::wait_until(
@@ -208,13 +212,36 @@ fn wait_on(
             }
             Ok(_) => ready(links),
         },
+        &mut || {
+            // Only the peers this rank waits for: one that finished and left is fine.
+            let (_, peers) = timed_out(links);
+            dead = peers.into_iter().find_map(|p| {
+                if let Some(info) = watch.and_then(|w| w.dead_peer(p)) {
+                    Some(format!("rank {p} ({}) died", info.describe()))
+                } else {
+                    transport.peer_gone(p)
+                }
+            });
+            dead.is_some()
+        },
         io,
     );
     if let Some(e) = failed {
         return Err(e);
     }
+    if let Some(why) = dead {
+        // A peer that finished its part and exited is no failure: what it sent may still
+        // wait in a socket or a FIFO. Take all of it before giving up.
+        while transport.progress()? {}
+        if ready(links) {
+            return Ok(());
+        }
+        // The engine names the operation.
+        return Err(Error::Remote(why));
+    }
     match r {
         Ok(()) => Ok(()),
+        Err(WaitError::Stopped) => Err(Error::Internal("a wait stopped without a reason".into())),
         Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {}: the communicator was aborted", ctx.me))),
         Err(WaitError::Timeout) => {
             let (op, mut peers) = timed_out(links);

@@ -108,6 +108,8 @@ pub enum WaitError {
     Timeout,
     /// The abort check returned true.
     Aborted,
+    /// The stop check returned true.
+    Stopped,
 }
 
 /// Tuning of the spin / yield / sleep backoff.
@@ -129,6 +131,9 @@ impl Default for BackoffConfig {
 
 /// Waits until `ready()` returns true: spins, yields, then sleeps on `bell`.
 ///
+/// Before each sleep, `stop()` may end the wait early (it returns true when the wait is
+/// pointless, e.g. a peer died; the caller keeps the reason).
+///
 /// With `io`, the sleep phase blocks in it (a wait for sockets) instead of on the
 /// doorbell. `aborted()` is polled between sleeps and after yields; `timeout` (counted from the end
 /// of the spin phase, so a wait that ends while spinning never reads the clock) bounds the
@@ -139,6 +144,7 @@ pub fn wait_until(
     timeout: Option<Duration>,
     aborted: &dyn Fn() -> bool,
     ready: &mut dyn FnMut() -> bool,
+    stop: &mut dyn FnMut() -> bool,
     io: Option<&dyn Fn(Duration)>,
 ) -> Result<(), WaitError> {
     for _ in 0..cfg.spins {
@@ -176,6 +182,9 @@ pub fn wait_until(
         }
         if aborted() {
             return Err(WaitError::Aborted);
+        }
+        if stop() {
+            return Err(WaitError::Stopped);
         }
         let mut nap = cfg.max_sleep;
         if let Some(d) = deadline {
@@ -217,6 +226,7 @@ mod tests {
             Some(Duration::from_secs(10)),
             &|| false,
             &mut || flag.load(Ordering::Acquire),
+            &mut || false,
             None,
         );
         assert_eq!(r, Ok(()));
@@ -228,9 +238,11 @@ mod tests {
     fn deadline_and_abort_end_a_wait() {
         let bell = Doorbell::new_private();
         let cfg = BackoffConfig::default();
-        let r = wait_until(&cfg, &bell, Some(Duration::from_millis(20)), &|| false, &mut || false, None);
+        let r = wait_until(&cfg, &bell, Some(Duration::from_millis(20)), &|| false, &mut || false, &mut || false, None);
         assert_eq!(r, Err(WaitError::Timeout));
-        let r = wait_until(&cfg, &bell, None, &|| true, &mut || false, None);
+        let r = wait_until(&cfg, &bell, None, &|| true, &mut || false, &mut || false, None);
         assert_eq!(r, Err(WaitError::Aborted));
+        let r = wait_until(&cfg, &bell, None, &|| false, &mut || false, &mut || true, None);
+        assert_eq!(r, Err(WaitError::Stopped));
     }
 }

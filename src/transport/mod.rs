@@ -82,6 +82,13 @@ pub trait Transport: Send + Sync {
         false
     }
 
+    /// Why waiting for more from `peer` is pointless, if it is: it ended its connection
+    /// to this rank (it exited) after everything it sent was taken in.
+    fn peer_gone(&self, peer: usize) -> Option<String> {
+        let _ = peer;
+        None
+    }
+
     /// Blocks until a socket is ready or `timeout` passes (for transports with sockets;
     /// others return at once).
     fn wait_io(&self, timeout: Duration) {

@@ -58,6 +58,10 @@ impl Transport for Mux {
         self.transports.iter().any(|t| t.has_sockets())
     }
 
+    fn peer_gone(&self, peer: usize) -> Option<String> {
+        self.transports[self.route.get(peer).copied().flatten()?].peer_gone(peer)
+    }
+
     fn wait_io(&self, timeout: std::time::Duration) {
         // Shared-memory arrivals do not wake a socket wait: nap briefly when both mix.
         let mixed = self.transports.iter().any(|t| !t.has_sockets());

@@ -23,6 +23,7 @@ use crate::bootstrap::connect_retry;
 use crate::bootstrap::id::{Secret, same_secret};
 use crate::bootstrap::wire::{self, Dec, Enc, Kind};
 use crate::error::{Error, Result};
+use crate::liveness::PeerWatch;
 use crate::log;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
@@ -117,6 +118,8 @@ pub struct Tcp {
     bell: Doorbell,
     timeout: Option<Duration>,
     conns: Mutex<Conns>,
+    /// This host's peer processes: waiting for a connection ends if one died.
+    watch: Option<Arc<PeerWatch>>,
 }
 
 fn tune(s: &TcpStream) {
@@ -194,7 +197,25 @@ impl Tcp {
         timeout: Option<Duration>,
     ) -> Tcp {
         let nsocks = nsocks.clamp(1, 64);
-        Tcp { me, secret, shape, nsocks, listener, addrs, peers, bell, timeout, conns: Mutex::new(Conns::default()) }
+        Tcp {
+            me,
+            secret,
+            shape,
+            nsocks,
+            listener,
+            addrs,
+            peers,
+            bell,
+            timeout,
+            conns: Mutex::new(Conns::default()),
+            watch: None,
+        }
+    }
+
+    /// Watches this host's peer processes while waiting for connections.
+    pub fn with_watch(mut self, watch: Arc<PeerWatch>) -> Tcp {
+        self.watch = Some(watch);
+        self
     }
 
     fn who(&self, r: usize) -> String {
@@ -426,17 +447,33 @@ impl Tcp {
     }
 
     fn closed(&self, peer: usize, what: &str) -> Error {
-        Error::Remote(format!("{} closed its connection while {what}", self.who(peer)))
+        match self.died(peer) {
+            Some(m) => Error::Remote(format!("{m} (its connection closed while {what})")),
+            None => Error::Remote(format!("{} closed its connection while {what}", self.who(peer))),
+        }
     }
 
     fn broken(&self, peer: usize, what: &str, e: std::io::Error) -> Error {
-        Error::Remote(format!("connection error {what} {}: {e}", self.who(peer)))
+        match self.died(peer) {
+            Some(m) => Error::Remote(format!("{m} (connection error {what} it: {e})")),
+            None => Error::Remote(format!("connection error {what} {}: {e}", self.who(peer))),
+        }
+    }
+
+    /// "rank R (host H, pid P) died", when `peer` is a watched process that has exited.
+    fn died(&self, peer: usize) -> Option<String> {
+        self.watch.as_ref()?.is_dead(peer).then(|| format!("{} died", self.who(peer)))
     }
 }
 
 impl Transport for Tcp {
     fn name(&self) -> &'static str {
         "tcp"
+    }
+
+    fn peer_gone(&self, peer: usize) -> Option<String> {
+        let closed = self.lock().is_ok_and(|c| c.recvs.iter().any(|r| r.peer == peer && r.closed));
+        closed.then(|| self.died(peer).unwrap_or_else(|| format!("{} closed its connection", self.who(peer))))
     }
 
     fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>> {
@@ -477,6 +514,14 @@ impl Transport for Tcp {
                         break s;
                     }
                     drop(c);
+                    if let Some((r, who)) = self.watch.as_ref().and_then(|w| w.dead()) {
+                        return Err(Error::Remote(format!(
+                            "rank {me}: waiting for {} to connect (channel {}): rank {r} ({}) died",
+                            self.who(k.peer),
+                            k.channel,
+                            who.describe()
+                        )));
+                    }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::Timeout {
                             op: format!(
