@@ -52,8 +52,16 @@ pub struct Handle {
     finalized: AtomicBool,
     /// Custom operations: value `ncclNumOps + i` is `ops[i]` (None once destroyed).
     ops: Mutex<Vec<Option<CustomOp>>>,
-    /// Registered buffers: token -> (address, bytes).
-    regs: Mutex<(usize, HashMap<usize, (usize, usize)>)>,
+    regs: Mutex<Registrations>,
+}
+
+/// Buffers registered with `ncclCommRegister`.
+#[derive(Default)]
+struct Registrations {
+    /// The next token (never 0, so a handle is never NULL).
+    next: usize,
+    /// Token -> (address, bytes).
+    live: HashMap<usize, (usize, usize)>,
 }
 
 /// The live handles' addresses.
@@ -77,7 +85,7 @@ impl Handle {
             abort: Mutex::new(None),
             finalized: AtomicBool::new(false),
             ops: Mutex::new(Vec::new()),
-            regs: Mutex::new((1, HashMap::new())),
+            regs: Mutex::new(Registrations { next: 1, live: HashMap::new() }),
         };
         if let Some(s) = shape {
             let _ = h.shape.set(s);
@@ -267,15 +275,15 @@ impl Handle {
     /// Registers `bytes` at `addr`, returning a token.
     pub fn register(&self, addr: usize, bytes: usize) -> usize {
         let mut r = lock(&self.regs);
-        let token = r.0;
-        r.0 += 1;
-        r.1.insert(token, (addr, bytes));
+        let token = r.next;
+        r.next += 1;
+        r.live.insert(token, (addr, bytes));
         token
     }
 
     /// Forgets registration `token`.
     pub fn deregister(&self, token: usize) -> Result<()> {
-        lock(&self.regs).1.remove(&token).map(|_| ()).ok_or_else(|| {
+        lock(&self.regs).live.remove(&token).map(|_| ()).ok_or_else(|| {
             Error::InvalidArgument(format!("handle {token:#x} is not a registration of this communicator"))
         })
     }

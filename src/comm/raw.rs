@@ -113,6 +113,16 @@ fn overlap_error(what: &str, layout: &str) -> Error {
 }
 
 impl RawBatch {
+    /// An empty batch for rank `rank` of a communicator of `size` ranks, recorded before
+    /// the communicator exists (`ncclCommInitRank` and operations in one group); it runs
+    /// on any communicator of that rank and size.
+    pub fn new(rank: usize, size: usize) -> Result<RawBatch> {
+        if rank >= size {
+            return Err(invalid(format!("rank {rank} is out of range for a communicator of {size} ranks")));
+        }
+        Ok(RawBatch { ranks: Ranks { rank, n: size }, specs: Vec::new(), scratch: Vec::new() })
+    }
+
     /// Operations recorded so far.
     pub fn len(&self) -> usize {
         self.specs.len()
@@ -402,7 +412,7 @@ impl Comm {
                 }
             }
         }
-        specs.retain(|s| !matches!(s.coll, Collective::SelfCopy { .. }) || s.send != s.recv as *const u8);
+        specs.retain(|s| !matches!(s.coll, Collective::SelfCopy { .. }) || !std::ptr::eq(s.send, s.recv));
         let r = if specs.is_empty() { Ok(()) } else { self.run(&specs) };
         drop(batch.scratch);
         r
@@ -484,5 +494,9 @@ mod tests {
         // SAFETY: one byte, valid while the batch exists.
         unsafe { b.send(x.as_ptr(), 1, DataType::Uint8, 0).unwrap() };
         assert!(matches!(c.run_raw(b), Err(Error::InvalidUsage(_))));
+        assert!(RawBatch::new(2, 2).is_err());
+        let b = RawBatch::new(0, 1).unwrap();
+        assert_eq!(b.rank_and_size(), (0, 1));
+        c.run_raw(b).unwrap();
     }
 }
