@@ -109,9 +109,7 @@ fn compile(cxx: bool, std: &str, srcs: &[PathBuf], out: &Path, extra: &[&str]) {
     c.args(srcs).arg("-o").arg(out).args(extra);
     if !extra.contains(&"-c") {
         c.arg("-L").arg(lib_dir()).arg(format!("-Wl,-rpath,{}", lib_dir().display())).arg("-loxccl").arg("-lm");
-        if cxx {
-            c.arg("-pthread");
-        }
+        c.arg("-pthread");
     }
     run_ok(c);
 }

@@ -1,7 +1,39 @@
 /* One thread drives every rank, as with GPUs: ncclCommInitAll, then the operations of
  * all communicators in one group. Also: ncclCommInitRank for several ranks from one
- * thread inside a group, nested groups, and ncclCommSplit inside a group. */
+ * thread inside a group, nested groups, ncclCommSplit inside a group, and
+ * ncclCommAbort unblocking a call that waits for a peer that never comes. */
+#define _DEFAULT_SOURCE /* usleep */
+#include <pthread.h>
+
 #include "common.h"
+
+struct blocked {
+  ncclComm_t comm;
+  ncclResult_t result;
+};
+
+/* An all-reduce that rank 1 never joins: only an abort ends it. */
+static void *lonely_allreduce(void *arg) {
+  struct blocked *b = arg;
+  float x = 1;
+  b->result = ncclAllReduce(&x, &x, 1, ncclFloat, ncclSum, b->comm, NULL);
+  return NULL;
+}
+
+static void abort_unblocks(void) {
+  ncclComm_t pair[2];
+  struct blocked b;
+  pthread_t t;
+  CHECK(ncclCommInitAll(pair, 2, NULL));
+  b.comm = pair[0];
+  b.result = ncclSuccess;
+  EXPECT(pthread_create(&t, NULL, lonely_allreduce, &b) == 0, "pthread_create");
+  usleep(200 * 1000);
+  CHECK(ncclCommAbort(pair[0]));
+  EXPECT(pthread_join(t, NULL) == 0, "pthread_join");
+  EXPECT(b.result == ncclRemoteError, "the aborted all-reduce returned %d", (int)b.result);
+  CHECK(ncclCommDestroy(pair[1]));
+}
 
 #define N 4
 #define COUNT 100003
@@ -71,6 +103,7 @@ int main(void) {
     CHECK(ncclCommDestroy(comms[i]));
     free(bufs[i]);
   }
+  abort_unblocks();
   printf("initall_group OK\n");
   return 0;
 }
