@@ -21,10 +21,15 @@ use oxccl::{Comm, Config, Error, RawBatch, Result};
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HandlePtr(pub *mut Handle);
 
-// SAFETY: a handle is shared state behind mutexes and atomics (`Handle` is Sync); the
-// address is only dereferenced after a liveness check, and NCCL's rule (no destroy while
-// in use) keeps it alive for the group's end.
+// SAFETY: a handle is shared state behind mutexes and atomics (`Handle` is Sync, checked
+// below); the address is only dereferenced after a liveness check, and NCCL's rule (no
+// destroy while in use) keeps it alive for the group's end.
 unsafe impl Send for HandlePtr {}
+
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<Handle>();
+};
 
 /// A communicator to create at the group's end.
 pub struct Init {
