@@ -49,6 +49,9 @@ pub struct Handle {
     /// abort), for `ncclCommGetAsyncError`.
     async_error: AtomicI32,
     abort: Mutex<Option<AbortHandle>>,
+    /// The communicator is still to be created (read without taking `comm`, which a
+    /// running operation holds).
+    pending: AtomicBool,
     finalized: AtomicBool,
     /// Custom operations: value `ncclNumOps + i` is `ops[i]` (None once destroyed).
     ops: Mutex<Vec<Option<CustomOp>>>,
@@ -83,6 +86,7 @@ impl Handle {
             device,
             async_error: AtomicI32::new(SUCCESS),
             abort: Mutex::new(None),
+            pending: AtomicBool::new(true),
             finalized: AtomicBool::new(false),
             ops: Mutex::new(Vec::new()),
             regs: Mutex::new(Registrations { next: 1, live: HashMap::new() }),
@@ -148,7 +152,9 @@ impl Handle {
             Slot::Failed(code, _) => self.async_error.store(*code, Ordering::Relaxed),
             Slot::Pending => {}
         }
+        let pending = matches!(slot, Slot::Pending);
         *lock(&self.comm) = slot;
+        self.pending.store(pending, Ordering::Release);
     }
 
     /// (rank, size), once known.
@@ -181,10 +187,10 @@ impl Handle {
     }
 
     /// `ncclCommGetAsyncError`: success, in progress (still being created), or the error
-    /// that broke the communicator.
+    /// that broke the communicator. Never waits for a running operation.
     pub fn async_error(&self) -> NcclResult {
         match self.async_error.load(Ordering::Relaxed) {
-            SUCCESS if matches!(*lock(&self.comm), Slot::Pending) => IN_PROGRESS,
+            SUCCESS if self.pending.load(Ordering::Acquire) => IN_PROGRESS,
             e => e,
         }
     }

@@ -33,12 +33,24 @@ fn work_dir() -> PathBuf {
     d
 }
 
+/// Where cargo built liboxccl_ffi.so and .a for this test: `<profile>/deps` (cargo copies
+/// them up to `<profile>` only in `cargo build`, so the copy there may be stale).
+fn built_dir() -> PathBuf {
+    let deps = profile_dir().join("deps");
+    let mtime = |d: &Path| std::fs::metadata(d.join("liboxccl_ffi.so")).and_then(|m| m.modified()).ok();
+    match (mtime(&deps), mtime(&profile_dir())) {
+        (Some(a), Some(b)) if b > a => profile_dir(),
+        (None, Some(_)) => profile_dir(),
+        _ => deps,
+    }
+}
+
 /// A directory holding liboxccl under the names a C linker looks for (`-loxccl`, and the
 /// soname `liboxccl.so.0` at run time).
 fn lib_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let built = profile_dir();
+        let built = built_dir();
         let so = built.join("liboxccl_ffi.so");
         let a = built.join("liboxccl_ffi.a");
         assert!(so.exists(), "{} is missing: cargo builds it with this test", so.display());
@@ -376,7 +388,7 @@ fn address_sanitizer_finds_no_errors() {
 fn install_sh_installs_what_pkg_config_finds() {
     let prefix = work_dir().join("prefix");
     let mut c = Command::new("bash");
-    c.arg(here().join("install.sh")).env("PREFIX", &prefix).env("OXCCL_LIB_DIR", profile_dir());
+    c.arg(here().join("install.sh")).env("PREFIX", &prefix).env("OXCCL_LIB_DIR", built_dir());
     run_ok(c);
     let lib = prefix.join("lib");
     for f in ["liboxccl.so", "liboxccl.so.0", "liboxccl.a", "pkgconfig/oxccl.pc"] {

@@ -29,6 +29,12 @@ static void abort_unblocks(void) {
   b.result = ncclSuccess;
   EXPECT(pthread_create(&t, NULL, lonely_allreduce, &b) == 0, "pthread_create");
   usleep(200 * 1000);
+  {
+    /* asked from another thread while the call waits: answers at once */
+    ncclResult_t st;
+    CHECK(ncclCommGetAsyncError(pair[0], &st));
+    EXPECT(st == ncclSuccess, "async error %d while waiting", (int)st);
+  }
   CHECK(ncclCommAbort(pair[0]));
   EXPECT(pthread_join(t, NULL) == 0, "pthread_join");
   EXPECT(b.result == ncclRemoteError, "the aborted all-reduce returned %d", (int)b.result);
