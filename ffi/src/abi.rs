@@ -198,24 +198,30 @@ mod tests {
         }
     }
 
+    /// Reads a whole struct (its `size` may claim less).
+    fn read(c: &NcclConfig) -> Result<ConfigRead> {
+        // SAFETY: `c` is a whole NcclConfig, so every size up to its own is readable.
+        unsafe { ConfigReader::read(c) }
+    }
+
     #[test]
     fn configs_are_read_within_their_size() {
         let mut c = initializer();
-        // SAFETY: a whole struct.
-        assert_eq!(unsafe { ConfigReader::read(&c) }.unwrap().blocking, None);
+        assert_eq!(read(&c).unwrap().blocking, None);
         c.blocking = 0;
-        assert_eq!(unsafe { ConfigReader::read(&c) }.unwrap().blocking, Some(false));
+        assert_eq!(read(&c).unwrap().blocking, Some(false));
         // A struct from a header that ends before `blocking`: the field is not read.
         c.size = 16;
-        assert_eq!(unsafe { ConfigReader::read(&c) }.unwrap().blocking, None);
+        assert_eq!(read(&c).unwrap().blocking, None);
         c.size = 8;
-        assert!(unsafe { ConfigReader::read(&c) }.is_err());
+        assert!(read(&c).is_err());
         let mut c = initializer();
         c.blocking = 7;
-        assert!(unsafe { ConfigReader::read(&c) }.is_err());
+        assert!(read(&c).is_err());
         c.blocking = 1;
         c.magic = 0;
-        assert!(unsafe { ConfigReader::read(&c) }.is_err());
+        assert!(read(&c).is_err());
+        // SAFETY: NULL is allowed.
         assert!(unsafe { ConfigReader::read(std::ptr::null()) }.is_ok());
     }
 
