@@ -6,7 +6,8 @@
 # Installs what it needs when missing, then checks formatting and lints and runs every
 # test: unit tests, the multi-rank matrix with ranks as threads and as processes (shared
 # memory and TCP), two "hosts" in network namespaces (skipped, by name, without root),
-# the launcher, the API tests, the doc tests, short checked runs of every *_perf example
+# the launcher, the API tests, the doc tests, the C ABI's C and C++ programs (built with
+# the system compilers; one run under valgrind, one under ASan), short checked runs of every *_perf example
 # with thread ranks and with processes under oxccl-run (with their -J and --plot outputs
 # checked) and of the data_parallel training example; then jobs under mpirun, with 2 and
 # 4 ranks, under both Open MPI and MPICH: all_reduce_perf built without the `mpi` feature
@@ -41,6 +42,9 @@ done
 # bindgen, which loads libclang. CI builds and tests with every feature, and runs jobs
 # under Open MPI's and MPICH's mpirun: install both (Debian/Ubuntu packages) when missing.
 MPI_PKGS=(openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev pkg-config)
+# The C ABI's tests (ffi/tests/c_abi.rs) compile C and C++ programs against nccl.h, link
+# liboxccl, install it with pkg-config, and run a program under valgrind.
+MPI_PKGS+=(gcc g++ valgrind)
 
 # Runs a command as root: directly, or through sudo (without a password prompt when
 # there is no terminal to type one).
@@ -101,6 +105,19 @@ else
     "${MPI_PKGS[*]}" "$others" >&2
 fi
 
+# --- CUDA's headers, for the C ABI's header test ------------------------------------
+# nccl.h must compile with CUDA's own cuda_runtime.h. Without a toolkit, the pip wheels
+# nvidia-cuda-runtime-cu12 (cuda_runtime.h) and nvidia-cuda-nvcc-cu12 (crt/) provide the
+# headers without a GPU; the test skips itself, by name, when neither is there.
+CUDA_HEADERS=target/cuda-headers
+if [ ! -f /usr/local/cuda/include/cuda_runtime.h ] && [ ! -f "$CUDA_HEADERS/nvidia/cuda_nvcc/include/crt/host_config.h" ] &&
+  need_cmd python3 && python3 -m pip --version >/dev/null 2>&1; then
+  log "installing CUDA's headers (pip wheels) into $CUDA_HEADERS"
+  python3 -m pip install -q --no-deps --target "$CUDA_HEADERS" nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12 ||
+    echo "could not install CUDA's headers: the header test against them will be skipped" >&2
+fi
+export OXCCL_CUDA_INCLUDE=$PWD/$CUDA_HEADERS${OXCCL_CUDA_INCLUDE:+:$OXCCL_CUDA_INCLUDE}
+
 # --- static checks -----------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -112,7 +129,7 @@ cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings
 # The test profile is optimised (Cargo.toml) but keeps debug assertions.
 # With the `mpi` feature this includes tests/mpi.rs: Comm::from_mpi under the mpirun of
 # the MPI it was built against (OXCCL_TEST_MPI: and no other).
-log "cargo test (unit, multi-rank, API, doc tests, from_mpi under ${MAIN_MPI:-no} MPI)"
+log "cargo test (unit, multi-rank, API, doc tests, the C ABI's C/C++ programs, from_mpi under ${MAIN_MPI:-no} MPI)"
 OXCCL_TEST_MPI=$MAIN_MPI cargo test --workspace "${FEATURES[@]}"
 
 log "all_reduce_perf smoke run: every type and op, 3 thread ranks, results checked"

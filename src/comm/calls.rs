@@ -43,14 +43,14 @@ fn same_len(what: &str, send: usize, recv: usize) -> Result<()> {
 }
 
 impl Ranks {
-    fn root(&self, what: &str, root: usize) -> Result<()> {
+    pub(super) fn root(&self, what: &str, root: usize) -> Result<()> {
         if root >= self.n {
             return Err(invalid(format!("{what}: root {root} is out of range for a communicator of {} ranks", self.n)));
         }
         Ok(())
     }
 
-    fn peer(&self, what: &str, peer: usize) -> Result<()> {
+    pub(super) fn peer(&self, what: &str, peer: usize) -> Result<()> {
         if peer >= self.n {
             return Err(invalid(format!("{what}: peer {peer} is out of range for a communicator of {} ranks", self.n)));
         }

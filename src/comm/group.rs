@@ -75,41 +75,46 @@ impl<'b> Group<'b> {
     /// Checks and returns the batch. A send to self is paired, in order, with a receive
     /// from self and becomes a local copy.
     pub(super) fn finish(self) -> Result<Vec<CallSpec>> {
-        let me = self.ranks.rank;
-        let mut out = Vec::with_capacity(self.specs.len());
-        let mut self_sends = std::collections::VecDeque::new();
-        let mut self_recvs = std::collections::VecDeque::new();
-        for s in self.specs {
-            match s.coll {
-                Collective::Send { peer, .. } if peer == me => self_sends.push_back(s),
-                Collective::Recv { peer, .. } if peer == me => self_recvs.push_back(s),
-                _ => out.push(s),
-            }
+        pair_self_copies(self.ranks.rank, self.specs)
+    }
+}
+
+/// Pairs each send to self (rank `me`), in order, with a receive from self into a local
+/// copy; the other calls pass unchanged.
+pub(super) fn pair_self_copies(me: usize, specs: Vec<CallSpec>) -> Result<Vec<CallSpec>> {
+    let mut out = Vec::with_capacity(specs.len());
+    let mut self_sends = std::collections::VecDeque::new();
+    let mut self_recvs = std::collections::VecDeque::new();
+    for s in specs {
+        match s.coll {
+            Collective::Send { peer, .. } if peer == me => self_sends.push_back(s),
+            Collective::Recv { peer, .. } if peer == me => self_recvs.push_back(s),
+            _ => out.push(s),
         }
-        if self_sends.len() != self_recvs.len() {
-            return Err(Error::InvalidUsage(format!(
-                "group has {} sends to self (rank {me}) but {} receives from self; they must pair up",
-                self_sends.len(),
-                self_recvs.len()
+    }
+    if self_sends.len() != self_recvs.len() {
+        return Err(Error::InvalidUsage(format!(
+            "group has {} sends to self (rank {me}) but {} receives from self; they must pair up",
+            self_sends.len(),
+            self_recvs.len()
+        )));
+    }
+    for (s, r) in self_sends.into_iter().zip(self_recvs) {
+        if s.send_len != r.recv_len || s.dtype != r.dtype {
+            return Err(Error::InvalidArgument(format!(
+                "send to self of {} {} elements does not match the receive from self of {} {} elements",
+                s.send_len, s.dtype, r.recv_len, r.dtype
             )));
         }
-        for (s, r) in self_sends.into_iter().zip(self_recvs) {
-            if s.send_len != r.recv_len || s.dtype != r.dtype {
-                return Err(Error::InvalidArgument(format!(
-                    "send to self of {} {} elements does not match the receive from self of {} {} elements",
-                    s.send_len, s.dtype, r.recv_len, r.dtype
-                )));
-            }
-            out.push(CallSpec {
-                coll: Collective::SelfCopy { count: s.send_len },
-                dtype: s.dtype,
-                op: None,
-                send: s.send,
-                send_len: s.send_len,
-                recv: r.recv,
-                recv_len: r.recv_len,
-            });
-        }
-        Ok(out)
+        out.push(CallSpec {
+            coll: Collective::SelfCopy { count: s.send_len },
+            dtype: s.dtype,
+            op: None,
+            send: s.send,
+            send_len: s.send_len,
+            recv: r.recv,
+            recv_len: r.recv_len,
+        });
     }
+    Ok(out)
 }

@@ -11,10 +11,12 @@ mod group;
 mod init;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod raw;
 mod split;
 mod work;
 
 pub use group::Group;
+pub use raw::RawBatch;
 pub use work::{Lent, Scope, Work};
 
 use std::sync::atomic::{AtomicBool, Ordering};
