@@ -152,7 +152,7 @@ impl Comm {
                 peers,
                 bell.clone(),
                 timeout,
-            )));
+            )?));
             for (r, l) in topology.links.iter().enumerate() {
                 if *l == Link::Tcp {
                     route[r] = Some(transports.len() - 1);
