@@ -19,7 +19,9 @@
 //! - refusals are logged, the first few in full and then at most one line per
 //!   [`LOG_EVERY`] with a count, so a flood cannot flood the log either; they never fail
 //!   the job;
-//! - running out of file descriptors while accepting backs off and retries.
+//! - running out of file descriptors while accepting backs off and retries;
+//! - the listen queue is made long (4096, as the kernel allows), and callers keep
+//!   accepting while they connect elsewhere, so a flood cannot fill it for long.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -36,6 +38,9 @@ use crate::log;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections waiting to introduce themselves, at most, per gate.
 pub const MAX_PENDING: usize = 256;
+/// The listen queue asked for, so that a flood of connections between two of the gate's
+/// rounds does not push real peers out.
+const BACKLOG: libc::c_int = 4096;
 /// Refusals logged in full before rate limiting starts.
 const LOG_FIRST: u64 = 3;
 /// After the first few, at most one refusal line per this interval.
@@ -174,6 +179,9 @@ impl Gate {
         what: impl Into<String>,
     ) -> Result<Gate> {
         listener.set_nonblocking(true).map_err(|e| Error::system("setting a listener non-blocking", e))?;
+        // SAFETY: listen() again on a listening socket only changes its backlog (std
+        // binds with 128; the kernel clamps to net.core.somaxconn).
+        unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
         Ok(Gate {
             listener,
             secret,

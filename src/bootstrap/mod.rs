@@ -63,9 +63,22 @@ fn recv_frame(s: &mut TcpStream, what: &str, limit: usize) -> Result<(Kind, Vec<
 
 /// Connects to `addr`, retrying until `deadline` (the peer may not listen yet).
 pub fn connect_retry(addr: SocketAddr, deadline: Option<Instant>, what: &str) -> Result<TcpStream> {
+    connect_retry_with(addr, deadline, what, Duration::from_secs(2), &mut || Ok(()))
+}
+
+/// As [`connect_retry`], each attempt bounded by `attempt`, calling `meanwhile` between
+/// attempts: a rank that connects to a peer must keep accepting its own connections, or
+/// ranks whose listen queues are full (a flood of stray connections) wait on each other.
+pub fn connect_retry_with(
+    addr: SocketAddr,
+    deadline: Option<Instant>,
+    what: &str,
+    attempt: Duration,
+    meanwhile: &mut dyn FnMut() -> Result<()>,
+) -> Result<TcpStream> {
     let mut nap = Duration::from_millis(5);
     loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        match TcpStream::connect_timeout(&addr, attempt) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
@@ -78,6 +91,7 @@ pub fn connect_retry(addr: SocketAddr, deadline: Option<Instant>, what: &str) ->
                         peers: vec![],
                     });
                 }
+                meanwhile()?;
                 std::thread::sleep(nap);
                 nap = (nap * 2).min(Duration::from_millis(200));
             }
@@ -278,10 +292,19 @@ impl Bootstrap {
         drop(root);
         let mut b = Bootstrap { rank, nranks, secret: *id.secret(), next: None, prev: None, timeout };
         if nranks > 1 {
-            let mut next = connect_retry(
+            // Accept (and keep) our predecessor's introduction while connecting.
+            let mut early = None;
+            let mut next = connect_retry_with(
                 next_addr,
                 deadline,
                 &format!("rank {rank}: connecting to rank {}", (rank + 1) % nranks),
+                Duration::from_millis(500),
+                &mut || {
+                    if early.is_none() {
+                        early = ring.poll()?;
+                    }
+                    Ok(())
+                },
             )?;
             let mut e = Enc::new();
             e.raw(id.secret()).u32(rank as u32);
@@ -289,7 +312,10 @@ impl Bootstrap {
             let prev_rank = (rank + nranks - 1) % nranks;
             let what = format!("rank {rank}: waiting for rank {prev_rank} to connect");
             let prev = loop {
-                let Some(h) = ring.wait(deadline)? else {
+                let Some(h) = (match early.take() {
+                    Some(h) => Some(h),
+                    None => ring.wait(deadline)?,
+                }) else {
                     return Err(Error::Timeout {
                         op: what,
                         waited: timeout.unwrap_or_default(),

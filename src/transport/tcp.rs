@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::fifo::{Fifo, FifoRx, FifoShape, FifoTx, Region};
 use super::{Dir, Endpoint, LinkKey, Transport};
-use crate::bootstrap::connect_retry;
+use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
 use crate::bootstrap::id::Secret;
 use crate::bootstrap::wire::{self, Dec, Enc, Kind};
@@ -467,7 +467,15 @@ impl Transport for Tcp {
                 *self.addrs.get(k.peer).ok_or_else(|| Error::Internal(format!("no address for rank {}", k.peer)))?;
             let mut socks = Vec::with_capacity(self.nsocks);
             for idx in 0..self.nsocks {
-                let mut s = connect_retry(addr, deadline, &format!("rank {me}: connecting to {}", self.who(k.peer)))?;
+                // Keep accepting while connecting: peers connecting to us may be all
+                // that stands between them and accepting our connection.
+                let mut s = connect_retry_with(
+                    addr,
+                    deadline,
+                    &format!("rank {me}: connecting to {}", self.who(k.peer)),
+                    Duration::from_millis(200),
+                    &mut || self.accept_pending(&mut *self.lock()?),
+                )?;
                 let mut e = Enc::new();
                 e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32);
                 wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|e| self.broken(k.peer, "introducing to", e))?;
