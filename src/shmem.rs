@@ -4,6 +4,13 @@
 //! A segment is created by one process, opened by its peers, and unlinked by its creator
 //! as soon as every peer has mapped it: from then on it lives only as long as the
 //! mappings, so a crash leaves nothing in `/dev/shm`.
+//!
+//! Segments are created with `O_CREAT | O_EXCL` and mode 0600 under a random name
+//! ([`random_name`]): a name cannot be guessed in advance, an existing file is never
+//! reused, and only this user can open it. A peer's segment is opened only if this user
+//! owns it and nobody else may access it, and mapped only after the caller has checked
+//! the identity header its creator wrote ([`Segment::open_checked`], read with `pread`
+//! before any mapping).
 
 use std::ffi::CString;
 
@@ -24,6 +31,21 @@ unsafe impl Sync for Segment {}
 
 fn cname(name: &str) -> Result<CString> {
     CString::new(format!("/{name}")).map_err(|_| Error::InvalidArgument(format!("segment name {name:?} contains NUL")))
+}
+
+/// A fresh segment name, `oxccl-` and 32 hexadecimal digits from the kernel's random
+/// source (128 bits): unpredictable, so nobody can create or squat it in advance.
+pub fn random_name() -> Result<String> {
+    let r = crate::bootstrap::id::random_secret()?;
+    Ok(format!("oxccl-{}", r[..16].iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// Whether `name` could be one of [`random_name`]'s (a name from a peer is checked before
+/// it reaches `shm_open`).
+pub fn valid_name(name: &str) -> bool {
+    name.len() == 38
+        && name.starts_with("oxccl-")
+        && name[6..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Segment {
@@ -62,6 +84,14 @@ impl Segment {
 
     /// Opens and maps a segment another process created.
     pub fn open(name: &str, len: usize) -> Result<Segment> {
+        Self::open_checked(name, len, 0, &|_| Ok(()))
+    }
+
+    /// Opens a segment another process created and, before mapping it, reads its first
+    /// `header` bytes and passes them to `check`, which refuses a segment that is not
+    /// the one expected. Refuses a segment of another user or one that others may
+    /// access.
+    pub fn open_checked(name: &str, len: usize, header: usize, check: &dyn Fn(&[u8]) -> Result<()>) -> Result<Segment> {
         let c = cname(name)?;
         // SAFETY: `c` is a valid C string; the descriptor is closed in `map`.
         let fd = unsafe { libc::shm_open(c.as_ptr(), libc::O_RDWR, 0) };
@@ -74,11 +104,44 @@ impl Segment {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: `fd` is open and `st` is a valid out-pointer.
         let ok = unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0;
-        // SAFETY: fstat succeeded, so `st` is initialised.
-        if !ok || (unsafe { st.assume_init() }.st_size as usize) < len {
+        let refuse = |e: Error| {
             // SAFETY: closing the descriptor we opened.
             unsafe { libc::close(fd) };
-            return Err(Error::Remote(format!("shared memory /dev/shm/{name} is smaller than {len} bytes")));
+            Err(e)
+        };
+        if !ok {
+            return refuse(Error::system(
+                format!("reading the status of /dev/shm/{name}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fstat succeeded, so `st` is initialised.
+        let st = unsafe { st.assume_init() };
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if st.st_uid != me || st.st_mode & 0o077 != 0 {
+            return refuse(Error::InvalidUsage(format!(
+                "shared memory /dev/shm/{name} belongs to uid {} with mode {:o} (expected uid {me}, mode 0600): refusing to map it",
+                st.st_uid,
+                st.st_mode & 0o777
+            )));
+        }
+        if (st.st_size as usize) < len.max(header) {
+            return refuse(Error::Remote(format!("shared memory /dev/shm/{name} is smaller than {len} bytes")));
+        }
+        if header > 0 {
+            let mut h = vec![0u8; header];
+            // SAFETY: `fd` is open and `h` holds `header` writable bytes.
+            let r = unsafe { libc::pread(fd, h.as_mut_ptr() as *mut libc::c_void, header, 0) };
+            if r != header as isize {
+                return refuse(Error::system(
+                    format!("reading the header of /dev/shm/{name}"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            if let Err(e) = check(&h) {
+                return refuse(e);
+            }
         }
         Self::map(fd, len, name, false)
     }
@@ -179,5 +242,34 @@ mod tests {
         assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
         // SAFETY: still mapped after unlink.
         unsafe { assert_eq!(*b.as_ptr().add(100), 42) };
+    }
+
+    #[test]
+    fn segments_are_private_random_and_checked_before_mapping() {
+        use std::os::unix::fs::PermissionsExt;
+        let (n1, n2) = (random_name().unwrap(), random_name().unwrap());
+        assert_ne!(n1, n2);
+        assert!(valid_name(&n1) && valid_name(&n2), "{n1}");
+        for bad in ["oxccl-../../etc/passwd", "oxccl-", "x", &n1.to_uppercase(), &format!("{n1}0")] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        let a = Segment::create(&n1, 1 << 16).unwrap();
+        let mode = std::fs::metadata(format!("/dev/shm/{n1}")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "created with mode {mode:o}");
+        assert!(Segment::create(&n1, 1 << 16).is_err(), "O_EXCL: an existing name is never reused");
+        // SAFETY: the mapping holds 64 KiB; nobody else uses it.
+        unsafe { a.as_ptr().write_bytes(7, 8) };
+        let e = Segment::open_checked(&n1, 1 << 16, 8, &|h| {
+            assert_eq!(h, [7u8; 8]);
+            Err(Error::InvalidUsage("not ours".into()))
+        });
+        assert!(e.is_err_and(|e| e.to_string().contains("not ours")));
+        assert!(Segment::open_checked(&n1, 1 << 16, 8, &|h| if h == [7u8; 8] { Ok(()) } else { panic!() }).is_ok());
+        // A segment others may read is refused.
+        std::fs::set_permissions(format!("/dev/shm/{n1}"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Segment::open(&n1, 1 << 16).err().expect("a segment with mode 0644 is refused").to_string();
+        assert!(e.contains("mode 644") && e.contains("refusing"), "{e}");
+        drop(a);
+        assert!(!std::path::Path::new(&format!("/dev/shm/{n1}")).exists());
     }
 }

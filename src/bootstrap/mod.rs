@@ -10,9 +10,13 @@
 //!    about each other (hosts, transport addresses) and run barriers.
 //!
 //! Every connection presents the secret first; connections that do not are refused and
-//! logged. Every wait is bounded by the communicator's timeout. The messages are the
+//! logged (rate-limited), without failing the job. Listeners take their connections
+//! through a [`gate::Gate`], which never blocks on one client, so garbage, stalled or
+//! flooding clients cannot hold up the ranks. Every wait is bounded by the communicator's
+//! timeout. The messages are the
 //! versioned, length-checked frames of [`wire`].
 
+pub mod gate;
 pub mod id;
 pub mod wire;
 
@@ -24,11 +28,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::log;
+use gate::Gate;
 use wire::{Dec, Enc, Kind};
-
-/// How long a connection may take to introduce itself before it is dropped (a stray
-/// client must not hold up the root).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A rank's place in the bootstrap ring.
 pub struct Bootstrap {
@@ -62,9 +63,22 @@ fn recv_frame(s: &mut TcpStream, what: &str, limit: usize) -> Result<(Kind, Vec<
 
 /// Connects to `addr`, retrying until `deadline` (the peer may not listen yet).
 pub fn connect_retry(addr: SocketAddr, deadline: Option<Instant>, what: &str) -> Result<TcpStream> {
+    connect_retry_with(addr, deadline, what, Duration::from_secs(2), &mut || Ok(()))
+}
+
+/// As [`connect_retry`], each attempt bounded by `attempt`, calling `meanwhile` between
+/// attempts: a rank that connects to a peer must keep accepting its own connections, or
+/// ranks whose listen queues are full (a flood of stray connections) wait on each other.
+pub fn connect_retry_with(
+    addr: SocketAddr,
+    deadline: Option<Instant>,
+    what: &str,
+    attempt: Duration,
+    meanwhile: &mut dyn FnMut() -> Result<()>,
+) -> Result<TcpStream> {
     let mut nap = Duration::from_millis(5);
     loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        match TcpStream::connect_timeout(&addr, attempt) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
@@ -77,31 +91,10 @@ pub fn connect_retry(addr: SocketAddr, deadline: Option<Instant>, what: &str) ->
                         peers: vec![],
                     });
                 }
+                meanwhile()?;
                 std::thread::sleep(nap);
                 nap = (nap * 2).min(Duration::from_millis(200));
             }
-        }
-    }
-}
-
-/// Accepts one connection, waiting at most until `deadline`.
-fn accept_until(l: &TcpListener, deadline: Option<Instant>, what: &str) -> Result<TcpStream> {
-    l.set_nonblocking(true).map_err(|e| Error::system("setting a listener non-blocking", e))?;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::Timeout { op: what.to_string(), waited: Duration::ZERO, peers: vec![] });
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::system(format!("{what}: accept"), e)),
         }
     }
 }
@@ -125,8 +118,9 @@ pub fn spawn_root(listener: TcpListener, secret: Secret, timeout: Option<Duratio
     let h = std::thread::Builder::new()
         .name("oxccl-root".into())
         .spawn(move || {
-            if let Err(e) = serve_root(&listener, &secret, timeout) {
-                log::warn(&format!("bootstrap root at {:?}: {e}", listener.local_addr()));
+            let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            if let Err(e) = serve_root(listener, &secret, timeout) {
+                log::warn(&format!("bootstrap root at {at}: {e}"));
             }
         })
         .map_err(|e| Error::system("starting the bootstrap root thread", e))?;
@@ -157,8 +151,9 @@ struct Arrived {
     conn: TcpStream,
 }
 
-fn serve_root(l: &TcpListener, secret: &Secret, timeout: Option<Duration>) -> Result<()> {
+fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Result<()> {
     let deadline = timeout.map(|t| Instant::now() + t);
+    let mut gate = Gate::new(l, *secret, Kind::Hello, 256, "bootstrap root")?;
     let mut arrived: Vec<Arrived> = Vec::new();
     let mut nranks: Option<usize> = None;
     let fail_all = |arrived: &mut Vec<Arrived>, msg: &str| {
@@ -171,53 +166,36 @@ fn serve_root(l: &TcpListener, secret: &Secret, timeout: Option<Duration>) -> Re
         if nranks.is_some_and(|n| arrived.len() == n) {
             break;
         }
-        let mut conn = match accept_until(l, deadline, "bootstrap root waiting for ranks") {
-            Ok(c) => c,
-            Err(Error::Timeout { .. }) => {
-                let n = nranks.unwrap_or(0);
-                let missing: Vec<usize> = (0..n).filter(|r| !arrived.iter().any(|a| a.rank == *r)).collect();
-                let msg = format!(
-                    "only {} of {n} ranks reached the bootstrap root within {:?}; missing ranks {missing:?}",
-                    arrived.len(),
-                    timeout.unwrap_or_default()
-                );
-                return Err(fail_all(&mut arrived, &msg));
-            }
-            Err(e) => return Err(e),
+        let Some(hello) = gate.wait(deadline)? else {
+            let n = nranks.unwrap_or(0);
+            // Name a few missing ranks (nranks came from a peer: do not list billions).
+            let missing: Vec<usize> = (0..n).filter(|r| !arrived.iter().any(|a| a.rank == *r)).take(32).collect();
+            let more = if n - arrived.len() > missing.len() { " and more" } else { "" };
+            let msg = format!(
+                "only {} of {n} ranks reached the bootstrap root within {:?}; missing ranks {missing:?}{more}",
+                arrived.len(),
+                timeout.unwrap_or_default()
+            );
+            return Err(fail_all(&mut arrived, &msg));
         };
-        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let _ = conn.set_read_timeout(Some(HELLO_TIMEOUT));
-        let hello = match recv_frame(&mut conn, "bootstrap hello", 4096) {
-            Ok((Kind::Hello, p)) => p,
-            Ok((k, _)) => {
-                log::warn(&format!("bootstrap root: refused a connection from {peer}: expected a hello, got {k:?}"));
-                continue;
-            }
-            Err(e) => {
-                log::warn(&format!("bootstrap root: refused a connection from {peer}: {e}"));
-                continue;
-            }
-        };
-        let mut d = Dec::new(&hello, "hello");
-        let parsed = (|| -> Result<(Vec<u8>, usize, usize, SocketAddr)> {
-            let s = d.raw(id::SECRET_BYTES)?.to_vec();
+        let mut d = Dec::new(&hello.body, "hello");
+        let parsed = (|| -> Result<(usize, usize, SocketAddr)> {
             let rank = d.u32()? as usize;
             let n = d.u32()? as usize;
             let addr = d.addr()?;
             d.end()?;
-            Ok((s, rank, n, addr))
+            Ok((rank, n, addr))
         })();
-        let (s, rank, n, addr) = match parsed {
+        let (rank, n, addr) = match parsed {
             Ok(v) => v,
             Err(e) => {
-                log::warn(&format!("bootstrap root: refused a connection from {peer}: {e}"));
+                gate.refuse(hello.from, &e.to_string());
                 continue;
             }
         };
-        if !id::same_secret(secret, &s) {
-            log::warn(&format!("bootstrap root: refused a connection from {peer}: it does not know the job's secret"));
-            continue;
-        }
+        let conn = hello.sock;
+        conn.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
+        let _ = conn.set_write_timeout(Some(gate::HELLO_TIMEOUT));
         let expected = *nranks.get_or_insert(n);
         if n != expected {
             let first = arrived.first().map_or(0, |a| a.rank);
@@ -285,7 +263,8 @@ impl Bootstrap {
         let deadline = timeout.map(|t| Instant::now() + t);
         let listener = TcpListener::bind(SocketAddr::new(local_ip, 0))
             .map_err(|e| Error::system(format!("binding the bootstrap listener on {local_ip}"), e))?;
-        let my_addr = listener.local_addr().map_err(|e| Error::system("reading the bootstrap listener address", e))?;
+        let mut ring = Gate::new(listener, *id.secret(), Kind::RingHello, 256, format!("rank {rank}: bootstrap ring"))?;
+        let my_addr = ring.local_addr()?;
         let what = format!("rank {rank}: joining the job at {}", id.root());
         let mut root = connect_retry(id.root(), deadline, &what)?;
         let mut e = Enc::new();
@@ -313,39 +292,44 @@ impl Bootstrap {
         drop(root);
         let mut b = Bootstrap { rank, nranks, secret: *id.secret(), next: None, prev: None, timeout };
         if nranks > 1 {
-            let mut next = connect_retry(
+            // Accept (and keep) our predecessor's introduction while connecting.
+            let mut early = None;
+            let mut next = connect_retry_with(
                 next_addr,
                 deadline,
                 &format!("rank {rank}: connecting to rank {}", (rank + 1) % nranks),
+                Duration::from_millis(500),
+                &mut || {
+                    if early.is_none() {
+                        early = ring.poll()?;
+                    }
+                    Ok(())
+                },
             )?;
             let mut e = Enc::new();
             e.raw(id.secret()).u32(rank as u32);
             wire::send(&mut next, Kind::RingHello, &e.0).map_err(|e| io_err("bootstrap ring hello", e))?;
             let prev_rank = (rank + nranks - 1) % nranks;
+            let what = format!("rank {rank}: waiting for rank {prev_rank} to connect");
             let prev = loop {
-                let what = format!("rank {rank}: waiting for rank {prev_rank} to connect");
-                let mut s = accept_until(&listener, deadline, &what)?;
-                let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                let _ = s.set_read_timeout(Some(HELLO_TIMEOUT));
-                match recv_frame(&mut s, "ring hello", 256) {
-                    Ok((Kind::RingHello, p)) => {
-                        let mut d = Dec::new(&p, "ring hello");
-                        let secret_ok = d.raw(id::SECRET_BYTES).is_ok_and(|x| id::same_secret(id.secret(), x));
-                        let r = d.u32().unwrap_or(u32::MAX) as usize;
-                        if secret_ok && r == prev_rank {
-                            break s;
-                        }
-                        log::warn(&format!(
-                            "rank {rank}: refused a bootstrap connection from {peer} ({})",
-                            if secret_ok { "wrong rank" } else { "it does not know the job's secret" }
-                        ));
-                    }
-                    Ok((k, _)) => {
-                        log::warn(&format!("rank {rank}: refused a connection from {peer}: unexpected {k:?}"))
-                    }
-                    Err(e) => log::warn(&format!("rank {rank}: refused a connection from {peer}: {e}")),
+                let Some(h) = (match early.take() {
+                    Some(h) => Some(h),
+                    None => ring.wait(deadline)?,
+                }) else {
+                    return Err(Error::Timeout {
+                        op: what,
+                        waited: timeout.unwrap_or_default(),
+                        peers: vec![prev_rank],
+                    });
+                };
+                let mut d = Dec::new(&h.body, "ring hello");
+                match d.u32().and_then(|r| d.end().map(|_| r as usize)) {
+                    Ok(r) if r == prev_rank => break h.sock,
+                    Ok(r) => ring.refuse(h.from, &format!("it says it is rank {r}, expected rank {prev_rank}")),
+                    Err(e) => ring.refuse(h.from, &e.to_string()),
                 }
             };
+            prev.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
             prev.set_read_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
             next.set_write_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
             b.next = Some(next);

@@ -56,9 +56,41 @@ fn malformed(what: impl Into<String>) -> Error {
     Error::Remote(format!("malformed bootstrap message: {}", what.into()))
 }
 
+/// Bytes in a frame header.
+pub const HEADER: usize = 12;
+
+/// Whether `b`, the first bytes of a connection, can still begin a frame: garbage is
+/// refused at its first wrong byte instead of after a whole header.
+pub fn plausible_prefix(b: &[u8]) -> bool {
+    let n = b.len().min(MAGIC.len());
+    b[..n] == MAGIC[..n]
+}
+
+/// Checks a frame header (magic, version, kind, and the payload length against `limit`
+/// and [`MAX_PAYLOAD`], before anything is allocated); returns the kind and the length.
+pub fn parse_head(head: &[u8; HEADER], limit: usize) -> Result<(Kind, usize)> {
+    if head[..4] != MAGIC {
+        return Err(malformed("bad magic (not an oxccl peer?)"));
+    }
+    let version = u16::from_le_bytes([head[4], head[5]]);
+    if version != VERSION {
+        return Err(Error::InvalidUsage(format!(
+            "bootstrap protocol version {version} from a peer, this oxccl speaks {VERSION}: mixed oxccl versions in one job"
+        )));
+    }
+    let raw_kind = u16::from_le_bytes([head[6], head[7]]);
+    let kind = Kind::from_u16(raw_kind).ok_or_else(|| malformed(format!("unknown kind {raw_kind}")))?;
+    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    let limit = limit.min(MAX_PAYLOAD);
+    if len > limit {
+        return Err(malformed(format!("{len} byte payload exceeds the limit of {limit}")));
+    }
+    Ok((kind, len))
+}
+
 /// Writes one frame.
 pub fn send(w: &mut impl Write, kind: Kind, payload: &[u8]) -> std::io::Result<()> {
-    let mut head = [0u8; 12];
+    let mut head = [0u8; HEADER];
     head[..4].copy_from_slice(&MAGIC);
     head[4..6].copy_from_slice(&VERSION.to_le_bytes());
     head[6..8].copy_from_slice(&(kind as u16).to_le_bytes());
@@ -74,23 +106,9 @@ pub fn recv(
     r: &mut impl Read,
     limit: usize,
 ) -> std::result::Result<(Kind, Vec<u8>), std::result::Result<std::io::Error, Error>> {
-    let mut head = [0u8; 12];
+    let mut head = [0u8; HEADER];
     r.read_exact(&mut head).map_err(Ok)?;
-    if head[..4] != MAGIC {
-        return Err(Err(malformed("bad magic (not an oxccl peer?)")));
-    }
-    let version = u16::from_le_bytes([head[4], head[5]]);
-    if version != VERSION {
-        return Err(Err(Error::InvalidUsage(format!(
-            "bootstrap protocol version {version} from a peer, this oxccl speaks {VERSION}: mixed oxccl versions in one job"
-        ))));
-    }
-    let kind = Kind::from_u16(u16::from_le_bytes([head[6], head[7]]))
-        .ok_or_else(|| Err(malformed(format!("unknown kind {}", u16::from_le_bytes([head[6], head[7]])))))?;
-    let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-    if len > limit.min(MAX_PAYLOAD) {
-        return Err(Err(malformed(format!("{len} byte payload exceeds the limit of {}", limit.min(MAX_PAYLOAD)))));
-    }
+    let (kind, len) = parse_head(&head, limit).map_err(Err)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).map_err(Ok)?;
     Ok((kind, payload))

@@ -50,9 +50,11 @@ fn local_ip(root: SocketAddr, s: &Settings) -> Result<IpAddr> {
     Ok(netif::pick(s.socket_ifname.as_deref())?.ip)
 }
 
-fn encode_addr(a: Option<SocketAddr>) -> Vec<u8> {
+/// What a rank tells its peers after creating its transports: its TCP data listener and
+/// the name of its shared-memory segment, either absent.
+pub(crate) fn encode_endpoints(tcp: Option<SocketAddr>, shm: Option<&str>) -> Vec<u8> {
     let mut e = Enc::new();
-    match a {
+    match tcp {
         Some(a) => {
             e.u32(1).addr(&a);
         }
@@ -60,18 +62,30 @@ fn encode_addr(a: Option<SocketAddr>) -> Vec<u8> {
             e.u32(0);
         }
     }
+    e.bytes(shm.unwrap_or("").as_bytes());
     e.0
 }
 
-fn decode_addr(b: &[u8]) -> Result<Option<SocketAddr>> {
-    let mut d = Dec::new(b, "transport address");
-    let r = if d.u32()? == 1 { Some(d.addr()?) } else { None };
+/// Decodes what [`encode_endpoints`] wrote (from a peer: every field is checked).
+pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<String>)> {
+    let mut d = Dec::new(b, "transport endpoints");
+    let tcp = match d.u32()? {
+        0 => None,
+        1 => Some(d.addr()?),
+        f => return Err(Error::Remote(format!("malformed transport endpoints: flag {f}"))),
+    };
+    let name = d.bytes(64)?;
     d.end()?;
-    Ok(r)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let shm = match name {
+        [] => None,
+        n => {
+            let n = std::str::from_utf8(n).ok().filter(|n| crate::shmem::valid_name(n)).ok_or_else(|| {
+                Error::Remote(format!("malformed transport endpoints: segment name {:?}", String::from_utf8_lossy(n)))
+            })?;
+            Some(n.to_string())
+        }
+    };
+    Ok((tcp, shm))
 }
 
 impl Comm {
@@ -105,8 +119,7 @@ impl Comm {
         // Shared memory among the ranks of this host.
         let local: Vec<usize> = topology.local_ranks().to_vec();
         let use_shm = topology.links.contains(&Link::SharedMemory);
-        let tag = hex(&id.secret()[..8]);
-        let seg = if use_shm { Some(Shm::create(rank, local.clone(), shape, &tag)?) } else { None };
+        let seg = if use_shm { Some(Shm::create(rank, local.clone(), shape, id.secret())?) } else { None };
         // TCP listeners, where some peer is another host.
         let use_tcp = topology.links.contains(&Link::Tcp);
         let listener = if use_tcp { Some(Tcp::listen(ip)?) } else { None };
@@ -114,11 +127,14 @@ impl Comm {
             Some(l) => Some(l.local_addr().map_err(|e| Error::system("reading the TCP listener address", e))?),
             None => None,
         };
-        let addrs = boot.all_gather(&encode_addr(my_addr))?; // also: every segment exists now
+        let mine = encode_endpoints(my_addr, seg.as_ref().map(|s| s.name()));
+        let endpoints = boot.all_gather(&mine)?; // also: every segment exists now
+        let endpoints = endpoints.iter().map(|b| decode_endpoints(b)).collect::<Result<Vec<_>>>()?;
         let shm = match seg {
             Some(seg) => {
-                let shm = Shm::attach(rank, local.clone(), shape, &tag, seg)?;
-                Some(shm)
+                let names: Vec<Option<String>> = endpoints.iter().map(|(_, n)| n.clone()).collect();
+                let pids: Vec<u32> = peers.iter().map(|p| p.pid).collect();
+                Some(Shm::attach(rank, local.clone(), shape, id.secret(), &names, &pids, seg)?)
             }
             None => None,
         };
@@ -140,12 +156,10 @@ impl Comm {
             }
         }
         if let Some(l) = listener {
-            let addrs = addrs
-                .iter()
-                .map(|b| decode_addr(b).map(|a| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))))
-                .collect::<Result<Vec<_>>>()?;
+            let addrs =
+                endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
             transports.push(Box::new(
-                Tcp::new(rank, *id.secret(), shape, settings.nsocks, l, addrs, peers, bell.clone(), timeout)
+                Tcp::new(rank, *id.secret(), shape, settings.nsocks, l, addrs, peers, bell.clone(), timeout)?
                     .with_watch(watch.clone()),
             ));
             for (r, l) in topology.links.iter().enumerate() {

@@ -6,13 +6,25 @@
 //! leaves nothing behind. The FIFOs are the same code as between threads; only the memory
 //! and the futex flavour (process-shared) differ. A FIFO's pages are faulted in by each
 //! process when a collective first uses it.
+//!
+//! Names and identity: each rank creates its segment under a fresh random name
+//! ([`crate::shmem::random_name`], 128 bits from the kernel; mode 0600, `O_EXCL`) and
+//! tells its peers the name through the bootstrap, whose connections present the job's
+//! secret. The creator writes an identity header (magic, a digest of the job's secret,
+//! its rank and pid, the FIFO shape); a peer reads it with `pread` and maps the segment
+//! only if every field is what it expects, else init fails with a message naming the
+//! segment. The digest tells jobs apart; it is not a MAC (only this user can open the
+//! segment, and that user can read the ranks' memory anyway), and it does not reveal the
+//! secret, unlike the old names, which carried 8 of its bytes in world-readable
+//! `/dev/shm`.
 
 use std::sync::Arc;
 
 use super::fifo::{Fifo, FifoShape, Region};
 use super::{Dir, Endpoint, LinkKey, Transport};
+use crate::bootstrap::Secret;
 use crate::error::{Error, Result};
-use crate::shmem::Segment;
+use crate::shmem::{self, Segment};
 use crate::sync::{BellWords, Doorbell};
 
 /// Channels each pair of ranks has FIFOs for.
@@ -21,13 +33,61 @@ const HEADER: usize = 4096;
 const BELL_OFFSET: usize = 1024;
 const MAGIC: u64 = 0x6f78_6363_6c53_484d; // "oxcclSHM"
 
-#[repr(C)]
+/// The identity header at the start of every segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SegHeader {
     magic: u64,
+    /// [`job_digest`] of the job's secret.
+    job: [u64; 2],
+    /// The creator's global rank and process id.
+    owner: u64,
+    pid: u64,
     nlocal: u64,
     nslots: u64,
     slot_bytes: u64,
-    owner: u64,
+}
+
+impl SegHeader {
+    fn to_bytes(self) -> [u8; std::mem::size_of::<SegHeader>()] {
+        let mut b = [0u8; std::mem::size_of::<SegHeader>()];
+        let words =
+            [self.magic, self.job[0], self.job[1], self.owner, self.pid, self.nlocal, self.nslots, self.slot_bytes];
+        for (c, w) in b.chunks_mut(8).zip(words) {
+            c.copy_from_slice(&w.to_ne_bytes());
+        }
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<SegHeader> {
+        let w = |i: usize| Some(u64::from_ne_bytes(b.get(8 * i..8 * i + 8)?.try_into().ok()?));
+        Some(SegHeader {
+            magic: w(0)?,
+            job: [w(1)?, w(2)?],
+            owner: w(3)?,
+            pid: w(4)?,
+            nlocal: w(5)?,
+            nslots: w(6)?,
+            slot_bytes: w(7)?,
+        })
+    }
+}
+
+/// 128 bits that tell one job's segments from another's, derived from its secret
+/// (splitmix64 over the secret's words, two lanes): an identifier, not a MAC.
+pub fn job_digest(secret: &Secret) -> [u64; 2] {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut out = [0x6f78_6363_6c2d_6964u64, 0x9e37_79b9_7f4a_7c15];
+    for (lane, h) in out.iter_mut().enumerate() {
+        for c in secret.chunks(8) {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            *h = mix(*h ^ w ^ (lane as u64 + 1).wrapping_mul(0xd6e8_feb8_6659_fd93));
+        }
+    }
+    out
 }
 
 /// The shared-memory transport of one rank.
@@ -50,32 +110,33 @@ fn seg_len(nlocal: usize, shape: FifoShape) -> usize {
     HEADER + nlocal * CHANNELS * fifo_stride(shape)
 }
 
-/// The name of `rank`'s segment in the job tagged `tag`.
-pub fn segment_name(tag: &str, rank: usize) -> String {
-    format!("oxccl-{tag}-r{rank}")
-}
-
 impl Shm {
-    /// Creates this rank's segment. `local` lists the host's ranks; `tag` is unique to
-    /// the job (derived from its secret).
-    pub fn create(me: usize, local: Vec<usize>, shape: FifoShape, tag: &str) -> Result<Segment> {
+    /// Creates this rank's segment under a random name (see the module documentation),
+    /// with its identity header. `local` lists the host's ranks.
+    pub fn create(me: usize, local: Vec<usize>, shape: FifoShape, secret: &Secret) -> Result<Segment> {
+        Self::create_named(&shmem::random_name()?, me, local, shape, secret)
+    }
+
+    fn create_named(name: &str, me: usize, local: Vec<usize>, shape: FifoShape, secret: &Secret) -> Result<Segment> {
         shape.validate()?;
         let my_local =
             local.iter().position(|&r| r == me).ok_or_else(|| Error::Internal("rank not on its host".into()))?;
         let n = local.len();
-        let seg = Segment::create(&segment_name(tag, me), seg_len(n, shape))?;
+        let seg = Segment::create(name, seg_len(n, shape))?;
         let base = seg.as_ptr();
-        // SAFETY: the segment is at least HEADER bytes, page aligned, and ours alone until
-        // peers open it after the barrier that follows.
-        unsafe {
-            (base as *mut SegHeader).write(SegHeader {
-                magic: MAGIC,
-                nlocal: n as u64,
-                nslots: shape.nslots as u64,
-                slot_bytes: shape.slot_bytes as u64,
-                owner: me as u64,
-            });
-        }
+        let header = SegHeader {
+            magic: MAGIC,
+            job: job_digest(secret),
+            owner: me as u64,
+            pid: std::process::id() as u64,
+            nlocal: n as u64,
+            nslots: shape.nslots as u64,
+            slot_bytes: shape.slot_bytes as u64,
+        };
+        let bytes = header.to_bytes();
+        // SAFETY: the segment is at least HEADER bytes (more than the identity header) and
+        // ours alone until peers open it after the barrier that follows.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base, bytes.len()) };
         // SAFETY: the segment outlives this temporary region, which only lays out the FIFOs
         // and is dropped at the end of this function.
         let region = Arc::new(unsafe { Region::from_raw(base, seg.len(), Box::new(())) });
@@ -96,9 +157,20 @@ impl Shm {
         unsafe { Region::from_raw(base, len, Box::new(keep.clone())) }
     }
 
-    /// Maps the other local ranks' segments (after they were created) and takes ownership
-    /// of ours. Call [`Shm::unlink`] once every local rank has attached.
-    pub fn attach(me: usize, local: Vec<usize>, shape: FifoShape, tag: &str, mine: Segment) -> Result<Shm> {
+    /// Maps the other local ranks' segments (after they were created), each only after
+    /// its identity header matched: this job, the rank and pid that published the name,
+    /// this rank's FIFO shape. `names` and `pids` are every global rank's segment name
+    /// and process id, from the bootstrap. Takes ownership of our own segment. Call
+    /// [`Shm::unlink`] once every local rank has attached.
+    pub fn attach(
+        me: usize,
+        local: Vec<usize>,
+        shape: FifoShape,
+        secret: &Secret,
+        names: &[Option<String>],
+        pids: &[u32],
+        mine: Segment,
+    ) -> Result<Shm> {
         let my_local =
             local.iter().position(|&r| r == me).ok_or_else(|| Error::Internal("rank not on its host".into()))?;
         let n = local.len();
@@ -109,22 +181,27 @@ impl Shm {
             let seg = if i == my_local {
                 mine.take().expect("own segment")
             } else {
-                Segment::open(&segment_name(tag, r), len)?
+                let name = names.get(r).and_then(|n| n.as_deref()).ok_or_else(|| {
+                    Error::Remote(format!("rank {r} shares this host but published no shared-memory segment"))
+                })?;
+                if !shmem::valid_name(name) {
+                    return Err(Error::Remote(format!("rank {r} published a malformed segment name {name:?}")));
+                }
+                let want = SegHeader {
+                    magic: MAGIC,
+                    job: job_digest(secret),
+                    owner: r as u64,
+                    pid: pids.get(r).copied().unwrap_or(0) as u64,
+                    nlocal: n as u64,
+                    nslots: shape.nslots as u64,
+                    slot_bytes: shape.slot_bytes as u64,
+                };
+                let check = |b: &[u8]| -> Result<()> {
+                    let got = SegHeader::from_bytes(b).ok_or_else(|| Error::Internal("short header".into()))?;
+                    Self::check_identity(name, r, &got, &want)
+                };
+                Segment::open_checked(name, len, std::mem::size_of::<SegHeader>(), &check)?
             };
-            // SAFETY: the header was written by the creator before the barrier that
-            // precedes attach; it is read-only afterwards.
-            let h = unsafe { &*(seg.as_ptr() as *const SegHeader) };
-            if h.magic != MAGIC
-                || h.nlocal != n as u64
-                || h.nslots != shape.nslots as u64
-                || h.slot_bytes != shape.slot_bytes as u64
-                || h.owner != r as u64
-            {
-                return Err(Error::InvalidUsage(format!(
-                    "rank {r}'s shared memory does not match this rank's configuration (slots {} x {} B vs {} x {} B): set OXCCL_NSLOTS and OXCCL_SLOT_BYTES alike on every rank",
-                    h.nslots, h.slot_bytes, shape.nslots, shape.slot_bytes
-                )));
-            }
             segs.push(Arc::new(seg));
         }
         let regions = segs
@@ -135,6 +212,30 @@ impl Shm {
             })
             .collect();
         Ok(Shm { me, local, my_local, shape, segs, regions })
+    }
+
+    /// Refuses a segment whose identity header `got` is not `want`, saying which field
+    /// differs.
+    fn check_identity(name: &str, r: usize, got: &SegHeader, want: &SegHeader) -> Result<()> {
+        let whose = format!("shared memory /dev/shm/{name}, published by rank {r}");
+        if got.magic != want.magic || got.job != want.job {
+            return Err(Error::InvalidUsage(format!(
+                "{whose}, is not a segment of this job (wrong magic or job digest): refusing to map it"
+            )));
+        }
+        if got.owner != want.owner || got.pid != want.pid {
+            return Err(Error::InvalidUsage(format!(
+                "{whose}, was created by rank {} pid {}, not by rank {r} pid {}: refusing to map it",
+                got.owner, got.pid, want.pid
+            )));
+        }
+        if got.nlocal != want.nlocal || got.nslots != want.nslots || got.slot_bytes != want.slot_bytes {
+            return Err(Error::InvalidUsage(format!(
+                "rank {r}'s shared memory does not match this rank's configuration ({} local ranks, slots {} x {} B vs {} local ranks, slots {} x {} B): set OXCCL_NSLOTS and OXCCL_SLOT_BYTES alike on every rank",
+                got.nlocal, got.nslots, got.slot_bytes, want.nlocal, want.nslots, want.slot_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Removes this rank's segment name (every peer has mapped it).
@@ -195,5 +296,51 @@ impl Transport for Shm {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_with_the_wrong_identity_is_refused_before_mapping() {
+        let shape = FifoShape { nslots: 2, slot_bytes: 4096 };
+        let (secret, other) = ([1u8; 32], [2u8; 32]);
+        assert_ne!(job_digest(&secret), job_digest(&other));
+        let pid = std::process::id();
+        let names_for = |n: &str| vec![None, Some(n.to_string())];
+        let attach0 = |secret: &Secret, names: &[Option<String>], pids: &[u32]| {
+            let mine = Shm::create(0, vec![0, 1], shape, secret).unwrap();
+            Shm::attach(0, vec![0, 1], shape, secret, names, pids, mine).map(|_| ())
+        };
+        // Rank 1's segment, of the job `secret`.
+        let seg1 = Shm::create(1, vec![0, 1], shape, &secret).unwrap();
+        let name = seg1.name().to_string();
+        let mode = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        attach0(&secret, &names_for(&name), &[pid, pid]).unwrap();
+        // Another job's rank 0 is refused, and so is a segment claiming another pid.
+        let e = attach0(&other, &names_for(&name), &[pid, pid]).unwrap_err().to_string();
+        assert!(e.contains(&name) && e.contains("is not a segment of this job"), "{e}");
+        let e = attach0(&secret, &names_for(&name), &[pid, pid + 1]).unwrap_err().to_string();
+        assert!(e.contains("was created by rank 1 pid") && e.contains("refusing to map it"), "{e}");
+        // A different shape says what to set.
+        let mine = Shm::create(0, vec![0, 1], FifoShape { nslots: 4, slot_bytes: 4096 }, &secret).unwrap();
+        let e = Shm::attach(
+            0,
+            vec![0, 1],
+            FifoShape { nslots: 4, slot_bytes: 4096 },
+            &secret,
+            &names_for(&name),
+            &[pid, pid],
+            mine,
+        );
+        assert!(e.is_err());
+        // A malformed or missing name never reaches shm_open.
+        let e = attach0(&secret, &names_for("../../etc/passwd"), &[pid, pid]).unwrap_err().to_string();
+        assert!(e.contains("malformed segment name"), "{e}");
+        assert!(attach0(&secret, &[None, None], &[pid, pid]).is_err());
+        drop(seg1);
     }
 }

@@ -19,18 +19,21 @@ use std::time::{Duration, Instant};
 
 use super::fifo::{Fifo, FifoRx, FifoShape, FifoTx, Region};
 use super::{Dir, Endpoint, LinkKey, Transport};
-use crate::bootstrap::connect_retry;
-use crate::bootstrap::id::{Secret, same_secret};
+use crate::bootstrap::connect_retry_with;
+use crate::bootstrap::gate::Gate;
+use crate::bootstrap::id::Secret;
 use crate::bootstrap::wire::{self, Dec, Enc, Kind};
 use crate::error::{Error, Result};
 use crate::liveness::PeerWatch;
-use crate::log;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 
 const FRAME_HEADER: usize = 24;
 /// Messages from this size are striped across a link's sockets.
 const STRIPE_MIN: usize = 64 << 10;
+/// Accepted connections waiting for `connect` to claim them, at most (a link has
+/// `OXCCL_NSOCKS` per peer and channel; this is far above what a job opens).
+const MAX_UNCLAIMED: usize = 4096;
 /// Read-ahead buffer per socket.
 const READ_AHEAD: usize = 64 << 10;
 /// Socket buffer size to force, if any: `None` leaves the kernel's autotuning alone,
@@ -93,8 +96,11 @@ struct RecvConn {
     closed: bool,
 }
 
-#[derive(Default)]
 struct Conns {
+    /// The listener, behind which connections introduce themselves.
+    gate: Gate,
+    /// `wait_io` saw the listener readable: accept in the next `progress`.
+    arrivals: bool,
     sends: Vec<SendConn>,
     recvs: Vec<RecvConn>,
     /// Accepted connections not yet claimed by `connect`, by (peer, channel, socket).
@@ -106,11 +112,11 @@ struct Conns {
 
 /// The TCP transport of one rank.
 pub struct Tcp {
-    me: usize,
     secret: Secret,
     shape: FifoShape,
     nsocks: usize,
-    listener: TcpListener,
+    /// The listener's descriptor (owned by the gate in `conns`), for `wait_io`.
+    listener_fd: i32,
     /// Every rank's data listener.
     addrs: Vec<SocketAddr>,
     peers: Vec<PeerInfo>,
@@ -195,21 +201,32 @@ impl Tcp {
         peers: Vec<PeerInfo>,
         bell: Doorbell,
         timeout: Option<Duration>,
-    ) -> Tcp {
+    ) -> Result<Tcp> {
         let nsocks = nsocks.clamp(1, 64);
-        Tcp {
-            me,
+        // Introductions: secret + rank, channel, socket.
+        let gate = Gate::new(listener, secret, Kind::ConnHello, 64, format!("rank {me}: TCP data listener"))?;
+        let listener_fd = gate.listener_fd();
+        let conns = Conns {
+            gate,
+            arrivals: false,
+            sends: Vec::new(),
+            recvs: Vec::new(),
+            accepted: HashMap::new(),
+            pollfds: Vec::new(),
+            pollmap: Vec::new(),
+        };
+        Ok(Tcp {
             secret,
             shape,
             nsocks,
-            listener,
+            listener_fd,
             addrs,
             peers,
             bell,
             timeout,
-            conns: Mutex::new(Conns::default()),
+            conns: Mutex::new(conns),
             watch: None,
-        }
+        })
     }
 
     /// Watches this host's peer processes while waiting for connections.
@@ -229,40 +246,40 @@ impl Tcp {
         self.conns.lock().map_err(|_| Error::Internal("TCP transport state poisoned".into()))
     }
 
-    /// Accepts pending connections (non-blocking), checks their introductions and files
-    /// them by (peer, channel, socket).
+    /// Accepts pending connections and reads their introductions (never blocking: see
+    /// [`Gate`]), and files those that introduced themselves by (peer, channel, socket).
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
-        loop {
-            let (mut s, from) = match self.listener.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::system("accepting a TCP connection", e)),
-            };
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            let hello = match wire::recv(&mut s, 256) {
-                Ok((Kind::ConnHello, p)) => p,
-                _ => {
-                    log::warn(&format!("rank {}: refused a data connection from {from}: not an oxccl peer", self.me));
+        while let Some(h) = conns.gate.poll()? {
+            let mut d = Dec::new(&h.body, "connection hello");
+            let parsed = (|| -> Result<(usize, u32, u32)> {
+                let (peer, ch, idx) = (d.u32()? as usize, d.u32()?, d.u32()?);
+                d.end()?;
+                Ok((peer, ch, idx))
+            })();
+            let (peer, ch, idx) = match parsed {
+                Ok(v) => v,
+                Err(e) => {
+                    conns.gate.refuse(h.from, &e.to_string());
                     continue;
                 }
             };
-            let mut d = Dec::new(&hello, "connection hello");
-            let ok = d.raw(32).is_ok_and(|x| same_secret(&self.secret, x));
-            let (peer, ch, idx) =
-                (d.u32().unwrap_or(u32::MAX) as usize, d.u32().unwrap_or(u32::MAX), d.u32().unwrap_or(u32::MAX));
-            if !ok || peer >= self.addrs.len() || ch > u8::MAX as u32 || idx as usize >= self.nsocks {
-                log::warn(&format!(
-                    "rank {}: refused a data connection from {from}: wrong secret, rank or socket count (OXCCL_NSOCKS must match on every rank)",
-                    self.me
-                ));
+            if peer >= self.addrs.len() || ch > u8::MAX as u32 || idx as usize >= self.nsocks {
+                conns.gate.refuse(
+                    h.from,
+                    &format!(
+                        "rank {peer}, channel {ch}, socket {idx} is out of range (OXCCL_NSOCKS must match on every rank)"
+                    ),
+                );
                 continue;
             }
-            tune(&s);
-            s.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
-            conns.accepted.insert((peer, ch as u8, idx), s);
+            if conns.accepted.len() >= MAX_UNCLAIMED {
+                conns.gate.refuse(h.from, &format!("{MAX_UNCLAIMED} connections are waiting to be claimed already"));
+                continue;
+            }
+            tune(&h.sock);
+            conns.accepted.insert((peer, ch as u8, idx), h.sock);
         }
+        Ok(())
     }
 
     /// Writes what the executor posted; returns whether bytes moved.
@@ -486,7 +503,15 @@ impl Transport for Tcp {
                 *self.addrs.get(k.peer).ok_or_else(|| Error::Internal(format!("no address for rank {}", k.peer)))?;
             let mut socks = Vec::with_capacity(self.nsocks);
             for idx in 0..self.nsocks {
-                let mut s = connect_retry(addr, deadline, &format!("rank {me}: connecting to {}", self.who(k.peer)))?;
+                // Keep accepting while connecting: peers connecting to us may be all
+                // that stands between them and accepting our connection.
+                let mut s = connect_retry_with(
+                    addr,
+                    deadline,
+                    &format!("rank {me}: connecting to {}", self.who(k.peer)),
+                    Duration::from_millis(200),
+                    &mut || self.accept_pending(&mut *self.lock()?),
+                )?;
                 let mut e = Enc::new();
                 e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32);
                 wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|e| self.broken(k.peer, "introducing to", e))?;
@@ -562,6 +587,13 @@ impl Transport for Tcp {
     fn progress(&self) -> Result<bool> {
         let mut c = self.lock()?;
         let mut moved = false;
+        if c.arrivals {
+            // Someone connected outside `connect` (a stray client, or a peer early): take
+            // the connection off the listener's queue, or it stays readable and every
+            // wait returns at once.
+            c.arrivals = false;
+            self.accept_pending(&mut c)?;
+        }
         let Conns { sends, recvs, pollfds, pollmap, .. } = &mut *c;
         for s in sends.iter_mut() {
             moved |= self.pump_send(s)?;
@@ -624,7 +656,7 @@ impl Transport for Tcp {
                 }
             }
         }
-        fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        fds.push(libc::pollfd { fd: self.listener_fd, events: libc::POLLIN, revents: 0 });
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -632,6 +664,11 @@ impl Transport for Tcp {
         // SAFETY: `fds` is a valid array of pollfd for the call; the sockets stay open
         // (the lock was released, but only this thread closes or adds connections).
         unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+        if fds.last().is_some_and(|p| p.revents != 0)
+            && let Ok(mut c) = self.conns.lock()
+        {
+            c.arrivals = true;
+        }
     }
 }
 
