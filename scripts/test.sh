@@ -12,7 +12,8 @@
 # checked) and of the data_parallel training example; then jobs under mpirun, with 2 and
 # 4 ranks, under both Open MPI and MPICH: all_reduce_perf built without the `mpi` feature
 # (ranks from the launcher's environment, OXCCL_COMM_ID), and Comm::from_mpi (the `mpi`
-# feature, built once against each MPI).
+# feature, built once against each MPI); then every cargo-fuzz target for 30 s when a
+# nightly toolchain is there (else a SKIPPED: fuzzing line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -295,6 +296,27 @@ if [ "${#MPIS[@]}" -lt 2 ]; then
   printf '\nSKIPPED: mpirun jobs under %s: not installed (%s)\n' \
     "$([ "$HAVE_OPENMPI" = 1 ] && echo MPICH || echo 'Open MPI')$([ "${#MPIS[@]}" = 0 ] && echo ' and MPICH')" \
     "${MPI_PKGS[*]}" >&2
+fi
+
+# --- fuzzing ---------------------------------------------------------------------------
+# Every decoder of a peer's or a user's bytes has a cargo-fuzz target (fuzz/). CI runs
+# each for FUZZ_SECONDS (30 s: with the nightly build of the targets, about 4-6 minutes on
+# 2 cores, which keeps the suite under its 30 minute budget); scripts/fuzz.sh 3600 hunts
+# longer. Needs the nightly toolchain; cargo-fuzz is installed when missing.
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  printf '\nSKIPPED: fuzzing: no nightly toolchain (rustup toolchain install nightly; then scripts/fuzz.sh)\n' >&2
+else
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked || true
+  fi
+  if cargo +nightly fuzz --version >/dev/null 2>&1; then
+    log "fuzzing every target for ${FUZZ_SECONDS} s (scripts/fuzz.sh)"
+    scripts/fuzz.sh "$FUZZ_SECONDS"
+  else
+    printf '\nSKIPPED: fuzzing: cargo-fuzz is not installed and could not be (cargo install cargo-fuzz --locked)\n' >&2
+  fi
 fi
 
 log "all tests passed"

@@ -4,7 +4,7 @@
 //! a host next to each other.
 
 use crate::bootstrap::wire::{Dec, Enc};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// This machine's hostname.
 pub fn hostname() -> String {
@@ -55,9 +55,16 @@ impl PeerInfo {
 
     /// Decodes what [`PeerInfo::encode`] wrote.
     pub fn decode(b: &[u8]) -> Result<PeerInfo> {
+        // Strict UTF-8 (what `encode` writes): a lossy decode would grow each bad byte to
+        // three, and the value would no longer fit its own limit when sent on. 1024 bytes
+        // each: a 255-byte hostname that `hostname()` made valid UTF-8 can triple.
         let mut d = Dec::new(b, "peer info");
-        let host_id = String::from_utf8_lossy(d.bytes(1024)?).into_owned();
-        let hostname = String::from_utf8_lossy(d.bytes(256)?).into_owned();
+        let text = |b: &[u8], what: &str| {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| Error::Remote(format!("malformed peer info: {what} is not UTF-8")))
+        };
+        let host_id = text(d.bytes(1024)?, "host id")?;
+        let hostname = text(d.bytes(1024)?, "hostname")?;
         let pid = d.u32()?;
         d.end()?;
         Ok(PeerInfo { host_id, hostname, pid })
@@ -191,5 +198,13 @@ mod tests {
         let p = info("h/boot", 7);
         assert_eq!(PeerInfo::decode(&p.encode()).unwrap(), p);
         assert!(PeerInfo::decode(&p.encode()[..5]).is_err());
+        // Found by the peer_info fuzz target: invalid UTF-8 decoded lossily into a value
+        // too long to decode again once re-encoded. Now refused.
+        let mut e = Enc::new();
+        e.bytes(b"id").bytes(&[0xff; 200]).u32(1);
+        let err = PeerInfo::decode(&e.0).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+        let long = PeerInfo { host_id: "h".into(), hostname: "\u{fffd}".repeat(255), pid: 1 };
+        assert_eq!(PeerInfo::decode(&long.encode()).unwrap(), long);
     }
 }

@@ -63,39 +63,51 @@ struct Pending {
     from: SocketAddr,
     since: Instant,
     last: Instant,
+    intro: Intro,
+}
+
+/// What [`Intro::read`] found.
+pub(crate) enum Step {
+    /// More bytes are needed (the source would block).
+    Waiting,
+    /// The introduction's payload, secret included (not yet checked).
+    Done(Vec<u8>),
+    /// Not an introduction: why.
+    Refused(String),
+}
+
+/// One connection's introduction, read incrementally from a non-blocking source.
+#[derive(Default)]
+pub(crate) struct Intro {
     head: [u8; wire::HEADER],
     got: usize,
     /// The payload, allocated once the header has been checked.
     payload: Option<Vec<u8>>,
 }
 
-enum Step {
-    Waiting,
-    Done(Vec<u8>),
-    Refused(String),
-}
+impl Intro {
+    /// Bytes read so far.
+    pub(crate) fn got(&self) -> usize {
+        self.got
+    }
 
-impl Pending {
-    /// Reads what is there, never past the end of the introduction (the peer may send
-    /// more right after it).
-    fn read(&mut self, kind: Kind, limit: usize) -> Step {
+    /// Reads what `r` has, never past the end of the introduction (the peer may send
+    /// more right after it), checking the header before allocating the payload.
+    pub(crate) fn read(&mut self, r: &mut impl Read, kind: Kind, limit: usize) -> Step {
         loop {
-            let r = match &mut self.payload {
-                None => self.sock.read(&mut self.head[self.got..]),
+            let res = match &mut self.payload {
+                None => r.read(&mut self.head[self.got..]),
                 Some(p) => {
                     let at = self.got - wire::HEADER;
                     if at == p.len() {
                         return Step::Done(std::mem::take(p));
                     }
-                    self.sock.read(&mut p[at..])
+                    r.read(&mut p[at..])
                 }
             };
-            match r {
+            match res {
                 Ok(0) => return Step::Refused("it closed the connection without introducing itself".into()),
-                Ok(k) => {
-                    self.got += k;
-                    self.last = Instant::now();
-                }
+                Ok(k) => self.got += k,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Waiting,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Step::Refused(format!("reading its introduction: {e}")),
@@ -300,21 +312,18 @@ impl Gate {
                 );
             }
             let now = Instant::now();
-            self.pending.push(Pending {
-                sock,
-                from,
-                since: now,
-                last: now,
-                head: [0; wire::HEADER],
-                got: 0,
-                payload: None,
-            });
+            self.pending.push(Pending { sock, from, since: now, last: now, intro: Intro::default() });
         }
         let now = Instant::now();
         let mut i = 0;
         while i < self.pending.len() {
             let p = &mut self.pending[i];
-            let outcome = match p.read(self.kind, self.limit) {
+            let before = p.intro.got();
+            let outcome = p.intro.read(&mut p.sock, self.kind, self.limit);
+            if p.intro.got() != before {
+                p.last = now;
+            }
+            let outcome = match outcome {
                 Step::Waiting if now.duration_since(p.since) >= HELLO_TIMEOUT => {
                     Step::Refused(format!("it did not introduce itself within {HELLO_TIMEOUT:?}"))
                 }

@@ -84,6 +84,8 @@ impl UniqueId {
         }
         let port = u16::from_le_bytes([b[6], b[7]]);
         let ip = match b[5] {
+            // One form per id: the 12 bytes after an IPv4 address are zero.
+            4 if b[12..24].iter().any(|&x| x != 0) => return Err(bad("non-zero padding after the IPv4 address")),
             4 => IpAddr::V4(Ipv4Addr::new(b[8], b[9], b[10], b[11])),
             6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[8..24]).expect("16 bytes"))),
             f => return Err(bad(&format!("address family {f}"))),
@@ -125,6 +127,10 @@ impl FromStr for UniqueId {
                 2 * UNIQUE_ID_BYTES,
                 s.len()
             )));
+        }
+        // Digits only (from_str_radix alone would also take a '+' sign).
+        if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!("unique id: {c:?} is not a hexadecimal digit")));
         }
         let mut b = [0u8; UNIQUE_ID_BYTES];
         for (i, x) in b.iter_mut().enumerate() {
@@ -196,5 +202,21 @@ mod tests {
         assert!("g".repeat(256).parse::<UniqueId>().is_err());
         assert!(same_secret(id.secret(), id.secret()));
         assert!(!same_secret(id.secret(), &[0u8; 32]));
+    }
+
+    /// Found by the unique_id fuzz target: an IPv4 id with non-zero padding parsed, so
+    /// two ids printed differently were equal. The same class: a '+' where a hex digit
+    /// belongs.
+    #[test]
+    fn unique_ids_have_one_form() {
+        let id = UniqueId::for_root("10.1.2.3:29500".parse().unwrap()).unwrap();
+        let mut b = id.to_bytes();
+        b[23] = 1;
+        let e = UniqueId::from_bytes(&b).unwrap_err().to_string();
+        assert!(e.contains("non-zero padding"), "{e}");
+        let s = id.to_string();
+        let plus = format!("+{}", &s[1..]);
+        assert!(plus.parse::<UniqueId>().is_err(), "a sign is not a digit");
+        assert_eq!(s.to_uppercase().parse::<UniqueId>().unwrap(), id, "either case");
     }
 }

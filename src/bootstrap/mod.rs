@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::log;
 use gate::Gate;
-use wire::{Dec, Enc, Kind};
+use wire::msg::{self, fail_message};
+use wire::{Enc, Kind};
 
 /// A rank's place in the bootstrap ring.
 pub struct Bootstrap {
@@ -105,10 +106,6 @@ fn fail_payload(msg: &str) -> Vec<u8> {
     e.0
 }
 
-fn fail_message(p: &[u8]) -> String {
-    Dec::new(p, "failure").bytes(4096).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
-}
-
 /// Roots running in this process, by job secret (see [`wait_root`]).
 static ROOTS: std::sync::Mutex<Vec<(Secret, std::thread::JoinHandle<()>)>> = std::sync::Mutex::new(Vec::new());
 
@@ -178,14 +175,7 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
             );
             return Err(fail_all(&mut arrived, &msg));
         };
-        let mut d = Dec::new(&hello.body, "hello");
-        let parsed = (|| -> Result<(usize, usize, SocketAddr)> {
-            let rank = d.u32()? as usize;
-            let n = d.u32()? as usize;
-            let addr = d.addr()?;
-            d.end()?;
-            Ok((rank, n, addr))
-        })();
+        let parsed = msg::decode_hello(&hello.body);
         let (rank, n, addr) = match parsed {
             Ok(v) => v,
             Err(e) => {
@@ -272,12 +262,7 @@ impl Bootstrap {
         wire::send(&mut root, Kind::Hello, &e.0).map_err(|e| io_err(what.clone(), e))?;
         root.set_read_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
         let next_addr = match recv_frame(&mut root, &what, 4096) {
-            Ok((Kind::Next, p)) => {
-                let mut d = Dec::new(&p, "next");
-                let a = d.addr()?;
-                d.end()?;
-                a
-            }
+            Ok((Kind::Next, p)) => msg::decode_next(&p)?,
             Ok((Kind::Fail, p)) => return Err(Error::InvalidUsage(format!("{what}: {}", fail_message(&p)))),
             Ok((k, _)) => return Err(Error::Remote(format!("{what}: unexpected {k:?} from the root"))),
             Err(Error::Timeout { .. }) => {
@@ -322,8 +307,7 @@ impl Bootstrap {
                         peers: vec![prev_rank],
                     });
                 };
-                let mut d = Dec::new(&h.body, "ring hello");
-                match d.u32().and_then(|r| d.end().map(|_| r as usize)) {
+                match msg::decode_ring_hello(&h.body) {
                     Ok(r) if r == prev_rank => break h.sock,
                     Ok(r) => ring.refuse(h.from, &format!("it says it is rank {r}, expected rank {prev_rank}")),
                     Err(e) => ring.refuse(h.from, &e.to_string()),
@@ -379,10 +363,7 @@ impl Bootstrap {
                 Kind::Fail => return Err(Error::Remote(format!("{what}: {}", fail_message(&p)))),
                 k => return Err(Error::Remote(format!("{what}: unexpected {k:?}"))),
             }
-            let mut d = Dec::new(&p, "all-gather block");
-            let got = d.u32()? as usize;
-            let data = d.bytes(wire::MAX_PAYLOAD)?;
-            d.end()?;
+            let (got, data) = msg::decode_block(&p)?;
             if got != want {
                 return Err(Error::Remote(format!("{what}: block of rank {got} where rank {want}'s was expected")));
             }

@@ -204,6 +204,10 @@ impl<'a> Dec<'a> {
         let port = self.u32()?;
         let port = u16::try_from(port).map_err(|_| malformed(format!("{}: port {port}", self.what)))?;
         let ip = match fam {
+            // One encoding per address: the 12 bytes after an IPv4 address are zero.
+            4 if b[4..].iter().any(|&x| x != 0) => {
+                return Err(malformed(format!("{}: IPv4 address with non-zero padding", self.what)));
+            }
             4 => IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
             6 => IpAddr::V6(Ipv6Addr::from(b)),
             f => return Err(malformed(format!("{}: address family {f}", self.what))),
@@ -216,6 +220,64 @@ impl<'a> Dec<'a> {
             return Err(malformed(format!("{}: {} trailing bytes", self.what, self.b.len())));
         }
         Ok(())
+    }
+}
+
+/// The payloads of each kind of message, after the secret for introductions (which a
+/// [`Gate`](super::gate::Gate) checks and strips). Every decoder reads a peer's bytes:
+/// it checks every field and fails on trailing bytes.
+pub mod msg {
+    use super::{Dec, Result, SocketAddr};
+
+    /// A [`Hello`](super::Kind::Hello) to the root, after the secret: rank, number of
+    /// ranks, the rank's ring listener.
+    pub fn decode_hello(body: &[u8]) -> Result<(usize, usize, SocketAddr)> {
+        let mut d = Dec::new(body, "hello");
+        let rank = d.u32()? as usize;
+        let n = d.u32()? as usize;
+        let addr = d.addr()?;
+        d.end()?;
+        Ok((rank, n, addr))
+    }
+
+    /// A [`RingHello`](super::Kind::RingHello), after the secret: the sender's rank.
+    pub fn decode_ring_hello(body: &[u8]) -> Result<usize> {
+        let mut d = Dec::new(body, "ring hello");
+        let r = d.u32()? as usize;
+        d.end()?;
+        Ok(r)
+    }
+
+    /// A [`ConnHello`](super::Kind::ConnHello) of the TCP transport, after the secret:
+    /// the sender's rank, the channel and the socket index.
+    pub fn decode_conn_hello(body: &[u8]) -> Result<(usize, u32, u32)> {
+        let mut d = Dec::new(body, "connection hello");
+        let (peer, ch, idx) = (d.u32()? as usize, d.u32()?, d.u32()?);
+        d.end()?;
+        Ok((peer, ch, idx))
+    }
+
+    /// A [`Next`](super::Kind::Next): where the successor listens.
+    pub fn decode_next(p: &[u8]) -> Result<SocketAddr> {
+        let mut d = Dec::new(p, "next");
+        let a = d.addr()?;
+        d.end()?;
+        Ok(a)
+    }
+
+    /// A [`Block`](super::Kind::Block) of the all-gather: whose block, and its bytes.
+    pub fn decode_block(p: &[u8]) -> Result<(usize, &[u8])> {
+        let mut d = Dec::new(p, "all-gather block");
+        let got = d.u32()? as usize;
+        let data = d.bytes(super::MAX_PAYLOAD)?;
+        d.end()?;
+        Ok((got, data))
+    }
+
+    /// The message of a [`Fail`](super::Kind::Fail) (empty when malformed: it is only
+    /// shown to the user).
+    pub fn fail_message(p: &[u8]) -> String {
+        Dec::new(p, "failure").bytes(4096).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
     }
 }
 
@@ -257,5 +319,18 @@ mod tests {
         assert!(matches!(recv(&mut &bad[..], 1 << 20), Err(Err(_))));
         // A truncated payload is an I/O error (unexpected EOF).
         assert!(matches!(recv(&mut &buf[..buf.len() - 1], 1 << 20), Err(Ok(_))));
+    }
+
+    /// Found by the bootstrap_frames fuzz target: an IPv4 address whose padding bytes
+    /// were not zero decoded, so two encodings meant one address.
+    #[test]
+    fn ipv4_addresses_have_one_encoding() {
+        let mut e = Enc::new();
+        e.addr(&"10.1.2.3:4567".parse().unwrap());
+        assert!(Dec::new(&e.0, "t").addr().is_ok());
+        let mut bad = e.0.clone();
+        bad[4 + 4 + 3] = 0xff;
+        let err = Dec::new(&bad, "t").addr().unwrap_err().to_string();
+        assert!(err.contains("non-zero padding"), "{err}");
     }
 }

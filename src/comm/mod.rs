@@ -8,7 +8,7 @@
 mod calls;
 mod engine;
 mod group;
-mod init;
+pub(crate) mod init;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod raw;

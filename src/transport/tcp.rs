@@ -22,7 +22,7 @@ use super::{Dir, Endpoint, LinkKey, Transport};
 use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
 use crate::bootstrap::id::Secret;
-use crate::bootstrap::wire::{self, Dec, Enc, Kind};
+use crate::bootstrap::wire::{self, Enc, Kind};
 use crate::error::{Error, Result};
 use crate::liveness::PeerWatch;
 use crate::sync::Doorbell;
@@ -250,12 +250,7 @@ impl Tcp {
     /// [`Gate`]), and files those that introduced themselves by (peer, channel, socket).
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
         while let Some(h) = conns.gate.poll()? {
-            let mut d = Dec::new(&h.body, "connection hello");
-            let parsed = (|| -> Result<(usize, u32, u32)> {
-                let (peer, ch, idx) = (d.u32()? as usize, d.u32()?, d.u32()?);
-                d.end()?;
-                Ok((peer, ch, idx))
-            })();
+            let parsed = wire::msg::decode_conn_hello(&h.body);
             let (peer, ch, idx) = match parsed {
                 Ok(v) => v,
                 Err(e) => {
