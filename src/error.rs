@@ -58,6 +58,24 @@ impl Error {
         }
     }
 
+    /// A copy of this error (an OS error is copied as its kind and text), for a
+    /// communicator that returns the error that broke it on every later call.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::InvalidUsage(m) => Error::InvalidUsage(m.clone()),
+            Error::Timeout { op, waited, peers } => {
+                Error::Timeout { op: op.clone(), waited: *waited, peers: peers.clone() }
+            }
+            Error::Aborted(m) => Error::Aborted(m.clone()),
+            Error::Remote(m) => Error::Remote(m.clone()),
+            Error::System { context, source } => {
+                Error::System { context: context.clone(), source: io::Error::new(source.kind(), source.to_string()) }
+            }
+            Error::Internal(m) => Error::Internal(m.clone()),
+        }
+    }
+
     /// Wraps an OS error with what oxccl was doing.
     pub fn system(context: impl Into<String>, source: io::Error) -> Error {
         Error::System { context: context.into(), source }

@@ -23,7 +23,8 @@ pub const TARGETS: [(&str, Target); 4] = [
     ("peer_info", peer_info),
 ];
 
-const KINDS: [Kind; 6] = [Kind::Hello, Kind::Next, Kind::RingHello, Kind::Block, Kind::Fail, Kind::ConnHello];
+const KINDS: [Kind; 8] =
+    [Kind::Hello, Kind::Next, Kind::RingHello, Kind::Block, Kind::Fail, Kind::ConnHello, Kind::Fault, Kind::Bye];
 
 fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -35,6 +36,12 @@ fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
 /// decodes must encode back to the same bytes.
 fn payload(kind: Kind, p: &[u8]) {
     match kind {
+        Kind::Fault => {
+            if let Ok((class, origin, text)) = msg::decode_fault(p) {
+                assert_eq!(msg::encode_fault(class, origin, &text), p, "fault round trip");
+            }
+        }
+        Kind::Bye => {}
         Kind::Hello => {
             if let Ok((rank, n, addr)) = msg::decode_hello(p) {
                 let mut e = Enc::new();

@@ -46,6 +46,7 @@ pub use config::{Config, Settings};
 pub use error::{Error, Result};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
 pub mod bootstrap;
+pub mod fault;
 /// Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`): not a stable
 /// API.
 #[cfg(feature = "fuzzing")]

@@ -49,6 +49,9 @@ pub struct Handle {
     /// abort), for `ncclCommGetAsyncError`.
     async_error: AtomicI32,
     abort: Mutex<Option<AbortHandle>>,
+    /// What broke the communicator, for `ncclGetLastError` after
+    /// `ncclCommGetAsyncError`.
+    async_reason: Mutex<Option<String>>,
     /// The communicator is still to be created (read without taking `comm`, which a
     /// running operation holds).
     pending: AtomicBool,
@@ -86,6 +89,7 @@ impl Handle {
             device,
             async_error: AtomicI32::new(SUCCESS),
             abort: Mutex::new(None),
+            async_reason: Mutex::new(None),
             pending: AtomicBool::new(true),
             finalized: AtomicBool::new(false),
             ops: Mutex::new(Vec::new()),
@@ -149,7 +153,10 @@ impl Handle {
                 let _ = self.shape.set((c.rank(), c.size()));
                 *lock(&self.abort) = Some(c.abort_handle());
             }
-            Slot::Failed(code, _) => self.async_error.store(*code, Ordering::Relaxed),
+            Slot::Failed(code, why) => {
+                self.async_error.store(*code, Ordering::Relaxed);
+                *lock(&self.async_reason) = Some(why.clone());
+            }
             Slot::Pending => {}
         }
         let pending = matches!(slot, Slot::Pending);
@@ -181,7 +188,9 @@ impl Handle {
         if let Err(e) = &r
             && matches!(e, Error::Timeout { .. } | Error::Remote(_) | Error::Aborted(_) | Error::System { .. })
         {
-            let _ = self.async_error.compare_exchange(SUCCESS, e.nccl_code(), Ordering::Relaxed, Ordering::Relaxed);
+            if self.async_error.compare_exchange(SUCCESS, e.nccl_code(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                *lock(&self.async_reason) = Some(e.to_string());
+            }
         }
         r
     }
@@ -189,6 +198,14 @@ impl Handle {
     /// `ncclCommGetAsyncError`: success, in progress (still being created), or the error
     /// that broke the communicator. Never waits for a running operation.
     pub fn async_error(&self) -> NcclResult {
+        // A failure announced by another rank, or an abort, breaks the communicator
+        // while no operation runs here.
+        if self.async_error.load(Ordering::Relaxed) == SUCCESS
+            && let Some(e) = lock(&self.abort).as_ref().and_then(|a| a.error())
+        {
+            let _ = self.async_error.compare_exchange(SUCCESS, e.nccl_code(), Ordering::Relaxed, Ordering::Relaxed);
+            *lock(&self.async_reason) = Some(e.to_string());
+        }
         match self.async_error.load(Ordering::Relaxed) {
             SUCCESS if self.pending.load(Ordering::Acquire) => IN_PROGRESS,
             e => e,
@@ -200,6 +217,11 @@ impl Handle {
         if let Some(a) = &*lock(&self.abort) {
             a.abort();
         }
+    }
+
+    /// What broke the communicator, if something did.
+    pub fn async_reason(&self) -> Option<String> {
+        lock(&self.async_reason).clone()
     }
 
     /// `ncclCommFinalize`: later operations are refused.

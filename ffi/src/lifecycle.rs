@@ -313,8 +313,13 @@ pub unsafe extern "C" fn ncclCommGetAsyncError(comm: ncclComm_t, async_error: *m
     guard("ncclCommGetAsyncError", || {
         // SAFETY: the caller's contract.
         let h = unsafe { Handle::get(comm) }?;
+        let code = h.async_error();
+        // The reason goes where ncclGetLastError finds it.
+        if let Some(why) = h.async_reason() {
+            crate::boundary::set_last_error(&why);
+        }
         // SAFETY: the caller's contract.
-        unsafe { put(async_error, "asyncError", h.async_error()) }
+        unsafe { put(async_error, "asyncError", code) }
     })
 }
 

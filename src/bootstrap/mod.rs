@@ -377,6 +377,12 @@ impl Bootstrap {
         self.all_gather(&[]).map(|_| ())
     }
 
+    /// The ring's sockets after init, for the fault sentinel: (predecessor,
+    /// successor); `None` with one rank.
+    pub fn into_ring(self) -> Option<(TcpStream, TcpStream)> {
+        Some((self.prev?, self.next?))
+    }
+
     /// The communicator timeout this bootstrap uses.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout

@@ -36,6 +36,10 @@ pub enum Kind {
     Fail = 5,
     /// A data connection introduces itself (TCP transport).
     ConnHello = 6,
+    /// After init, on the ring: a communicator failed (class, origin rank, message).
+    Fault = 7,
+    /// After init, on the ring: the sender leaves the communicator cleanly.
+    Bye = 8,
 }
 
 impl Kind {
@@ -47,6 +51,8 @@ impl Kind {
             4 => Kind::Block,
             5 => Kind::Fail,
             6 => Kind::ConnHello,
+            7 => Kind::Fault,
+            8 => Kind::Bye,
             _ => return None,
         })
     }
@@ -272,6 +278,32 @@ pub mod msg {
         let data = d.bytes(super::MAX_PAYLOAD)?;
         d.end()?;
         Ok((got, data))
+    }
+
+    /// Longest message a [`Fault`](super::Kind::Fault) carries.
+    pub const FAULT_TEXT: usize = 2048;
+
+    /// A [`Fault`](super::Kind::Fault): class code, origin rank, message.
+    pub fn encode_fault(class: u8, origin: usize, text: &str) -> Vec<u8> {
+        let mut cut = text.len().min(FAULT_TEXT);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut e = super::Enc::new();
+        e.u32(class as u32).u32(origin as u32).bytes(&text.as_bytes()[..cut]);
+        e.0
+    }
+
+    /// Decodes a [`Fault`](super::Kind::Fault); the text must be UTF-8.
+    pub fn decode_fault(p: &[u8]) -> Result<(u8, usize, String)> {
+        let mut d = Dec::new(p, "fault");
+        let class = d.u32()?;
+        let class = u8::try_from(class).map_err(|_| super::malformed(format!("fault class {class}")))?;
+        let origin = d.u32()? as usize;
+        let text = d.bytes(FAULT_TEXT)?;
+        d.end()?;
+        let text = std::str::from_utf8(text).map_err(|_| super::malformed("fault text is not UTF-8"))?;
+        Ok((class, origin, text.to_string()))
     }
 
     /// The message of a [`Fail`](super::Kind::Fail) (empty when malformed: it is only

@@ -3,7 +3,6 @@
 //! calls) or on the communicator's progress thread (operations issued in a scope).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::CallSpec;
@@ -26,7 +25,8 @@ pub(crate) struct Engine {
     pub links: Links,
     pub transport: Box<dyn Transport>,
     pub bell: Doorbell,
-    pub aborted: Arc<AtomicBool>,
+    /// Whether the communicator broke; every call checks it first.
+    pub fault: Arc<crate::fault::Fault>,
     pub seq: u64,
     pub backoff: BackoffConfig,
     scratch: Scratch,
@@ -34,9 +34,8 @@ pub(crate) struct Engine {
     pub sockets: bool,
     /// This host's peer processes, watched for exit.
     pub watch: Option<Arc<crate::liveness::PeerWatch>>,
-    /// Set by the first failure that leaves the links in an unknown state (a dead or
-    /// silent peer): every later call fails with it at once.
-    poisoned: Option<String>,
+    /// The current batch got past planning: its failures break the communicator.
+    moving: bool,
 }
 
 /// Vectors reused from call to call, so a call does not allocate.
@@ -64,7 +63,7 @@ impl Engine {
         topo: Topo,
         transport: Box<dyn Transport>,
         bell: Doorbell,
-        aborted: Arc<AtomicBool>,
+        fault: Arc<crate::fault::Fault>,
         local_ranks: usize,
     ) -> Engine {
         Engine {
@@ -76,31 +75,30 @@ impl Engine {
             links: Links::new(nranks),
             transport,
             bell,
-            aborted,
+            fault,
             seq: 0,
             scratch: Scratch::default(),
             sockets: false,
             watch: None,
-            poisoned: None,
+            moving: false,
         }
     }
 
     fn ensure_alive(&self) -> Result<()> {
-        if self.aborted.load(Ordering::Relaxed) {
-            return Err(Error::Aborted(format!("rank {}: the communicator was aborted", self.rank)));
+        match self.fault.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        if let Some(m) = &self.poisoned {
-            return Err(Error::Remote(format!("the communicator failed earlier: {m}")));
-        }
-        Ok(())
     }
 
-    /// Plans and runs a batch of calls; a failure that leaves the links in an unknown
-    /// state poisons the communicator.
+    /// Plans and runs a batch of calls. A failure while messages move (a dead or silent
+    /// peer, a mismatched call, an abort) leaves the links in an unknown state: it
+    /// breaks the communicator, is announced to the other ranks, and every later call
+    /// fails with it at once.
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
-        self.ensure_alive()?;
         let first = self.seq + 1;
-        let r = match self.run_batch(specs) {
+        self.moving = false;
+        let r = match self.ensure_alive().and_then(|_| self.run_batch(specs)) {
             // Name the operation: a peer's failure surfaces wherever the rank waited.
             Err(Error::Remote(m)) => {
                 let ops: Vec<&str> = specs.iter().map(|s| s.coll.name()).collect();
@@ -108,8 +106,10 @@ impl Engine {
             }
             r => r,
         };
-        if let Err(e @ (Error::Remote(_) | Error::Timeout { .. })) = &r {
-            self.poisoned = Some(e.to_string());
+        if let Err(e) = &r
+            && (self.moving || self.fault.tripped())
+        {
+            self.fault.fail(e);
         }
         r
     }
@@ -177,6 +177,7 @@ impl Engine {
             algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
             sc.streams.extend(sc.scheds.drain(..).map(|sched| Stream::new(sched, call)));
         }
+        self.moving = true;
         let mut ctx = Ctx {
             me: self.rank,
             n: self.nranks,
@@ -185,7 +186,7 @@ impl Engine {
             bell: &self.bell,
             backoff: self.backoff,
             timeout: self.settings.timeout,
-            aborted: &self.aborted,
+            fault: &self.fault,
             watch: self.watch.as_deref(),
             scratch: &mut sc.exec,
         };

@@ -143,6 +143,7 @@ impl Comm {
             s.unlink();
         }
         let bell = shm.as_ref().map_or_else(Doorbell::new_private, |s| s.my_bell());
+        let fault = crate::fault::Fault::new(rank, bell.clone());
         // This host's peer processes, watched so that waits end when one dies.
         let watch = Arc::new(crate::liveness::PeerWatch::new(local.iter().map(|&r| (r, topology.peers[r].clone()))));
         let mut transports: Vec<Box<dyn Transport>> = Vec::new();
@@ -160,7 +161,8 @@ impl Comm {
                 endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
             transports.push(Box::new(
                 Tcp::new(rank, *id.secret(), shape, settings.nsocks, l, addrs, peers, bell.clone(), timeout)?
-                    .with_watch(watch.clone()),
+                    .with_watch(watch.clone())
+                    .with_fault(fault.clone()),
             ));
             for (r, l) in topology.links.iter().enumerate() {
                 if *l == Link::Tcp {
@@ -174,7 +176,7 @@ impl Comm {
             log::info(true, &format!("rank {rank}/{nranks}: {}", topology.describe()));
         }
         let topo = Topo::with_hosts(rank, topology.ring.clone(), topology.hosts.clone());
-        let mut comm = Comm::assemble(rank, nranks, settings, topo, Box::new(transport), bell, local.len());
+        let mut comm = Comm::assemble_with(rank, nranks, settings, topo, Box::new(transport), bell, local.len(), fault);
         {
             let mut e = comm.engine()?;
             e.sockets = sockets;
@@ -192,7 +194,11 @@ impl Comm {
         if !shm_watch.is_empty() {
             comm.engine()?.watch = Some(Arc::new(shm_watch));
         }
-        comm.bootstrap = Some(boot);
+        if let Some((prev, next)) = boot.into_ring() {
+            let (p, n) = ((rank + nranks - 1) % nranks, (rank + 1) % nranks);
+            let side = |r: usize, sock| crate::fault::Neighbour { rank: r, info: topology.peers[r].clone(), sock };
+            comm.start_sentinel(vec![side(p, prev), side(n, next)])?;
+        }
         comm.family = super::split::Family::Processes;
         comm.topology = Some(topology);
         if rank == 0 && (comm.settings.debug || log::info_enabled()) {

@@ -19,12 +19,12 @@ pub use group::Group;
 pub use raw::RawBatch;
 pub use work::{Lent, Scope, Work};
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::algo::{self, Collective, Topo};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
+use crate::fault::{Fault, Sentinel};
 use crate::sync::Doorbell;
 use crate::transport::Transport;
 use crate::transport::fifo::FifoShape;
@@ -64,9 +64,9 @@ pub struct Comm {
     nranks: usize,
     settings: Arc<Settings>,
     engine: Arc<Mutex<Engine>>,
-    aborted: Arc<AtomicBool>,
-    bell: Doorbell,
-    bootstrap: Option<crate::bootstrap::Bootstrap>,
+    fault: Arc<Fault>,
+    /// Carries faults around the bootstrap ring (process ranks).
+    sentinel: Option<Sentinel>,
     topology: Option<crate::topology::Topology>,
     /// The progress thread, started by the first [`Comm::scope`].
     worker: Option<work::Worker>,
@@ -76,18 +76,30 @@ pub struct Comm {
     splits: u64,
 }
 
-/// A handle that aborts a communicator from any thread.
+/// A handle that aborts a communicator from any thread, while other threads are blocked
+/// in its operations or waiting on its work.
 #[derive(Clone)]
 pub struct AbortHandle {
-    flag: Arc<AtomicBool>,
-    bell: Doorbell,
+    fault: Arc<Fault>,
 }
 
 impl AbortHandle {
-    /// Makes every pending and later operation of the communicator fail with `Aborted`.
+    /// Makes every pending and later operation of the communicator fail with `Aborted`
+    /// on this rank (blocked calls return within milliseconds), and tells the other ranks,
+    /// whose operations then fail with a remote error naming this rank.
     pub fn abort(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.bell.wake();
+        self.fault.abort();
+    }
+
+    /// Whether the communicator is broken: aborted, or failed here or on another rank.
+    pub fn is_broken(&self) -> bool {
+        self.fault.tripped()
+    }
+
+    /// The error that broke the communicator, if one did (as [`Comm::async_error`]),
+    /// without taking the communicator from the thread that uses it.
+    pub fn error(&self) -> Option<Error> {
+        self.fault.error()
     }
 }
 
@@ -126,6 +138,7 @@ impl Comm {
                 let mut c =
                     Comm::assemble(rank, nranks, settings.clone(), topo, transport, world.bell(rank).clone(), nranks);
                 c.family = family;
+                c.join_board(world.board());
                 c
             })
             .collect();
@@ -145,17 +158,30 @@ impl Comm {
         bell: Doorbell,
         local_ranks: usize,
     ) -> Comm {
-        let aborted = Arc::new(AtomicBool::new(false));
-        let engine =
-            Engine::new(rank, nranks, settings.clone(), topo, transport, bell.clone(), aborted.clone(), local_ranks);
+        let fault = Fault::new(rank, bell.clone());
+        Self::assemble_with(rank, nranks, settings, topo, transport, bell, local_ranks, fault)
+    }
+
+    /// As [`Comm::assemble`], with a fault state the transport already watches.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble_with(
+        rank: usize,
+        nranks: usize,
+        settings: Arc<Settings>,
+        topo: Topo,
+        transport: Box<dyn Transport>,
+        bell: Doorbell,
+        local_ranks: usize,
+        fault: Arc<Fault>,
+    ) -> Comm {
+        let engine = Engine::new(rank, nranks, settings.clone(), topo, transport, bell, fault.clone(), local_ranks);
         Comm {
             rank,
             nranks,
             settings,
             engine: Arc::new(Mutex::new(engine)),
-            aborted,
-            bell,
-            bootstrap: None,
+            fault,
+            sentinel: None,
             topology: None,
             worker: None,
             family: split::Family::Processes,
@@ -213,7 +239,45 @@ impl Comm {
 
     /// A handle that aborts this communicator from another thread.
     pub fn abort_handle(&self) -> AbortHandle {
-        AbortHandle { flag: self.aborted.clone(), bell: self.bell.clone() }
+        AbortHandle { fault: self.fault.clone() }
+    }
+
+    /// Aborts and destroys the communicator (`ncclCommAbort`): the other ranks' pending
+    /// and later operations fail with a remote error naming this rank. Never blocks on a
+    /// peer.
+    pub fn abort(self) {
+        self.fault.abort();
+    }
+
+    /// The error that broke the communicator, if one did (`ncclCommGetAsyncError`):
+    /// an abort, a failure this rank hit, or a failure another rank announced, even while
+    /// this rank is not in a call. `None` while it is healthy.
+    pub fn async_error(&self) -> Option<Error> {
+        self.fault.error()
+    }
+
+    /// Waits for this rank's outstanding operations, then leaves the communicator
+    /// cleanly (`ncclCommFinalize` + `ncclCommDestroy`); returns the error that broke
+    /// it, if one did.
+    pub fn finalize(mut self) -> Result<()> {
+        self.worker.take();
+        match self.fault.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts carrying faults around the bootstrap ring (process ranks).
+    pub(crate) fn start_sentinel(&mut self, neighbours: Vec<crate::fault::Neighbour>) -> Result<()> {
+        if !neighbours.is_empty() {
+            self.sentinel = Some(Sentinel::start(self.fault.clone(), neighbours)?);
+        }
+        Ok(())
+    }
+
+    /// Joins the fault board of the thread ranks of one communicator.
+    pub(crate) fn join_board(&self, board: &Arc<crate::fault::Board>) {
+        board.join(&self.fault);
     }
 
     fn ranks(&self) -> calls::Ranks {
@@ -363,5 +427,18 @@ impl Comm {
     /// Plans and runs a batch of calls (one call, or a group) on this thread.
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
         self.engine()?.run(specs)
+    }
+}
+
+impl Drop for Comm {
+    /// Leaves the communicator: the progress thread finishes its queue (scopes already
+    /// waited for their operations, so it is idle), then the sentinel says goodbye to the
+    /// ring neighbours, or passes on the fault that broke the communicator. Never waits
+    /// for a peer beyond the sentinel's short socket timeouts.
+    fn drop(&mut self) {
+        self.worker.take();
+        if let Some(mut s) = self.sentinel.take() {
+            s.leave();
+        }
     }
 }

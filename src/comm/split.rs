@@ -174,6 +174,7 @@ impl Comm {
         let mut c =
             Comm::assemble(new_rank, size, self.settings.clone(), topo, transport, world.bell(new_rank).clone(), size);
         c.family = Family::Threads(family);
+        c.join_board(world.board());
         Ok(c)
     }
 }

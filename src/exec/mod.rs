@@ -14,7 +14,6 @@
 pub mod desc;
 pub mod direct;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::algo::{Buf, Peers, Rank, Schedule, Span, Step};
@@ -81,8 +80,8 @@ pub struct Ctx<'a> {
     pub backoff: BackoffConfig,
     /// Longest wait without progress.
     pub timeout: Option<Duration>,
-    /// Set by `abort`.
-    pub aborted: &'a AtomicBool,
+    /// Whether the communicator broke (an abort, or a fault here or on another rank).
+    pub fault: &'a crate::fault::Fault,
     /// The processes of this host's peers: a wait ends with an error naming a peer
     /// that died.
     pub watch: Option<&'a crate::liveness::PeerWatch>,
@@ -195,7 +194,7 @@ fn wait_on(
     timed_out: &dyn Fn(&Links) -> (String, Vec<Rank>),
 ) -> Result<()> {
     let links: &Links = ctx.links;
-    let (aborted, transport, watch) = (ctx.aborted, ctx.transport, ctx.watch);
+    let (fault, transport, watch) = (ctx.fault, ctx.transport, ctx.watch);
     let mut failed = None;
     let mut dead = None;
     let io = |d: Duration| transport.wait_io(d);
@@ -204,7 +203,7 @@ fn wait_on(
         &ctx.backoff,
         ctx.bell,
         ctx.timeout,
-        &|| aborted.load(Ordering::Relaxed),
+        &|| fault.tripped(),
         &mut || match transport.progress() {
             Err(e) => {
                 failed = Some(e);
@@ -242,7 +241,19 @@ fn wait_on(
     match r {
         Ok(()) => Ok(()),
         Err(WaitError::Stopped) => Err(Error::Internal("a wait stopped without a reason".into())),
-        Err(WaitError::Aborted) => Err(Error::Aborted(format!("rank {}: the communicator was aborted", ctx.me))),
+        Err(WaitError::Aborted) => {
+            // A fault elsewhere may race with the last messages of a call that is
+            // complete here: take what arrived before failing.
+            if fault.origin().is_some_and(|o| o != ctx.me) {
+                while transport.progress()? {}
+                if ready(links) {
+                    return Ok(());
+                }
+            }
+            Err(fault
+                .error()
+                .unwrap_or_else(|| Error::Internal("a wait ended for a fault that is not recorded".into())))
+        }
         Err(WaitError::Timeout) => {
             let (op, mut peers) = timed_out(links);
             peers.sort_unstable();

@@ -14,6 +14,7 @@ use crate::sync::Doorbell;
 pub struct World {
     shape: FifoShape,
     bells: Vec<Doorbell>,
+    board: Arc<crate::fault::Board>,
     fifos: Mutex<HashMap<(usize, usize, u8), Fifo>>,
 }
 
@@ -24,6 +25,7 @@ impl World {
         Ok(Arc::new(World {
             shape,
             bells: (0..nranks).map(|_| Doorbell::new_private()).collect(),
+            board: crate::fault::Board::new(),
             fifos: Mutex::new(HashMap::new()),
         }))
     }
@@ -31,6 +33,11 @@ impl World {
     /// The doorbell of `rank`.
     pub fn bell(&self, rank: usize) -> &Doorbell {
         &self.bells[rank]
+    }
+
+    /// The fault board of the world's ranks: a failure on one reaches the others.
+    pub fn board(&self) -> &Arc<crate::fault::Board> {
+        &self.board
     }
 
     fn fifo(&self, src: usize, dst: usize, ch: u8) -> Result<Fifo> {

@@ -126,6 +126,8 @@ pub struct Tcp {
     conns: Mutex<Conns>,
     /// This host's peer processes: waiting for a connection ends if one died.
     watch: Option<Arc<PeerWatch>>,
+    /// The communicator's fault state: waiting for a connection ends if it breaks.
+    fault: Option<Arc<crate::fault::Fault>>,
 }
 
 fn tune(s: &TcpStream) {
@@ -226,6 +228,7 @@ impl Tcp {
             timeout,
             conns: Mutex::new(conns),
             watch: None,
+            fault: None,
         })
     }
 
@@ -233,6 +236,21 @@ impl Tcp {
     pub fn with_watch(mut self, watch: Arc<PeerWatch>) -> Tcp {
         self.watch = Some(watch);
         self
+    }
+
+    /// Ends waits for connections when the communicator breaks (an abort, or a fault
+    /// announced by another rank).
+    pub fn with_fault(mut self, fault: Arc<crate::fault::Fault>) -> Tcp {
+        self.fault = Some(fault);
+        self
+    }
+
+    /// The error that broke the communicator, if it is broken.
+    fn broken_comm(&self) -> Result<()> {
+        match self.fault.as_ref().and_then(|f| f.error()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn who(&self, r: usize) -> String {
@@ -505,7 +523,10 @@ impl Transport for Tcp {
                     deadline,
                     &format!("rank {me}: connecting to {}", self.who(k.peer)),
                     Duration::from_millis(200),
-                    &mut || self.accept_pending(&mut *self.lock()?),
+                    &mut || {
+                        self.broken_comm()?;
+                        self.accept_pending(&mut *self.lock()?)
+                    },
                 )?;
                 let mut e = Enc::new();
                 e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32);
@@ -534,6 +555,7 @@ impl Transport for Tcp {
                         break s;
                     }
                     drop(c);
+                    self.broken_comm()?;
                     if let Some((r, who)) = self.watch.as_ref().and_then(|w| w.dead()) {
                         return Err(Error::Remote(format!(
                             "rank {me}: waiting for {} to connect (channel {}): rank {r} ({}) died",

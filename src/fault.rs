@@ -1,0 +1,565 @@
+//! How a failure reaches every rank: the communicator's fault state and the messengers
+//! that carry it.
+//!
+//! A rank's [`Fault`] records the first thing that broke its communicator: an abort on
+//! this rank, an error this rank hit (a dead peer, a timeout, a mismatched call), or a
+//! fault another rank announced. Every wait polls [`Fault::tripped`] (one relaxed load)
+//! and ends with [`Fault::error`]; every later call fails with the same error at once.
+//!
+//! A fault is announced to the other ranks of the communicator as soon as it is recorded,
+//! so that ranks which are not waiting for the failed one (or are not in a call at all)
+//! learn of it within milliseconds instead of at their timeout:
+//! - ranks that are threads of one process share a [`Board`];
+//! - ranks that are processes keep the bootstrap ring's two sockets after init, and a
+//!   [`Sentinel`] thread per communicator (blocked in `poll`, so it costs no CPU) floods
+//!   a fault frame both ways around the ring. A neighbour whose socket closes without a
+//!   goodbye frame crashed or was killed: that is a fault too, so a death is seen by the
+//!   ring even where no data link watches it. A communicator that is dropped says
+//!   goodbye, so leaving is never mistaken for dying.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use crate::bootstrap::wire::{self, Kind, msg};
+use crate::error::{Error, Result};
+use crate::sync::Doorbell;
+use crate::topology::PeerInfo;
+
+/// What kind of failure a fault is; it decides the error class other ranks report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Class {
+    /// A rank aborted its communicator.
+    Aborted = 1,
+    /// A rank saw a mismatched call: the others report `InvalidUsage` too.
+    Mismatch = 2,
+    /// A rank timed out waiting for a peer.
+    Timeout = 3,
+    /// Anything else: a dead peer, a broken connection, a system error.
+    Failed = 4,
+}
+
+impl Class {
+    fn of(e: &Error) -> Class {
+        match e {
+            Error::Aborted(_) => Class::Aborted,
+            Error::InvalidUsage(_) => Class::Mismatch,
+            Error::Timeout { .. } => Class::Timeout,
+            _ => Class::Failed,
+        }
+    }
+
+    fn from_u8(v: u8) -> Class {
+        match v {
+            1 => Class::Aborted,
+            2 => Class::Mismatch,
+            3 => Class::Timeout,
+            _ => Class::Failed,
+        }
+    }
+}
+
+/// The first failure of a communicator.
+struct Reason {
+    class: Class,
+    /// The rank where it happened.
+    origin: usize,
+    /// What the user reads.
+    text: String,
+    /// The error itself, where it happened on this rank.
+    local: Option<Error>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `abort` was called on this rank.
+    aborted_here: bool,
+    reason: Option<Reason>,
+    /// The sentinel has sent this rank's own fault to its neighbours.
+    announced: bool,
+    /// Where to announce faults recorded here.
+    herald: Option<Herald>,
+}
+
+/// Who carries a fault recorded on this rank to the others.
+enum Herald {
+    /// Thread ranks of one process.
+    Board(Arc<Board>),
+    /// The sentinel thread of a process rank (woken through an eventfd).
+    Sentinel(Arc<EventFd>),
+}
+
+/// One rank's view of whether its communicator is broken, shared by the communicator,
+/// its engine, its abort handles and its sentinel.
+pub struct Fault {
+    rank: usize,
+    /// This process's identity, named when this rank aborts.
+    who: String,
+    tripped: AtomicBool,
+    inner: Mutex<Inner>,
+    /// Woken when a fault is recorded, so sleeping waits notice at once.
+    bell: Doorbell,
+}
+
+impl Fault {
+    /// A healthy fault state for `rank`, whose waits sleep on `bell`.
+    pub fn new(rank: usize, bell: Doorbell) -> Arc<Fault> {
+        let me = PeerInfo::local();
+        Arc::new(Fault {
+            rank,
+            who: me.describe(),
+            tripped: AtomicBool::new(false),
+            inner: Mutex::new(Inner::default()),
+            bell,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain data behind: keep using it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the communicator is broken (aborted, failed here, or failed elsewhere).
+    #[inline]
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+
+    /// The error a call on this rank returns now, if the communicator is broken.
+    pub fn error(&self) -> Option<Error> {
+        if !self.tripped() {
+            return None;
+        }
+        let g = self.lock();
+        if g.aborted_here {
+            return Some(Error::Aborted(format!("rank {}: the communicator was aborted", self.rank)));
+        }
+        let r = g.reason.as_ref()?;
+        Some(match (&r.local, r.class) {
+            (Some(e), _) => e.duplicate(),
+            (None, Class::Mismatch) => Error::InvalidUsage(r.text.clone()),
+            (None, _) => Error::Remote(r.text.clone()),
+        })
+    }
+
+    /// The rank where the first failure happened, if any.
+    pub fn origin(&self) -> Option<usize> {
+        self.lock().reason.as_ref().map(|r| r.origin)
+    }
+
+    /// Aborts the communicator on this rank: every pending and later call fails with
+    /// `Aborted`, and the other ranks learn that this rank aborted.
+    pub fn abort(&self) {
+        let herald = {
+            let mut g = self.lock();
+            g.aborted_here = true;
+            if g.reason.is_none() {
+                g.reason = Some(Reason {
+                    class: Class::Aborted,
+                    origin: self.rank,
+                    text: format!("rank {} ({}) aborted its communicator", self.rank, self.who),
+                    local: None,
+                });
+            }
+            self.tripped.store(true, Ordering::SeqCst);
+            g.herald.as_ref().map(Herald::handle)
+        };
+        self.bell.wake();
+        if let Some(h) = herald {
+            h.announce(self);
+        }
+    }
+
+    /// Records an error this rank hit that leaves the links in an unknown state, and
+    /// announces it, unless the communicator already failed. Where the failure came from
+    /// elsewhere, `e` (how this rank's call reported it, naming the call) becomes the
+    /// error every later call returns.
+    pub fn fail(&self, e: &Error) {
+        let herald = {
+            let mut g = self.lock();
+            if let Some(r) = &mut g.reason {
+                if r.local.is_none() {
+                    r.local = Some(e.duplicate());
+                }
+                return;
+            }
+            g.reason = Some(Reason {
+                class: Class::of(e),
+                origin: self.rank,
+                text: e.to_string(),
+                local: Some(e.duplicate()),
+            });
+            self.tripped.store(true, Ordering::SeqCst);
+            g.herald.as_ref().map(Herald::handle)
+        };
+        self.bell.wake();
+        if let Some(h) = herald {
+            h.announce(self);
+        }
+    }
+
+    /// Records a fault another rank announced; returns whether it is the first (the
+    /// sentinel then passes it on).
+    fn receive(&self, class: Class, origin: usize, text: &str) -> bool {
+        {
+            let mut g = self.lock();
+            if g.reason.is_some() {
+                return false;
+            }
+            g.reason = Some(Reason { class, origin, text: text.to_string(), local: None });
+            self.tripped.store(true, Ordering::SeqCst);
+        }
+        self.bell.wake();
+        true
+    }
+
+    /// The fault to send to the neighbours: (class, origin, text), once.
+    fn to_announce(&self) -> Option<(u8, usize, String)> {
+        let mut g = self.lock();
+        if g.announced {
+            return None;
+        }
+        let r = g.reason.as_ref()?;
+        let out = (r.class as u8, r.origin, r.text.clone());
+        g.announced = true;
+        Some(out)
+    }
+
+    fn set_herald(&self, h: Herald) {
+        self.lock().herald = Some(h);
+    }
+}
+
+impl Herald {
+    fn handle(&self) -> Herald {
+        match self {
+            Herald::Board(b) => Herald::Board(b.clone()),
+            Herald::Sentinel(e) => Herald::Sentinel(e.clone()),
+        }
+    }
+
+    fn announce(&self, from: &Fault) {
+        match self {
+            Herald::Board(b) => b.announce(from),
+            Herald::Sentinel(e) => e.notify(),
+        }
+    }
+}
+
+/// The fault states of the thread ranks of one in-process communicator.
+#[derive(Default)]
+pub struct Board {
+    members: Mutex<Vec<Weak<Fault>>>,
+}
+
+impl Board {
+    /// An empty board.
+    pub fn new() -> Arc<Board> {
+        Arc::new(Board::default())
+    }
+
+    /// Adds a rank: faults it records reach the other members, and theirs reach it.
+    pub fn join(self: &Arc<Board>, f: &Arc<Fault>) {
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(f));
+        f.set_herald(Herald::Board(self.clone()));
+    }
+
+    fn announce(&self, from: &Fault) {
+        let Some((class, origin, text)) = from.to_announce() else { return };
+        let members: Vec<Arc<Fault>> =
+            self.members.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        for m in members.iter().filter(|m| !std::ptr::eq(&***m, from)) {
+            m.receive(Class::from_u8(class), origin, &text);
+        }
+    }
+}
+
+/// A Linux eventfd: the sentinel's wake-up.
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> Result<EventFd> {
+        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor
+        // or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(Error::system("creating an eventfd", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn notify(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own; a full counter
+        // (EAGAIN) still leaves it readable, which is all we need.
+        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    fn drain(&self) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from a non-blocking eventfd we own.
+        unsafe { libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    }
+}
+
+/// A ring neighbour, as the sentinel sees it.
+pub struct Neighbour {
+    /// Its rank.
+    pub rank: usize,
+    /// Its process, named when it dies.
+    pub info: PeerInfo,
+    /// The bootstrap ring socket to it.
+    pub sock: TcpStream,
+}
+
+/// The thread that carries faults around the bootstrap ring of a process communicator.
+pub struct Sentinel {
+    wake: Arc<EventFd>,
+    closing: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long the sentinel waits on a neighbour's socket for the rest of a frame, or for
+/// the kernel to take one.
+const SOCKET_PATIENCE: Duration = Duration::from_secs(2);
+
+impl Sentinel {
+    /// Starts watching `neighbours` (the predecessor and successor on the bootstrap
+    /// ring; one socket each) for `fault`.
+    pub fn start(fault: Arc<Fault>, neighbours: Vec<Neighbour>) -> Result<Sentinel> {
+        for n in &neighbours {
+            let s = &n.sock;
+            s.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
+            s.set_read_timeout(Some(SOCKET_PATIENCE)).map_err(|e| Error::system("setting a socket timeout", e))?;
+            s.set_write_timeout(Some(SOCKET_PATIENCE)).map_err(|e| Error::system("setting a socket timeout", e))?;
+        }
+        let wake = Arc::new(EventFd::new()?);
+        let closing = Arc::new(AtomicBool::new(false));
+        fault.set_herald(Herald::Sentinel(wake.clone()));
+        let (w, c) = (wake.clone(), closing.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("oxccl-sentinel-{}", fault.rank))
+            .spawn(move || watch(&fault, neighbours, &w, &c))
+            .map_err(|e| Error::system("starting the sentinel thread", e))?;
+        Ok(Sentinel { wake, closing, thread: Some(thread) })
+    }
+
+    /// Says goodbye to the neighbours (or passes on the fault that broke the
+    /// communicator) and ends the thread. Bounded by the socket timeouts.
+    pub fn leave(&mut self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake.notify();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// The sentinel's loop.
+fn watch(fault: &Fault, mut sides: Vec<Neighbour>, wake: &EventFd, closing: &AtomicBool) {
+    // Neighbours that ended (goodbye, fault, or closed) are removed.
+    let mut spoke = vec![false; sides.len()];
+    loop {
+        if let Some((class, origin, text)) = fault.to_announce() {
+            let body = msg::encode_fault(class, origin, &text);
+            for s in &mut sides {
+                let _ = wire::send(&mut s.sock, Kind::Fault, &body);
+            }
+        }
+        if closing.load(Ordering::SeqCst) {
+            if !fault.tripped() {
+                for s in &mut sides {
+                    let _ = wire::send(&mut s.sock, Kind::Bye, &[]);
+                }
+            }
+            for s in &sides {
+                let _ = s.sock.shutdown(std::net::Shutdown::Write);
+            }
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = sides
+            .iter()
+            .map(|s| libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .chain(std::iter::once(libc::pollfd { fd: wake.0.as_raw_fd(), events: libc::POLLIN, revents: 0 }))
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Nothing sensible is left to do but wait for the communicator to go.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if fds[sides.len()].revents != 0 {
+            wake.drain();
+        }
+        let mut i = sides.len();
+        while i > 0 {
+            i -= 1;
+            if fds[i].revents == 0 {
+                continue;
+            }
+            let (done, heard) = hear(fault, &mut sides[i], spoke[i]);
+            spoke[i] |= heard;
+            if done {
+                sides.remove(i);
+                spoke.remove(i);
+            }
+        }
+    }
+}
+
+/// Reads one frame from a neighbour: returns (whether the neighbour is done, whether it
+/// announced a fault).
+fn hear(fault: &Fault, side: &mut Neighbour, spoke: bool) -> (bool, bool) {
+    let who = format!("rank {} ({})", side.rank, side.info.describe());
+    match wire::recv(&mut side.sock, msg::FAULT_TEXT + 64) {
+        Ok((Kind::Fault, p)) => {
+            let (class, origin, text) = msg::decode_fault(&p).unwrap_or_else(|e| {
+                (Class::Failed as u8, side.rank, format!("{who} sent a malformed fault message: {e}"))
+            });
+            // Passing it on happens at the top of the loop (to_announce).
+            fault.receive(Class::from_u8(class), origin, &text);
+            (false, true)
+        }
+        Ok((Kind::Bye, _)) => (true, false),
+        Ok((k, _)) => {
+            fault.receive(Class::Failed, side.rank, &format!("{who} sent an unexpected {k:?} on the bootstrap ring"));
+            (true, true)
+        }
+        Err(Err(e)) => {
+            fault.receive(Class::Failed, side.rank, &format!("{who} sent a malformed message: {e}"));
+            (true, true)
+        }
+        Err(Ok(e)) => {
+            if !spoke {
+                let how = match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                        "died (its process ended without leaving the communicator: killed or crashed)".to_string()
+                    }
+                    _ => format!("stopped answering on the bootstrap ring ({e})"),
+                };
+                fault.receive(Class::Failed, side.rank, &format!("{who} {how}"));
+            }
+            // Drain whatever else is queued; the socket is done either way.
+            let mut sink = [0u8; 256];
+            let _ = side.sock.set_nonblocking(true);
+            while matches!(side.sock.read(&mut sink), Ok(n) if n > 0) {}
+            (true, !spoke)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_on_one_thread_rank_reaches_the_others_once() {
+        let board = Board::new();
+        let f: Vec<Arc<Fault>> = (0..3).map(|r| Fault::new(r, Doorbell::new_private())).collect();
+        for x in &f {
+            board.join(x);
+        }
+        assert!(f.iter().all(|x| !x.tripped() && x.error().is_none()));
+        f[1].fail(&Error::InvalidUsage("rank 1 called a; rank 0 called b".into()));
+        // Rank 2's call reports the fault its own way, naming its call; that report is what
+        // its later calls return. The fault stays rank 1's.
+        f[2].fail(&Error::Remote("rank 2: barrier #3: the fault".into()));
+        assert!(matches!(f[2].error(), Some(Error::Remote(m)) if m == "rank 2: barrier #3: the fault"));
+        for x in &f[..2] {
+            assert!(x.tripped());
+            assert_eq!(x.origin(), Some(1));
+            match x.error() {
+                Some(Error::InvalidUsage(m)) => assert!(m.contains("rank 1 called a"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        f[0].abort();
+        assert!(matches!(f[0].error(), Some(Error::Aborted(_))));
+    }
+
+    #[test]
+    fn an_abort_reads_as_a_remote_error_elsewhere() {
+        let board = Board::new();
+        let f: Vec<Arc<Fault>> = (0..2).map(|r| Fault::new(r, Doorbell::new_private())).collect();
+        for x in &f {
+            board.join(x);
+        }
+        f[0].abort();
+        match f[1].error() {
+            Some(Error::Remote(m)) => assert!(m.contains("rank 0") && m.contains("aborted"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn info() -> PeerInfo {
+        PeerInfo { host_id: "h".into(), hostname: "h".into(), pid: 1 }
+    }
+
+    /// Three sentinels on a ring 0 -> 1 -> 2 -> 0: a fault on one reaches both others; a
+    /// goodbye is not a fault; a socket closed without one is.
+    #[test]
+    fn sentinels_flood_faults_and_tell_leaving_from_dying() {
+        let ring = |n: usize| -> Vec<Vec<Neighbour>> {
+            let links: Vec<(TcpStream, TcpStream)> = (0..n).map(|_| pair()).collect(); // i -> i+1
+            let mut sides: Vec<Vec<Neighbour>> = (0..n).map(|_| Vec::new()).collect();
+            for (i, (a, b)) in links.into_iter().enumerate() {
+                sides[i].push(Neighbour { rank: (i + 1) % n, info: info(), sock: a });
+                sides[(i + 1) % n].push(Neighbour { rank: i, info: info(), sock: b });
+            }
+            sides
+        };
+        let wait = |f: &Fault| {
+            let t = std::time::Instant::now();
+            while !f.tripped() {
+                assert!(t.elapsed() < Duration::from_secs(5), "fault never arrived");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // A fault floods.
+        let f: Vec<Arc<Fault>> = (0..3).map(|r| Fault::new(r, Doorbell::new_private())).collect();
+        let mut s: Vec<Sentinel> =
+            ring(3).into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), n).unwrap()).collect();
+        f[2].fail(&Error::Timeout { op: "x".into(), waited: Duration::ZERO, peers: vec![0] });
+        for x in &f[..2] {
+            wait(x);
+            assert_eq!(x.origin(), Some(2));
+            assert!(matches!(x.error(), Some(Error::Remote(m)) if m.contains("timeout")));
+        }
+        s.clear();
+
+        // Leaving is not dying; dying (closing without goodbye) is.
+        let f: Vec<Arc<Fault>> = (0..3).map(|r| Fault::new(r, Doorbell::new_private())).collect();
+        let mut sides = ring(3);
+        let dying = sides.pop().unwrap();
+        let mut s: Vec<Sentinel> =
+            sides.into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), n).unwrap()).collect();
+        s[0].leave();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!f[1].tripped(), "a goodbye is not a fault: {:?}", f[1].error());
+        drop(dying);
+        wait(&f[1]);
+        assert!(matches!(f[1].error(), Some(Error::Remote(m)) if m.contains("rank 2") && m.contains("killed")));
+    }
+}
