@@ -20,14 +20,16 @@
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crate::bootstrap::wire::{self, Kind, msg};
 use crate::error::{Error, Result};
+use crate::exec::desc;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
+use crate::transport::Desc;
 
 /// What kind of failure a fault is; it decides the error class other ranks report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +95,15 @@ enum Herald {
     Sentinel(Arc<EventFd>),
 }
 
+/// An error's message without the class prefix its display adds (the receiving rank
+/// adds its own).
+fn plain(e: &Error) -> String {
+    match e {
+        Error::InvalidUsage(m) | Error::Remote(m) | Error::Aborted(m) => m.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// One rank's view of whether its communicator is broken, shared by the communicator,
 /// its engine, its abort handles and its sentinel.
 pub struct Fault {
@@ -100,6 +111,12 @@ pub struct Fault {
     /// This process's identity, named when this rank aborts.
     who: String,
     tripped: AtomicBool,
+    /// The collective this rank is in or last ran: tag, descriptor words, operation
+    /// number (the tag is written last and read first and last, so readers never take
+    /// a torn record).
+    current: [AtomicU64; 4],
+    /// A wait is stuck: the sentinel tells the ring where this rank is.
+    stalled: AtomicBool,
     inner: Mutex<Inner>,
     /// Woken when a fault is recorded, so sleeping waits notice at once.
     bell: Doorbell,
@@ -113,6 +130,8 @@ impl Fault {
             rank,
             who: me.describe(),
             tripped: AtomicBool::new(false),
+            current: Default::default(),
+            stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             bell,
         })
@@ -144,6 +163,72 @@ impl Fault {
             (None, Class::Mismatch) => Error::InvalidUsage(r.text.clone()),
             (None, _) => Error::Remote(r.text.clone()),
         })
+    }
+
+    /// Records that this rank entered collective number `tag` (operation `seq`) described
+    /// by `d`. Four relaxed-ish stores per call: free next to the call itself.
+    #[inline]
+    pub fn enter(&self, tag: u64, d: Desc, seq: u64) {
+        self.current[0].store(0, Ordering::Relaxed);
+        self.current[1].store(d[0], Ordering::Relaxed);
+        self.current[2].store(d[1], Ordering::Relaxed);
+        self.current[3].store(seq, Ordering::Relaxed);
+        self.current[0].store(tag, Ordering::Release);
+    }
+
+    /// The collective this rank is in or last ran: (tag, descriptor, operation number).
+    fn current(&self) -> Option<msg::Where> {
+        for _ in 0..100 {
+            let tag = self.current[0].load(Ordering::Acquire);
+            if tag == 0 {
+                return None;
+            }
+            let d = [self.current[1].load(Ordering::Relaxed), self.current[2].load(Ordering::Relaxed)];
+            let seq = self.current[3].load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.current[0].load(Ordering::Relaxed) == tag {
+                return Some(msg::Where { origin: self.rank as u32, hops: 0, tag, desc: d, seq });
+            }
+        }
+        None
+    }
+
+    /// A wait of this rank's current collective has been stuck for a while: ask the
+    /// other ranks whether they are in a different collective at this position (a
+    /// mismatch where no message flows, so no receiver can see it).
+    pub fn stalled(&self) {
+        let herald = self.lock().herald.as_ref().map(Herald::handle);
+        match herald {
+            Some(Herald::Board(b)) => {
+                if let Some(w) = self.current() {
+                    b.compare(self, w);
+                }
+            }
+            Some(Herald::Sentinel(e)) => {
+                self.stalled.store(true, Ordering::SeqCst);
+                e.notify();
+            }
+            None => {}
+        }
+    }
+
+    /// Compares a stuck rank's position with this rank's; on a mismatch, records it
+    /// (and so announces it). Returns whether it did.
+    fn check_where(&self, w: &msg::Where) -> bool {
+        let Some(mine) = self.current() else { return false };
+        if mine.tag != w.tag || mine.desc == w.desc || self.tripped() {
+            return false;
+        }
+        self.fail(&Error::InvalidUsage(format!(
+            "mismatched collective calls: rank {} called {} as op #{}, but rank {} called {} as that op (its op #{}); every rank must make the same calls in the same order",
+            self.rank,
+            desc::describe(mine.desc),
+            mine.seq,
+            w.origin,
+            desc::describe(w.desc),
+            w.seq
+        )));
+        true
     }
 
     /// The rank where the first failure happened, if any.
@@ -187,12 +272,8 @@ impl Fault {
                 }
                 return;
             }
-            g.reason = Some(Reason {
-                class: Class::of(e),
-                origin: self.rank,
-                text: e.to_string(),
-                local: Some(e.duplicate()),
-            });
+            g.reason =
+                Some(Reason { class: Class::of(e), origin: self.rank, text: plain(e), local: Some(e.duplicate()) });
             self.tripped.store(true, Ordering::SeqCst);
             g.herald.as_ref().map(Herald::handle)
         };
@@ -268,6 +349,17 @@ impl Board {
         f.set_herald(Herald::Board(self.clone()));
     }
 
+    /// A stuck member's position, compared with every other member's.
+    fn compare(&self, from: &Fault, w: msg::Where) {
+        let members: Vec<Arc<Fault>> =
+            self.members.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        for m in members.iter().filter(|m| !std::ptr::eq(&***m, from)) {
+            if m.check_where(&w) {
+                return;
+            }
+        }
+    }
+
     fn announce(&self, from: &Fault) {
         let Some((class, origin, text)) = from.to_announce() else { return };
         let members: Vec<Arc<Fault>> =
@@ -324,6 +416,10 @@ pub struct Sentinel {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long a wait is stuck before the rank asks the others where they are (see
+/// [`Fault::stalled`]). Harmless when the calls match, so it can be short.
+pub const STALL: Duration = Duration::from_millis(500);
+
 /// How long the sentinel waits on a neighbour's socket for the rest of a frame, or for
 /// the kernel to take one.
 const SOCKET_PATIENCE: Duration = Duration::from_secs(2);
@@ -331,7 +427,7 @@ const SOCKET_PATIENCE: Duration = Duration::from_secs(2);
 impl Sentinel {
     /// Starts watching `neighbours` (the predecessor and successor on the bootstrap
     /// ring; one socket each) for `fault`.
-    pub fn start(fault: Arc<Fault>, neighbours: Vec<Neighbour>) -> Result<Sentinel> {
+    pub fn start(fault: Arc<Fault>, nranks: usize, neighbours: Vec<Neighbour>) -> Result<Sentinel> {
         for n in &neighbours {
             let s = &n.sock;
             s.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
@@ -344,7 +440,7 @@ impl Sentinel {
         let (w, c) = (wake.clone(), closing.clone());
         let thread = std::thread::Builder::new()
             .name(format!("oxccl-sentinel-{}", fault.rank))
-            .spawn(move || watch(&fault, neighbours, &w, &c))
+            .spawn(move || watch(&fault, nranks, neighbours, &w, &c))
             .map_err(|e| Error::system("starting the sentinel thread", e))?;
         Ok(Sentinel { wake, closing, thread: Some(thread) })
     }
@@ -367,10 +463,19 @@ impl Drop for Sentinel {
 }
 
 /// The sentinel's loop.
-fn watch(fault: &Fault, mut sides: Vec<Neighbour>, wake: &EventFd, closing: &AtomicBool) {
+fn watch(fault: &Fault, nranks: usize, mut sides: Vec<Neighbour>, wake: &EventFd, closing: &AtomicBool) {
     // Neighbours that ended (goodbye, fault, or closed) are removed.
     let mut spoke = vec![false; sides.len()];
     loop {
+        if fault.stalled.swap(false, Ordering::SeqCst)
+            && !fault.tripped()
+            && let Some(w) = fault.current()
+        {
+            let body = w.encode();
+            for s in &mut sides {
+                let _ = wire::send(&mut s.sock, Kind::Where, &body);
+            }
+        }
         if let Some((class, origin, text)) = fault.to_announce() {
             let body = msg::encode_fault(class, origin, &text);
             for s in &mut sides {
@@ -412,8 +517,13 @@ fn watch(fault: &Fault, mut sides: Vec<Neighbour>, wake: &EventFd, closing: &Ato
             if fds[i].revents == 0 {
                 continue;
             }
-            let (done, heard) = hear(fault, &mut sides[i], spoke[i]);
+            let (done, heard, pass) = hear(fault, nranks, &mut sides[i], spoke[i]);
             spoke[i] |= heard;
+            if let Some(body) = pass {
+                for (_, s) in sides.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+                    let _ = wire::send(&mut s.sock, Kind::Where, &body);
+                }
+            }
             if done {
                 sides.remove(i);
                 spoke.remove(i);
@@ -423,10 +533,31 @@ fn watch(fault: &Fault, mut sides: Vec<Neighbour>, wake: &EventFd, closing: &Ato
 }
 
 /// Reads one frame from a neighbour: returns (whether the neighbour is done, whether it
-/// announced a fault).
-fn hear(fault: &Fault, side: &mut Neighbour, spoke: bool) -> (bool, bool) {
+/// announced a fault, a stuck rank's position to pass on).
+fn hear(fault: &Fault, nranks: usize, side: &mut Neighbour, spoke: bool) -> (bool, bool, Option<Vec<u8>>) {
+    let (done, heard) = match wire::recv(&mut side.sock, msg::FAULT_TEXT + 64) {
+        Ok((Kind::Where, p)) => {
+            let pass = match msg::Where::decode(&p) {
+                Ok(w) if w.origin as usize != fault.rank && !fault.tripped() => {
+                    let found = fault.check_where(&w);
+                    let hops = w.hops.saturating_add(1);
+                    (!found && (hops as usize) < nranks).then(|| msg::Where { hops, ..w }.encode())
+                }
+                _ => None,
+            };
+            return (false, false, pass);
+        }
+        frame => heard(fault, side, spoke, frame),
+    };
+    (done, heard, None)
+}
+
+type Frame = std::result::Result<(Kind, Vec<u8>), std::result::Result<std::io::Error, Error>>;
+
+/// What a frame other than a position report means.
+fn heard(fault: &Fault, side: &mut Neighbour, spoke: bool, frame: Frame) -> (bool, bool) {
     let who = format!("rank {} ({})", side.rank, side.info.describe());
-    match wire::recv(&mut side.sock, msg::FAULT_TEXT + 64) {
+    match frame {
         Ok((Kind::Fault, p)) => {
             let (class, origin, text) = msg::decode_fault(&p).unwrap_or_else(|e| {
                 (Class::Failed as u8, side.rank, format!("{who} sent a malformed fault message: {e}"))
@@ -540,7 +671,7 @@ mod tests {
         // A fault floods.
         let f: Vec<Arc<Fault>> = (0..3).map(|r| Fault::new(r, Doorbell::new_private())).collect();
         let mut s: Vec<Sentinel> =
-            ring(3).into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), n).unwrap()).collect();
+            ring(3).into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), 3, n).unwrap()).collect();
         f[2].fail(&Error::Timeout { op: "x".into(), waited: Duration::ZERO, peers: vec![0] });
         for x in &f[..2] {
             wait(x);
@@ -554,7 +685,7 @@ mod tests {
         let mut sides = ring(3);
         let dying = sides.pop().unwrap();
         let mut s: Vec<Sentinel> =
-            sides.into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), n).unwrap()).collect();
+            sides.into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), 3, n).unwrap()).collect();
         s[0].leave();
         std::thread::sleep(Duration::from_millis(50));
         assert!(!f[1].tripped(), "a goodbye is not a fault: {:?}", f[1].error());

@@ -23,8 +23,17 @@ pub const TARGETS: [(&str, Target); 4] = [
     ("peer_info", peer_info),
 ];
 
-const KINDS: [Kind; 8] =
-    [Kind::Hello, Kind::Next, Kind::RingHello, Kind::Block, Kind::Fail, Kind::ConnHello, Kind::Fault, Kind::Bye];
+const KINDS: [Kind; 9] = [
+    Kind::Hello,
+    Kind::Next,
+    Kind::RingHello,
+    Kind::Block,
+    Kind::Fail,
+    Kind::ConnHello,
+    Kind::Fault,
+    Kind::Bye,
+    Kind::Where,
+];
 
 fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -42,6 +51,11 @@ fn payload(kind: Kind, p: &[u8]) {
             }
         }
         Kind::Bye => {}
+        Kind::Where => {
+            if let Ok(w) = msg::Where::decode(p) {
+                assert_eq!(w.encode(), p, "where round trip");
+            }
+        }
         Kind::Hello => {
             if let Ok((rank, n, addr)) = msg::decode_hello(p) {
                 let mut e = Enc::new();
@@ -55,9 +69,9 @@ fn payload(kind: Kind, p: &[u8]) {
             }
         }
         Kind::ConnHello => {
-            if let Ok((peer, ch, idx)) = msg::decode_conn_hello(p) {
+            if let Ok((peer, ch, idx, desc)) = msg::decode_conn_hello(p) {
                 let mut e = Enc::new();
-                e.u32(peer as u32).u32(ch).u32(idx);
+                e.u32(peer as u32).u32(ch).u32(idx).u64(desc[0]).u64(desc[1]);
                 assert_eq!(e.0, p, "connection hello round trip");
             }
         }
@@ -195,7 +209,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut hello6 = Enc::new();
     hello6.u32(3).u32(4).addr(&v6);
     let mut conn = Enc::new();
-    conn.u32(2).u32(1).u32(0);
+    conn.u32(2).u32(1).u32(0).u64(0x0001_0000_0400_0001).u64(1000 | 2 << 48);
     let mut next = Enc::new();
     next.addr(&v6);
     let mut block = Enc::new();

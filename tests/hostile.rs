@@ -132,7 +132,7 @@ fn wrong_secret_frames(seed: &mut u64) -> Vec<Vec<u8>> {
     let mut ring = Enc::new();
     ring.raw(&secret).u32(2);
     let mut conn = Enc::new();
-    conn.raw(&secret).u32(1).u32(0).u32(0);
+    conn.raw(&secret).u32(1).u32(0).u32(0).u64(1).u64(1);
     [(Kind::Hello, hello.0), (Kind::RingHello, ring.0), (Kind::ConnHello, conn.0)]
         .into_iter()
         .map(|(k, p)| {

@@ -40,6 +40,9 @@ pub enum Kind {
     Fault = 7,
     /// After init, on the ring: the sender leaves the communicator cleanly.
     Bye = 8,
+    /// After init, on the ring: a rank has been stuck in a collective for a while and
+    /// says which (origin, hops, tag, descriptor, operation number).
+    Where = 9,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             6 => Kind::ConnHello,
             7 => Kind::Fault,
             8 => Kind::Bye,
+            9 => Kind::Where,
             _ => return None,
         })
     }
@@ -255,12 +259,14 @@ pub mod msg {
     }
 
     /// A [`ConnHello`](super::Kind::ConnHello) of the TCP transport, after the secret:
-    /// the sender's rank, the channel and the socket index.
-    pub fn decode_conn_hello(body: &[u8]) -> Result<(usize, u32, u32)> {
+    /// the sender's rank, the channel, the socket index, and the descriptor of the call
+    /// that opened the connection (so a rank in a different call can tell).
+    pub fn decode_conn_hello(body: &[u8]) -> Result<(usize, u32, u32, [u64; 2])> {
         let mut d = Dec::new(body, "connection hello");
         let (peer, ch, idx) = (d.u32()? as usize, d.u32()?, d.u32()?);
+        let desc = [d.u64()?, d.u64()?];
         d.end()?;
-        Ok((peer, ch, idx))
+        Ok((peer, ch, idx, desc))
     }
 
     /// A [`Next`](super::Kind::Next): where the successor listens.
@@ -304,6 +310,39 @@ pub mod msg {
         d.end()?;
         let text = std::str::from_utf8(text).map_err(|_| super::malformed("fault text is not UTF-8"))?;
         Ok((class, origin, text.to_string()))
+    }
+
+    /// A [`Where`](super::Kind::Where): where a stuck rank is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Where {
+        /// The stuck rank.
+        pub origin: u32,
+        /// Ranks it passed through.
+        pub hops: u32,
+        /// Its collective tag.
+        pub tag: u64,
+        /// Its call's descriptor.
+        pub desc: [u64; 2],
+        /// Its operation number.
+        pub seq: u64,
+    }
+
+    impl Where {
+        /// The payload.
+        pub fn encode(&self) -> Vec<u8> {
+            let mut e = super::Enc::new();
+            e.u32(self.origin).u32(self.hops).u64(self.tag).u64(self.desc[0]).u64(self.desc[1]).u64(self.seq);
+            e.0
+        }
+
+        /// Reads a payload.
+        pub fn decode(p: &[u8]) -> Result<Where> {
+            let mut d = Dec::new(p, "where");
+            let w =
+                Where { origin: d.u32()?, hops: d.u32()?, tag: d.u64()?, desc: [d.u64()?, d.u64()?], seq: d.u64()? };
+            d.end()?;
+            Ok(w)
+        }
     }
 
     /// The message of a [`Fail`](super::Kind::Fail) (empty when malformed: it is only

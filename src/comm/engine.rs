@@ -34,6 +34,10 @@ pub(crate) struct Engine {
     pub sockets: bool,
     /// This host's peer processes, watched for exit.
     pub watch: Option<Arc<crate::liveness::PeerWatch>>,
+    /// Collectives run so far (see [`exec::desc::with_tag`]).
+    tag: u64,
+    /// Recent calls, for mismatch errors.
+    history: exec::desc::History,
     /// The current batch got past planning: its failures break the communicator.
     moving: bool,
 }
@@ -81,6 +85,8 @@ impl Engine {
             sockets: false,
             watch: None,
             moving: false,
+            history: exec::desc::History::default(),
+            tag: 0,
         }
     }
 
@@ -99,6 +105,14 @@ impl Engine {
         let first = self.seq + 1;
         self.moving = false;
         let r = match self.ensure_alive().and_then(|_| self.run_batch(specs)) {
+            // A broken connection usually means the peer failed and left: prefer the
+            // reason it announced.
+            Err(e @ (Error::Remote(_) | Error::System { .. })) if self.moving && !self.fault.tripped() => {
+                Err(exec::announced(&self.fault).unwrap_or(e))
+            }
+            r => r,
+        };
+        let r = match r {
             // Name the operation: a peer's failure surfaces wherever the rank waited.
             Err(Error::Remote(m)) => {
                 let ops: Vec<&str> = specs.iter().map(|s| s.coll.name()).collect();
@@ -158,6 +172,17 @@ impl Engine {
                     _ => Path::Streams,
                 };
             }
+            let p2p = matches!(s.coll, Collective::Send { .. } | Collective::Recv { .. });
+            if !p2p {
+                self.tag += 1;
+            }
+            // Point-to-point calls carry no tag: a send and its receive may sit at
+            // different places among a group's collectives on the two ranks.
+            let desc = exec::desc::with_tag(prep.desc, if p2p { 0 } else { self.tag });
+            if !p2p {
+                self.history.record(self.tag, self.seq, desc);
+                self.fault.enter(self.tag, desc, self.seq);
+            }
             sc.calls.push(Call {
                 send: s.send,
                 send_len: s.send_len,
@@ -165,7 +190,7 @@ impl Engine {
                 recv_len: s.recv_len,
                 elem: s.dtype.size(),
                 reducer: prep.reducer,
-                desc: prep.desc,
+                desc,
                 nt: prep.plan.nt,
                 seq: self.seq,
                 by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p),
@@ -186,6 +211,7 @@ impl Engine {
             bell: &self.bell,
             backoff: self.backoff,
             timeout: self.settings.timeout,
+            history: &self.history,
             fault: &self.fault,
             watch: self.watch.as_deref(),
             scratch: &mut sc.exec,

@@ -270,7 +270,7 @@ impl Comm {
     /// Starts carrying faults around the bootstrap ring (process ranks).
     pub(crate) fn start_sentinel(&mut self, neighbours: Vec<crate::fault::Neighbour>) -> Result<()> {
         if !neighbours.is_empty() {
-            self.sentinel = Some(Sentinel::start(self.fault.clone(), neighbours)?);
+            self.sentinel = Some(Sentinel::start(self.fault.clone(), self.nranks, neighbours)?);
         }
         Ok(())
     }

@@ -8,6 +8,53 @@ use crate::types::{DataType, ReduceOp};
 
 const NO_OP: u64 = 0xff;
 
+/// The count's bits in the second word; the top 16 carry the low bits of the number of
+/// collectives the communicator has run, including this one (its *tag*), so a message
+/// from a different collective is told apart even when both calls look alike, and the
+/// error can name what this rank called then. Every rank runs the same collectives in
+/// the same order, so tags agree; point-to-point calls need not be symmetric, so they
+/// neither advance the tag nor carry one.
+const COUNT_MASK: u64 = (1 << 48) - 1;
+
+/// The descriptor `d` of a call with collective tag `tag`.
+#[inline]
+pub fn with_tag(d: Desc, tag: u64) -> Desc {
+    [d[0], (d[1] & COUNT_MASK) | (tag & 0xffff) << 48]
+}
+
+/// The low 16 bits of the tag a descriptor carries.
+pub fn tag_bits(d: Desc) -> u64 {
+    d[1] >> 48
+}
+
+/// Whether a descriptor is a point-to-point call's.
+#[inline]
+pub fn is_p2p(d: Desc) -> bool {
+    d[0] & 0xff == 9
+}
+
+/// How many recent calls a rank remembers, to name its own call when a peer's message
+/// comes from an earlier or later one.
+pub const HISTORY: usize = 16;
+
+/// This rank's recent collectives: (tag, operation number, descriptor).
+#[derive(Clone, Copy, Default)]
+pub struct History([(u64, u64, Desc); HISTORY]);
+
+impl History {
+    /// Remembers the collective with `tag`, operation number `seq`.
+    #[inline]
+    pub fn record(&mut self, tag: u64, seq: u64, d: Desc) {
+        self.0[tag as usize % HISTORY] = (tag, seq, d);
+    }
+
+    /// This rank's collective whose tag ends in `bits`, if it is recent: (operation
+    /// number, descriptor).
+    pub fn find(&self, bits: u64) -> Option<(u64, Desc)> {
+        self.0.iter().filter(|(t, _, _)| *t != 0 && t & 0xffff == bits).max_by_key(|(t, _, _)| *t).map(|e| (e.1, e.2))
+    }
+}
+
 /// Encodes a call. Send and receive encode the same way (no peer), so they match.
 pub fn encode(coll: &Collective, dtype: DataType, op: Option<&ReduceOp>, algo: Algo) -> Desc {
     let root = match coll {
@@ -63,7 +110,7 @@ pub fn describe(d: Desc) -> String {
         }
         r => format!(", root={r}"),
     };
-    format!("{coll}(count={}, {dtype}, {op}{algo}{root})", d[1])
+    format!("{coll}(count={}, {dtype}, {op}{algo}{root})", d[1] & COUNT_MASK)
 }
 
 #[cfg(test)]

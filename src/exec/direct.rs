@@ -31,7 +31,7 @@ pub fn run(ctx: &mut Ctx<'_>, call: &Call, coll: &Collective) -> Result<()> {
         .flat_map(|p| [Dir::Send, Dir::Recv].map(|dir| LinkKey { peer: p, channel: CHANNEL, dir }))
         .collect();
     if !keys.iter().all(|k| ctx.links.has(*k)) {
-        ctx.links.ensure(ctx.transport, me, &keys)?;
+        ctx.links.ensure(ctx.transport, me, &keys, call.desc)?;
     }
     let peers = exchange(ctx, call, Some([call.send as u64, call.recv as u64]))?;
     // SAFETY: every peer is blocked in this same call until the completion exchange
@@ -65,7 +65,7 @@ fn exchange(ctx: &mut Ctx<'_>, call: &Call, payload: Option<[u64; 2]>) -> Result
     for (p, slot) in out.iter_mut().enumerate().filter(|(p, _)| *p != me) {
         let m = ctx.links.rx_ref(p, CHANNEL).message();
         if m.desc != call.desc || m.bytes != bytes {
-            return Err(mismatch(me, p, call, m.desc, m.bytes, bytes));
+            return Err(mismatch(ctx.history, me, p, call, m.desc, m.bytes, bytes));
         }
         if payload.is_some() {
             // SAFETY: the message holds 16 bytes (checked) and is ours until released.

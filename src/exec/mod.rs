@@ -80,6 +80,8 @@ pub struct Ctx<'a> {
     pub backoff: BackoffConfig,
     /// Longest wait without progress.
     pub timeout: Option<Duration>,
+    /// This rank's recent calls, named when a peer's message comes from another one.
+    pub history: &'a desc::History,
     /// Whether the communicator broke (an abort, or a fault here or on another rank).
     pub fault: &'a crate::fault::Fault,
     /// The processes of this host's peers: a wait ends with an error naming a peer
@@ -91,7 +93,7 @@ pub struct Ctx<'a> {
 
 /// Connects every link the streams use (lazily: only the first call that needs a link
 /// pays for it).
-pub fn connect(ctx: &mut Ctx<'_>, streams: &[Stream]) -> Result<()> {
+pub fn connect(ctx: &mut Ctx<'_>, streams: &[Stream], opener: Desc) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
     let mut missing = false;
     for s in streams {
@@ -109,7 +111,7 @@ pub fn connect(ctx: &mut Ctx<'_>, streams: &[Stream]) -> Result<()> {
             keys.push(LinkKey { peer: p, channel: c, dir: if send { Dir::Send } else { Dir::Recv } });
         });
     }
-    ctx.links.ensure(ctx.transport, me, &keys)
+    ctx.links.ensure(ctx.transport, me, &keys, opener)
 }
 
 /// Orders streams of different calls that share a link: a later one waits for the
@@ -142,7 +144,7 @@ fn ready(links: &Links, me: Rank, n: usize, s: &Step) -> bool {
 /// caller knows they are connected.
 pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_links: bool) -> Result<()> {
     if connect_links {
-        connect(ctx, streams)?;
+        connect(ctx, streams, calls.first().map_or([0; 2], |c| c.desc))?;
     }
     let grouped = calls.len() > 1;
     if grouped {
@@ -152,7 +154,7 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_li
         s.cur = s.sched.next_step();
     }
     loop {
-        let mut progressed = ctx.transport.progress()?;
+        let mut progressed = ctx.transport.progress().map_err(|e| announced(ctx.fault).unwrap_or(e))?;
         let mut live = false;
         for i in 0..streams.len() {
             if streams[i].cur.is_none() {
@@ -186,16 +188,67 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_li
     }
 }
 
+/// A message waiting on any link that comes from a different collective at the
+/// position of `calls` (or from one this rank already finished): a mismatch that no step
+/// of the current calls would see when the peer sent it on a link they do not read (say
+/// an all-gather's ring step arriving where an all-reduce expects a different peer).
+/// Point-to-point messages are left alone (they need not be symmetric), as are
+/// messages from peers already in a later collective.
+fn stray(history: &desc::History, me: Rank, links: &Links, transport: &dyn Transport, calls: &[Call]) -> Option<Error> {
+    let mut colls = calls.iter().filter(|c| !desc::is_p2p(c.desc));
+    let first = colls.next()?;
+    let last = colls.next_back().unwrap_or(first);
+    let mut found = None;
+    let mut look = |p: Rank, d: Desc| {
+        if found.is_some() || desc::is_p2p(d) || calls.iter().any(|c| c.desc == d) {
+            return;
+        }
+        let ahead = desc::tag_bits(d).wrapping_sub(desc::tag_bits(last.desc)) & 0xffff;
+        if ahead != 0 && ahead < 0x8000 {
+            return;
+        }
+        let call = calls.iter().find(|c| desc::tag_bits(c.desc) == desc::tag_bits(d)).unwrap_or(first);
+        found = Some(mismatch(history, me, p, call, d, 0, 0));
+    };
+    links.for_each_rx(|p, rx| {
+        if rx.can_recv() {
+            look(p, rx.message().desc);
+        }
+    });
+    transport.unclaimed(&mut look);
+    found
+}
+
+/// How long a wait that found its peer gone gives that peer's fault announcement to
+/// arrive: a rank that failed (a mismatch, a timeout) and then left says why, and its
+/// reason is more use to the user than "closed its connection".
+const ANNOUNCEMENT_GRACE: Duration = Duration::from_millis(200);
+
+/// The fault that broke the communicator, given [`ANNOUNCEMENT_GRACE`] to arrive.
+pub(crate) fn announced(fault: &crate::fault::Fault) -> Option<Error> {
+    let t = std::time::Instant::now();
+    while !fault.tripped() && t.elapsed() < ANNOUNCEMENT_GRACE {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    fault.error()
+}
+
 /// Waits, with the communicator's backoff, until `ready(links)` holds, moving network
 /// bytes meanwhile. On timeout, `timed_out(links)` says what the rank was waiting for.
+/// Before each sleep, messages of `calls`' position from other collectives end the wait
+/// with a mismatch.
 fn wait_on(
     ctx: &mut Ctx<'_>,
+    calls: &[Call],
     ready: &mut dyn FnMut(&Links) -> bool,
     timed_out: &dyn Fn(&Links) -> (String, Vec<Rank>),
 ) -> Result<()> {
     let links: &Links = ctx.links;
-    let (fault, transport, watch) = (ctx.fault, ctx.transport, ctx.watch);
+    let (fault, transport, watch, history, me) = (ctx.fault, ctx.transport, ctx.watch, ctx.history, ctx.me);
+    let mut mismatched = None;
     let mut failed = None;
+    let mut stuck_since = None;
+    let mut asked = false;
     let mut dead = None;
     let io = |d: Duration| transport.wait_io(d);
     let io: Option<&dyn Fn(Duration)> = if transport.has_sockets() { Some(&io) } else { None };
@@ -212,6 +265,16 @@ fn wait_on(
             Ok(_) => ready(links),
         },
         &mut || {
+            mismatched = stray(history, me, links, transport, calls);
+            if mismatched.is_some() {
+                return true;
+            }
+            // Stuck for a while: a mismatch may leave no message to see. Ask once.
+            let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
+            if !asked && !calls.is_empty() && since.elapsed() >= crate::fault::STALL {
+                asked = true;
+                fault.stalled();
+            }
             // Only the peers this rank waits for: one that finished and left is fine.
             let (_, peers) = timed_out(links);
             dead = peers.into_iter().find_map(|p| {
@@ -226,14 +289,21 @@ fn wait_on(
         io,
     );
     if let Some(e) = failed {
+        // A broken connection usually means the peer failed and left: prefer its reason.
+        return Err(announced(fault).unwrap_or(e));
+    }
+    if let Some(e) = mismatched {
         return Err(e);
     }
     if let Some(why) = dead {
         // A peer that finished its part and exited is no failure: what it sent may still
         // wait in a socket or a FIFO. Take all of it before giving up.
-        while transport.progress()? {}
+        while transport.progress().map_err(|e| announced(fault).unwrap_or(e))? {}
         if ready(links) {
             return Ok(());
+        }
+        if let Some(e) = announced(fault) {
+            return Err(e);
         }
         // The engine names the operation.
         return Err(Error::Remote(why));
@@ -245,7 +315,7 @@ fn wait_on(
             // A fault elsewhere may race with the last messages of a call that is
             // complete here: take what arrived before failing.
             if fault.origin().is_some_and(|o| o != ctx.me) {
-                while transport.progress()? {}
+                while transport.progress().map_err(|e| announced(fault).unwrap_or(e))? {}
                 if ready(links) {
                     return Ok(());
                 }
@@ -265,29 +335,34 @@ fn wait_on(
 
 fn wait(ctx: &mut Ctx<'_>, calls: &[Call], streams: &[Stream]) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
-    wait_on(ctx, &mut |links| streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st))), &|links| {
-        let mut peers = Vec::new();
-        let mut what = String::new();
-        for s in streams {
-            if let Some(st) = s.cur {
-                st.recv.for_each(me, n, |p| {
-                    if !links.rx_ref(p, st.channel).can_recv() {
-                        peers.push(p);
+    wait_on(
+        ctx,
+        calls,
+        &mut |links| streams.iter().any(|s| s.cur.is_some_and(|st| ready(links, me, n, &st))),
+        &|links| {
+            let mut peers = Vec::new();
+            let mut what = String::new();
+            for s in streams {
+                if let Some(st) = s.cur {
+                    st.recv.for_each(me, n, |p| {
+                        if !links.rx_ref(p, st.channel).can_recv() {
+                            peers.push(p);
+                        }
+                    });
+                    st.send.for_each(me, n, |p| {
+                        if !links.tx_ref(p, st.channel).can_send() {
+                            peers.push(p);
+                        }
+                    });
+                    if what.is_empty() {
+                        let c = &calls[s.call];
+                        what = format!("rank {me}: {} #{}", desc::describe(c.desc), c.seq);
                     }
-                });
-                st.send.for_each(me, n, |p| {
-                    if !links.tx_ref(p, st.channel).can_send() {
-                        peers.push(p);
-                    }
-                });
-                if what.is_empty() {
-                    let c = &calls[s.call];
-                    what = format!("rank {me}: {} #{}", desc::describe(c.desc), c.seq);
                 }
             }
-        }
-        (what, peers)
-    })
+            (what, peers)
+        },
+    )
 }
 
 /// Vectors reused by every step, so steps do not allocate. Empty between steps.
@@ -317,7 +392,29 @@ fn span_ptr(call: &Call, sp: Span, count: usize) -> Result<*mut u8> {
     Ok(unsafe { base.add(sp.offset * call.elem) })
 }
 
-pub(crate) fn mismatch(me: Rank, peer: Rank, call: &Call, got: Desc, bytes: usize, want: usize) -> Error {
+pub(crate) fn mismatch(
+    history: &desc::History,
+    me: Rank,
+    peer: Rank,
+    call: &Call,
+    got: Desc,
+    bytes: usize,
+    want: usize,
+) -> Error {
+    let theirs = desc::tag_bits(got);
+    if theirs != desc::tag_bits(call.desc) {
+        // The peer's message comes from another call: name what this rank called then.
+        let mine = match history.find(theirs) {
+            Some((s, d)) => format!("rank {me} called {} as op #{s}", desc::describe(d)),
+            None => {
+                format!("rank {me} had made no such call (it is at op #{}, {})", call.seq, desc::describe(call.desc))
+            }
+        };
+        return Error::InvalidUsage(format!(
+            "mismatched collective calls: {mine}, but rank {peer} called {} as that op; every rank must make the same calls in the same order",
+            desc::describe(got)
+        ));
+    }
     if got == call.desc {
         return Error::Internal(format!(
             "rank {me}: message from rank {peer} holds {bytes} bytes, expected {want} in {} #{}",
@@ -326,7 +423,7 @@ pub(crate) fn mismatch(me: Rank, peer: Rank, call: &Call, got: Desc, bytes: usiz
         ));
     }
     Error::InvalidUsage(format!(
-        "mismatched collective calls: rank {me} called {} (op #{}), but rank {peer} called {}; every rank must make the same calls in the same order",
+        "mismatched collective calls: rank {me} called {} as op #{}, but rank {peer} called {} as that op; every rank must make the same calls in the same order",
         desc::describe(call.desc),
         call.seq,
         desc::describe(got)
@@ -339,13 +436,14 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
     let bytes = step.count * call.elem;
     let links = &mut *ctx.links;
     let sc = &mut *ctx.scratch;
+    let history = ctx.history;
     sc.srcs.clear();
     sc.dsts.clear();
     let mut err = None;
     step.recv.for_each(me, n, |p| {
         let m = links.rx_ref(p, ch).message();
         if m.desc != call.desc || m.bytes != bytes {
-            err.get_or_insert_with(|| mismatch(me, p, call, m.desc, m.bytes, bytes));
+            err.get_or_insert_with(|| mismatch(history, me, p, call, m.desc, m.bytes, bytes));
         }
         sc.srcs.push((p, m.ptr, false));
     });
@@ -546,7 +644,7 @@ pub fn all_reduce_one_slot(ctx: &mut Ctx<'_>, call: &Call, count: usize) -> Resu
             let m = ctx.links.rx_ref(p, 0).message();
             if m.desc != call.desc || m.bytes != bytes {
                 sc.srcs.clear();
-                return Err(mismatch(me, p, call, m.desc, m.bytes, bytes));
+                return Err(mismatch(ctx.history, me, p, call, m.desc, m.bytes, bytes));
             }
             sc.srcs.push((p, m.ptr, false));
         }
@@ -597,13 +695,15 @@ pub fn flush(ctx: &mut Ctx<'_>, op: &str) -> Result<()> {
         return Ok(());
     }
     let me = ctx.me;
-    wait_on(ctx, &mut |_| transport.flushed(), &|_| (format!("rank {me}: {op}: sending the last messages"), vec![]))
+    wait_on(ctx, &[], &mut |_| transport.flushed(), &|_| {
+        (format!("rank {me}: {op}: sending the last messages"), vec![])
+    })
 }
 
 /// Waits until `ok(links, peer)` holds for every peer.
 pub(crate) fn wait_for(ctx: &mut Ctx<'_>, call: &Call, ok: &dyn Fn(&Links, Rank) -> bool) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
-    wait_on(ctx, &mut |links| (0..n).filter(|&p| p != me).all(|p| ok(links, p)), &|links| {
+    wait_on(ctx, std::slice::from_ref(call), &mut |links| (0..n).filter(|&p| p != me).all(|p| ok(links, p)), &|links| {
         let what = format!("rank {me}: {} #{}", desc::describe(call.desc), call.seq);
         (what, (0..n).filter(|&p| p != me && !ok(links, p)).collect())
     })

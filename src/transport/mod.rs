@@ -53,10 +53,11 @@ pub trait Transport: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Connects the links in `keys` for rank `me`, returning one endpoint per key in the
-    /// same order. Every peer named must call `connect` with the mirrored keys during the
+    /// same order; `opener` describes the call that needs them (a peer in another call
+    /// can tell from it). Every peer named must call `connect` with the mirrored keys during the
     /// same collective call (connections are made lazily, the first time a call needs
     /// them).
-    fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>>;
+    fn connect(&self, me: usize, keys: &[LinkKey], opener: Desc) -> Result<Vec<Endpoint>>;
 
     /// Whether every rank of this transport lives in one address space, so that a buffer
     /// address published by a peer can be read and written directly.
@@ -89,6 +90,13 @@ pub trait Transport: Send + Sync {
         None
     }
 
+    /// Calls `f` with (peer, descriptor) of the first message waiting on each connection a
+    /// peer opened that no call of this rank has claimed yet (links are connected by the
+    /// first call that needs them, so a peer in a different call may be writing to one).
+    fn unclaimed(&self, f: &mut dyn FnMut(usize, Desc)) {
+        let _ = f;
+    }
+
     /// Blocks until a socket is ready or `timeout` passes (for transports with sockets;
     /// others return at once).
     fn wait_io(&self, timeout: Duration) {
@@ -118,8 +126,9 @@ impl Links {
         }
     }
 
-    /// Connects, through `t`, every key in `wanted` that is not connected yet.
-    pub fn ensure(&mut self, t: &dyn Transport, me: usize, wanted: &[LinkKey]) -> Result<()> {
+    /// Connects, through `t`, every key in `wanted` that is not connected yet, for the
+    /// call described by `opener`.
+    pub fn ensure(&mut self, t: &dyn Transport, me: usize, wanted: &[LinkKey], opener: Desc) -> Result<()> {
         let mut missing: Vec<LinkKey> = wanted.iter().copied().filter(|k| !self.has(*k)).collect();
         if missing.is_empty() {
             return Ok(());
@@ -131,7 +140,7 @@ impl Links {
                 return Err(Error::Internal(format!("rank {me} asked for a link to rank {}", k.peer)));
             }
         }
-        let eps = t.connect(me, &missing)?;
+        let eps = t.connect(me, &missing, opener)?;
         for (k, ep) in missing.iter().zip(eps) {
             let c = k.channel as usize;
             match (k.dir, ep) {
@@ -173,6 +182,15 @@ impl Links {
     #[inline]
     pub fn tx_ref(&self, peer: usize, channel: u8) -> &FifoTx {
         self.tx[peer][channel as usize].as_ref().expect("link connected before use")
+    }
+
+    /// Calls `f` with every connected receiving end and its peer.
+    pub fn for_each_rx(&self, mut f: impl FnMut(usize, &FifoRx)) {
+        for (p, chans) in self.rx.iter().enumerate() {
+            for rx in chans.iter().flatten() {
+                f(p, rx);
+            }
+        }
     }
 
     /// Read-only access for readiness checks.

@@ -23,7 +23,7 @@ impl Transport for Mux {
         "mux"
     }
 
-    fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>> {
+    fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::transport::Desc) -> Result<Vec<Endpoint>> {
         let mut out: Vec<Option<Endpoint>> = keys.iter().map(|_| None).collect();
         for (t, tr) in self.transports.iter().enumerate() {
             let idx: Vec<usize> =
@@ -32,7 +32,7 @@ impl Transport for Mux {
                 continue;
             }
             let sub: Vec<LinkKey> = idx.iter().map(|&i| keys[i]).collect();
-            for (i, ep) in idx.into_iter().zip(tr.connect(me, &sub)?) {
+            for (i, ep) in idx.into_iter().zip(tr.connect(me, &sub, opener)?) {
                 out[i] = Some(ep);
             }
         }
@@ -60,6 +60,12 @@ impl Transport for Mux {
 
     fn peer_gone(&self, peer: usize) -> Option<String> {
         self.transports[self.route.get(peer).copied().flatten()?].peer_gone(peer)
+    }
+
+    fn unclaimed(&self, f: &mut dyn FnMut(usize, crate::transport::Desc)) {
+        for t in &self.transports {
+            t.unclaimed(f);
+        }
     }
 
     fn wait_io(&self, timeout: std::time::Duration) {

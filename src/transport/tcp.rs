@@ -103,8 +103,9 @@ struct Conns {
     arrivals: bool,
     sends: Vec<SendConn>,
     recvs: Vec<RecvConn>,
-    /// Accepted connections not yet claimed by `connect`, by (peer, channel, socket).
-    accepted: HashMap<(usize, u8, u32), TcpStream>,
+    /// Accepted connections not yet claimed by `connect`, by (peer, channel, socket),
+    /// with the descriptor of the call that opened them.
+    accepted: HashMap<(usize, u8, u32), (TcpStream, crate::transport::Desc)>,
     /// Reused by `progress`: (receive link, its socket) of each poll entry.
     pollfds: Vec<libc::pollfd>,
     pollmap: Vec<usize>,
@@ -269,7 +270,7 @@ impl Tcp {
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
         while let Some(h) = conns.gate.poll()? {
             let parsed = wire::msg::decode_conn_hello(&h.body);
-            let (peer, ch, idx) = match parsed {
+            let (peer, ch, idx, opener) = match parsed {
                 Ok(v) => v,
                 Err(e) => {
                     conns.gate.refuse(h.from, &e.to_string());
@@ -290,7 +291,7 @@ impl Tcp {
                 continue;
             }
             tune(&h.sock);
-            conns.accepted.insert((peer, ch as u8, idx), h.sock);
+            conns.accepted.insert((peer, ch as u8, idx), (h.sock, opener));
         }
         Ok(())
     }
@@ -501,12 +502,21 @@ impl Transport for Tcp {
         "tcp"
     }
 
+    fn unclaimed(&self, f: &mut dyn FnMut(usize, crate::transport::Desc)) {
+        let Ok(mut c) = self.lock() else { return };
+        // Connections may wait behind the gate: introduce them first.
+        let _ = self.accept_pending(&mut c);
+        for (&(peer, _, _), &(_, opener)) in &c.accepted {
+            f(peer, opener);
+        }
+    }
+
     fn peer_gone(&self, peer: usize) -> Option<String> {
         let closed = self.lock().is_ok_and(|c| c.recvs.iter().any(|r| r.peer == peer && r.closed));
         closed.then(|| self.died(peer).unwrap_or_else(|| format!("{} closed its connection", self.who(peer))))
     }
 
-    fn connect(&self, me: usize, keys: &[LinkKey]) -> Result<Vec<Endpoint>> {
+    fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::transport::Desc) -> Result<Vec<Endpoint>> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut out: Vec<Option<Endpoint>> = keys.iter().map(|_| None).collect();
         // Outgoing connections first: the peers' kernels complete them without waiting
@@ -529,7 +539,7 @@ impl Transport for Tcp {
                     },
                 )?;
                 let mut e = Enc::new();
-                e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32);
+                e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32).u64(opener[0]).u64(opener[1]);
                 wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|e| self.broken(k.peer, "introducing to", e))?;
                 tune(&s);
                 s.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
@@ -545,17 +555,26 @@ impl Transport for Tcp {
             });
             out[i] = Some(Endpoint::Tx(fifo.sender_by_reference(Doorbell::new_private())));
         }
+        let waiting_since = Instant::now();
+        let mut asked = false;
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Recv) {
             let mut socks = Vec::with_capacity(self.nsocks);
             for idx in 0..self.nsocks as u32 {
                 let s = loop {
                     let mut c = self.lock()?;
                     self.accept_pending(&mut c)?;
-                    if let Some(s) = c.accepted.remove(&(k.peer, k.channel, idx)) {
+                    if let Some((s, _)) = c.accepted.remove(&(k.peer, k.channel, idx)) {
                         break s;
                     }
                     drop(c);
                     self.broken_comm()?;
+                    // A peer that never connects may be in another collective.
+                    if !asked && waiting_since.elapsed() >= crate::fault::STALL {
+                        asked = true;
+                        if let Some(f) = &self.fault {
+                            f.stalled();
+                        }
+                    }
                     if let Some((r, who)) = self.watch.as_ref().and_then(|w| w.dead()) {
                         return Err(Error::Remote(format!(
                             "rank {me}: waiting for {} to connect (channel {}): rank {r} ({}) died",
