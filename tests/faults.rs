@@ -10,7 +10,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use oxccl::{Comm, Config, Error, ReduceOp};
+use oxccl::{Comm, Config, ReduceOp};
 
 const CHILD: &str = "OXCCL_FAULT_CHILD";
 const N: usize = 4;
