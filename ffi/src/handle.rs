@@ -153,10 +153,7 @@ impl Handle {
                 let _ = self.shape.set((c.rank(), c.size()));
                 *lock(&self.abort) = Some(c.abort_handle());
             }
-            Slot::Failed(code, why) => {
-                self.async_error.store(*code, Ordering::Relaxed);
-                *lock(&self.async_reason) = Some(why.clone());
-            }
+            Slot::Failed(code, why) => self.record(*code, || why.clone()),
             Slot::Pending => {}
         }
         let pending = matches!(slot, Slot::Pending);
@@ -188,11 +185,20 @@ impl Handle {
         if let Err(e) = &r
             && matches!(e, Error::Timeout { .. } | Error::Remote(_) | Error::Aborted(_) | Error::System { .. })
         {
-            if self.async_error.compare_exchange(SUCCESS, e.nccl_code(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                *lock(&self.async_reason) = Some(e.to_string());
-            }
+            self.record(e.nccl_code(), || e.to_string());
         }
         r
+    }
+
+    /// Records what broke the communicator, unless something did already: the first
+    /// error stays, and its code and reason are set together (under the reason's lock),
+    /// so that a reader never pairs one error's code with another's reason.
+    fn record(&self, code: NcclResult, why: impl FnOnce() -> String) {
+        let mut reason = lock(&self.async_reason);
+        if self.async_error.load(Ordering::Relaxed) == SUCCESS {
+            *reason = Some(why());
+            self.async_error.store(code, Ordering::Relaxed);
+        }
     }
 
     /// `ncclCommGetAsyncError`: success, in progress (still being created), or the error
@@ -203,8 +209,7 @@ impl Handle {
         if self.async_error.load(Ordering::Relaxed) == SUCCESS
             && let Some(e) = lock(&self.abort).as_ref().and_then(|a| a.error())
         {
-            let _ = self.async_error.compare_exchange(SUCCESS, e.nccl_code(), Ordering::Relaxed, Ordering::Relaxed);
-            *lock(&self.async_reason) = Some(e.to_string());
+            self.record(e.nccl_code(), || e.to_string());
         }
         match self.async_error.load(Ordering::Relaxed) {
             SUCCESS if self.pending.load(Ordering::Acquire) => IN_PROGRESS,
@@ -219,7 +224,8 @@ impl Handle {
         }
     }
 
-    /// What broke the communicator, if something did.
+    /// What broke the communicator, if something did (read after [`Handle::async_error`]
+    /// returned an error, it is that error's reason).
     pub fn async_reason(&self) -> Option<String> {
         lock(&self.async_reason).clone()
     }
@@ -314,5 +320,80 @@ impl Handle {
         lock(&self.regs).live.remove(&token).map(|_| ()).ok_or_else(|| {
             Error::InvalidArgument(format!("handle {token:#x} is not a registration of this communicator"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two thread-rank handles, as `ncclCommInitAll` makes them.
+    fn pair() -> [*mut Handle; 2] {
+        let mut comms = Comm::init_all(2).unwrap().into_iter();
+        [(); 2].map(|_| Handle::create(Slot::Ready(Box::new(comms.next().unwrap())), None, -1))
+    }
+
+    fn get<'a>(p: *mut Handle) -> &'a Handle {
+        // SAFETY: live handles from `pair`, destroyed only at the end of each test.
+        unsafe { Handle::get(p) }.unwrap()
+    }
+
+    fn destroy(p: *mut Handle) {
+        // SAFETY: a live handle no other thread uses.
+        unsafe { Handle::destroy(p) }.unwrap();
+    }
+
+    #[test]
+    fn a_peers_abort_is_an_async_remote_error_with_its_reason() {
+        let [a, b] = pair();
+        assert_eq!(get(b).async_error(), SUCCESS);
+        assert_eq!(get(b).async_reason(), None);
+        get(a).abort();
+        destroy(a);
+        // The board delivers the abort at once: no operation on b needed.
+        assert_eq!(get(b).async_error(), Error::Remote(String::new()).nccl_code());
+        let why = get(b).async_reason().unwrap();
+        assert!(why.contains("rank 0") && why.contains("aborted"), "{why}");
+        // A later call fails at once with the same error class; the first error stays.
+        let e = get(b).with_comm(|c| c.barrier()).unwrap_err();
+        assert!(matches!(e, Error::Remote(_)), "{e}");
+        assert_eq!(get(b).async_error(), Error::Remote(String::new()).nccl_code());
+        assert_eq!(get(b).async_reason().unwrap(), why);
+        destroy(b);
+    }
+
+    #[test]
+    fn the_first_error_keeps_its_code_and_reason() {
+        let [a, b] = pair();
+        let h = get(a);
+        h.record(8, || "timed out first".into());
+        h.record(6, || panic!("a later error's reason is not even made"));
+        assert_eq!(h.async_error(), 8);
+        assert_eq!(h.async_reason().as_deref(), Some("timed out first"));
+        // An abort afterwards does not replace it either.
+        h.abort();
+        assert_eq!(h.async_error(), 8);
+        assert_eq!(h.async_reason().as_deref(), Some("timed out first"));
+        destroy(a);
+        destroy(b);
+    }
+
+    #[test]
+    fn a_mismatch_elsewhere_is_invalid_usage_here() {
+        let [a, b] = pair();
+        let (ha, hb) = (get(a), get(b));
+        let (ra, rb) = std::thread::scope(|s| {
+            let ta = s.spawn(|| ha.with_comm(|c| c.all_reduce_in_place(&mut [1.0f32; 10], ReduceOp::Sum)));
+            let tb = s.spawn(|| hb.with_comm(|c| c.all_reduce_in_place(&mut [1.0f32; 11], ReduceOp::Sum)));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        for (r, h) in [(ra, ha), (rb, hb)] {
+            assert!(matches!(r, Err(Error::InvalidUsage(_))), "{r:?}");
+            assert_eq!(h.async_error(), crate::abi::INVALID_USAGE);
+            let why = h.async_reason().unwrap();
+            assert!(why.contains("count=10,") && why.contains("count=11,"), "{why}");
+        }
+        destroy(a);
+        destroy(b);
     }
 }

@@ -161,6 +161,25 @@ fn invalid_arguments_are_errors_with_reasons() {
     assert!(out.contains("unknown data type 99"), "{out}");
 }
 
+/// Issue 6 from C: ncclCommGetAsyncError reports an abort, a peer's death, a timeout and
+/// a mismatch on every rank (ncclRemoteError, ncclTimeout, ncclInvalidUsage), with the
+/// reason in ncclGetLastError; an abort unblocks a waiting call; later calls fail at once.
+/// For thread ranks (ncclCommInitAll), ranks joined by id (ncclCommInitRank) and processes.
+#[test]
+fn faults_reach_every_rank_with_codes_and_reasons() {
+    let exe = c_program("async_errors", &[]);
+    let _s = serial();
+    let out = run_ok(Command::new(exe));
+    assert!(out.contains("async_errors OK"), "{out}");
+    for kind in ["initall", "initrank"] {
+        for check in ["a", "b", "c", "d", "e"] {
+            assert!(out.contains(&format!("ok {kind} {check}: ")), "check {check} of {kind} did not run:\n{out}");
+        }
+    }
+    assert!(out.contains("ok process f: "), "{out}");
+    println!("{out}");
+}
+
 #[test]
 fn cpp_program_includes_the_header() {
     let exe = work_dir().join("header_cpp");
@@ -378,7 +397,8 @@ fn valgrind_finds_no_errors() {
 #[test]
 fn address_sanitizer_finds_no_errors() {
     let flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"];
-    let progs = [c_program("collectives", &flags), c_program("initall_group", &flags)];
+    let progs =
+        [c_program("collectives", &flags), c_program("initall_group", &flags), c_program("async_errors", &flags)];
     let _s = serial();
     for exe in progs {
         let mut c = Command::new(&exe);
