@@ -111,10 +111,12 @@ pub struct Fault {
     /// This process's identity, named when this rank aborts.
     who: String,
     tripped: AtomicBool,
-    /// The collective this rank is in or last ran: tag, descriptor words, operation
-    /// number (the tag is written last and read first and last, so readers never take
-    /// a torn record).
-    current: [AtomicU64; 4],
+    /// The recent collectives of this rank, by tag modulo [`RECENT`]: tag, descriptor
+    /// words, operation number (the tag is cleared first, written last, and read first
+    /// and last, so readers never take a torn record).
+    recent: [[AtomicU64; 4]; RECENT],
+    /// The tag of the collective this rank is in or last ran.
+    latest: AtomicU64,
     /// A wait is stuck: the sentinel tells the ring where this rank is.
     stalled: AtomicBool,
     inner: Mutex<Inner>,
@@ -130,7 +132,8 @@ impl Fault {
             rank,
             who: me.describe(),
             tripped: AtomicBool::new(false),
-            current: Default::default(),
+            recent: Default::default(),
+            latest: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             bell,
@@ -169,24 +172,33 @@ impl Fault {
     /// by `d`. Four relaxed-ish stores per call: free next to the call itself.
     #[inline]
     pub fn enter(&self, tag: u64, d: Desc, seq: u64) {
-        self.current[0].store(0, Ordering::Relaxed);
-        self.current[1].store(d[0], Ordering::Relaxed);
-        self.current[2].store(d[1], Ordering::Relaxed);
-        self.current[3].store(seq, Ordering::Relaxed);
-        self.current[0].store(tag, Ordering::Release);
+        let r = &self.recent[tag as usize % RECENT];
+        r[0].store(0, Ordering::Relaxed);
+        r[1].store(d[0], Ordering::Relaxed);
+        r[2].store(d[1], Ordering::Relaxed);
+        r[3].store(seq, Ordering::Relaxed);
+        r[0].store(tag, Ordering::Release);
+        self.latest.store(tag, Ordering::Release);
     }
 
-    /// The collective this rank is in or last ran: (tag, descriptor, operation number).
+    /// The collective this rank is in or last ran.
     fn current(&self) -> Option<msg::Where> {
+        self.at(self.latest.load(Ordering::Acquire))
+    }
+
+    /// This rank's collective with tag `tag`, if it is recent: (tag, descriptor,
+    /// operation number).
+    fn at(&self, tag: u64) -> Option<msg::Where> {
+        let r = &self.recent[tag as usize % RECENT];
         for _ in 0..100 {
-            let tag = self.current[0].load(Ordering::Acquire);
-            if tag == 0 {
+            let t = r[0].load(Ordering::Acquire);
+            if t != tag || tag == 0 {
                 return None;
             }
-            let d = [self.current[1].load(Ordering::Relaxed), self.current[2].load(Ordering::Relaxed)];
-            let seq = self.current[3].load(Ordering::Relaxed);
+            let d = [r[1].load(Ordering::Relaxed), r[2].load(Ordering::Relaxed)];
+            let seq = r[3].load(Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::Acquire);
-            if self.current[0].load(Ordering::Relaxed) == tag {
+            if r[0].load(Ordering::Relaxed) == tag {
                 return Some(msg::Where { origin: self.rank as u32, hops: 0, tag, desc: d, seq });
             }
         }
@@ -215,8 +227,10 @@ impl Fault {
     /// Compares a stuck rank's position with this rank's; on a mismatch, records it
     /// (and so announces it). Returns whether it did.
     fn check_where(&self, w: &msg::Where) -> bool {
-        let Some(mine) = self.current() else { return false };
-        if mine.tag != w.tag || mine.desc == w.desc || self.tripped() {
+        // This rank may have moved on (a call with nothing to send, say): compare what
+        // it called at that position.
+        let Some(mine) = self.at(w.tag) else { return false };
+        if mine.desc == w.desc || self.tripped() {
             return false;
         }
         self.fail(&Error::InvalidUsage(format!(
@@ -415,6 +429,9 @@ pub struct Sentinel {
     closing: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How many recent collectives a rank remembers for position reports.
+const RECENT: usize = 16;
 
 /// How long a wait is stuck before the rank asks the others where they are (see
 /// [`Fault::stalled`]). Harmless when the calls match, so it can be short.

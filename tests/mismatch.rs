@@ -152,6 +152,22 @@ fn cases(n: usize) -> Vec<(String, Call, Call, [&'static str; 2])> {
         ));
         v.push((format!("send/recv count {count}"), Call::SendRecv { count }, Call::SendRecv { count: c2 }, [cs, c2s]));
     }
+    // Different algorithms on the two sides (one-slot below 8 KiB, direct or ring
+    // above): the messages go on different links.
+    v.push((
+        "all_reduce 1000 vs 1000000".into(),
+        Call::AllReduce { count: 1000, op: sum, int: false },
+        Call::AllReduce { count: 1_000_000, op: sum, int: false },
+        ["count=1000,", "count=1000000"],
+    ));
+    // A rank with nothing to reduce returns at once; the others must still learn.
+    v.push((
+        "all_reduce 1000 vs 0".into(),
+        Call::AllReduce { count: 1000, op: sum, int: false },
+        Call::AllReduce { count: 0, op: sum, int: false },
+        // Where the empty call left no message, the error names the next call instead.
+        ["count=1000,", "op #2"],
+    ));
     // Different collectives.
     v.push((
         "all_reduce vs all_gather".into(),

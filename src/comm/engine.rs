@@ -138,7 +138,17 @@ impl Engine {
         let shared = self.transport.shares_address_space() && specs.len() == 1;
         for s in specs {
             self.seq += 1;
+            let p2p = matches!(s.coll, Collective::Send { .. } | Collective::Recv { .. });
             if s.coll.count() == 0 && s.coll != Collective::Barrier {
+                // Nothing moves, but the position counts: a peer stuck in a non-empty
+                // call at this position learns of the mismatch from this rank.
+                if !p2p {
+                    self.tag += 1;
+                    let d = exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), Algo::Ring);
+                    let d = exec::desc::with_tag(d, self.tag);
+                    self.history.record(self.tag, self.seq, d);
+                    self.fault.enter(self.tag, d, self.seq);
+                }
                 continue;
             }
             let prep = match sc.prepared.iter().position(|p| p.matches(s, shared)) {
@@ -172,7 +182,6 @@ impl Engine {
                     _ => Path::Streams,
                 };
             }
-            let p2p = matches!(s.coll, Collective::Send { .. } | Collective::Recv { .. });
             if !p2p {
                 self.tag += 1;
             }

@@ -407,7 +407,12 @@ pub(crate) fn mismatch(
         let mine = match history.find(theirs) {
             Some((s, d)) => format!("rank {me} called {} as op #{s}", desc::describe(d)),
             None => {
-                format!("rank {me} had made no such call (it is at op #{}, {})", call.seq, desc::describe(call.desc))
+                return Error::InvalidUsage(format!(
+                    "mismatched collective calls: rank {me} called {} as op #{}, but rank {peer} made a different call (or none) there and went on to {}; every rank must make the same calls in the same order",
+                    desc::describe(call.desc),
+                    call.seq,
+                    desc::describe(got)
+                ));
             }
         };
         return Error::InvalidUsage(format!(
