@@ -230,9 +230,15 @@ impl Handle {
         lock(&self.async_reason).clone()
     }
 
-    /// `ncclCommFinalize`: later operations are refused.
-    pub fn finalize(&self) {
+    /// `ncclCommFinalize`: later operations are refused. Operations are complete when
+    /// their call returns, so nothing is outstanding; returns the error that broke the
+    /// communicator, if one did (as NCCL reports an asynchronous error here).
+    pub fn finalize(&self) -> Result<()> {
         self.finalized.store(true, Ordering::Relaxed);
+        match lock(&self.abort).as_ref().and_then(|a| a.error()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Registers a custom operation, returning its `ncclRedOp_t` value.

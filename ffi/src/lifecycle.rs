@@ -258,8 +258,7 @@ pub unsafe extern "C" fn ncclCommSplit(
 pub unsafe extern "C" fn ncclCommFinalize(comm: ncclComm_t) -> NcclResult {
     guard("ncclCommFinalize", || {
         // SAFETY: the caller's contract.
-        unsafe { Handle::get(comm) }?.finalize();
-        Ok(())
+        unsafe { Handle::get(comm) }?.finalize()
     })
 }
 

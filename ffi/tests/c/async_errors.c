@@ -140,6 +140,8 @@ static void idle_peer_learns_of_an_abort(enum kind k) {
   EXPECT(st == ncclRemoteError && call_took < 0.1, "rank 1's next all-reduce returned %d after %.1f ms: %s", (int)st,
          MS(call_took), why);
   EXPECT(has(why, "rank 0") && has(why, "aborted"), "the all-reduce's reason: '%s'", why);
+  st = ncclCommFinalize(pair[1]);
+  EXPECT(st == ncclRemoteError, "ncclCommFinalize on a broken communicator returned %d, not ncclRemoteError", (int)st);
   t0 = now();
   CHECK(ncclCommDestroy(pair[1]));
   destroy_took = now() - t0;
