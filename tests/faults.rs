@@ -50,9 +50,11 @@ fn child() {
     if fault == "kill-init" {
         let me: usize = std::env::var("OXCCL_RANK").unwrap().parse().unwrap();
         if me == VICTIM {
-            // Dies while the others are inside init (after joining the bootstrap).
-            std::thread::spawn(|| {
-                std::thread::sleep(Duration::from_millis(40));
+            // Dies while the others are inside init (by default after joining the
+            // bootstrap; OXCCL_FAULT_DELAY_MS moves the moment).
+            let delay = std::env::var("OXCCL_FAULT_DELAY_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay));
                 kill_self();
             });
             std::thread::sleep(Duration::from_millis(20));

@@ -223,7 +223,72 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
             log::warn(&format!("bootstrap root: could not answer rank {}: {e}", a.rank));
         }
     }
+    watch_ring_forming(arrived, deadline)
+}
+
+/// Until every rank has joined its ring neighbours (it says goodbye to the root), a rank
+/// whose connection to the root closes first died in the middle of init: the root tells
+/// every other rank, which would otherwise wait for it until the timeout.
+fn watch_ring_forming(mut arrived: Vec<Arrived>, deadline: Option<Instant>) -> Result<()> {
+    while !arrived.is_empty() {
+        let mut fds: Vec<libc::pollfd> = arrived
+            .iter()
+            .map(|a| libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&a.conn), events: libc::POLLIN, revents: 0 })
+            .collect();
+        let wait_ms =
+            deadline.map_or(1000, |d| d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32);
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if ready < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            return Err(Error::system("waiting for ranks to form the ring", std::io::Error::last_os_error()));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(()); // the ranks' own timeouts report whatever is still missing
+        }
+        let mut i = fds.len();
+        while i > 0 {
+            i -= 1;
+            if fds[i].revents == 0 {
+                continue;
+            }
+            let a = &mut arrived[i];
+            let _ = a.conn.set_read_timeout(Some(Duration::from_secs(1)));
+            match wire::recv(&mut a.conn, 0) {
+                Ok((Kind::Bye, _)) => {
+                    arrived.remove(i);
+                }
+                _ => {
+                    let gone = arrived.remove(i);
+                    let msg = format!(
+                        "rank {} (bootstrap address {}) left during init, before joining its ring neighbours (killed or crashed?)",
+                        gone.rank, gone.addr
+                    );
+                    for a in arrived.iter_mut() {
+                        let _ = wire::send(&mut a.conn, Kind::Fail, &fail_payload(&msg));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// Whether the root reported a failure (another rank died during init) or went away.
+fn root_news(root: &mut TcpStream, what: &str) -> Result<()> {
+    let mut f = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(root), events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one valid pollfd for the duration of the call; timeout 0.
+    if unsafe { libc::poll(f.as_mut_ptr(), 1, 0) } <= 0 {
+        return Ok(());
+    }
+    match recv_frame(root, what, 4096) {
+        Ok((Kind::Fail, p)) => Err(Error::Remote(format!("{what}: {}", fail_message(&p)))),
+        Ok((k, _)) => Err(Error::Remote(format!("{what}: unexpected {k:?} from the root"))),
+        Err(Error::Timeout { .. }) => Ok(()),
+        Err(_) => Err(Error::Remote(format!(
+            "{what}: the bootstrap root (in rank 0's process) went away during init (killed or crashed?)"
+        ))),
+    }
 }
 
 impl Bootstrap {
@@ -274,7 +339,6 @@ impl Bootstrap {
             }
             Err(e) => return Err(e),
         };
-        drop(root);
         let mut b = Bootstrap { rank, nranks, secret: *id.secret(), next: None, prev: None, timeout };
         if nranks > 1 {
             // Accept (and keep) our predecessor's introduction while connecting.
@@ -285,6 +349,7 @@ impl Bootstrap {
                 &format!("rank {rank}: connecting to rank {}", (rank + 1) % nranks),
                 Duration::from_millis(500),
                 &mut || {
+                    root_news(&mut root, &what)?;
                     if early.is_none() {
                         early = ring.poll()?;
                     }
@@ -297,15 +362,22 @@ impl Bootstrap {
             let prev_rank = (rank + nranks - 1) % nranks;
             let what = format!("rank {rank}: waiting for rank {prev_rank} to connect");
             let prev = loop {
-                let Some(h) = (match early.take() {
+                // Short slices: between them, news from the root (a rank died).
+                let slice = Instant::now() + Duration::from_millis(50);
+                let h = match early.take() {
                     Some(h) => Some(h),
-                    None => ring.wait(deadline)?,
-                }) else {
-                    return Err(Error::Timeout {
-                        op: what,
-                        waited: timeout.unwrap_or_default(),
-                        peers: vec![prev_rank],
-                    });
+                    None => ring.wait(Some(deadline.map_or(slice, |d| d.min(slice))))?,
+                };
+                let Some(h) = h else {
+                    root_news(&mut root, &what)?;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::Timeout {
+                            op: what,
+                            waited: timeout.unwrap_or_default(),
+                            peers: vec![prev_rank],
+                        });
+                    }
+                    continue;
                 };
                 match msg::decode_ring_hello(&h.body) {
                     Ok(r) if r == prev_rank => break h.sock,
@@ -319,6 +391,8 @@ impl Bootstrap {
             b.next = Some(next);
             b.prev = Some(prev);
         }
+        // In the ring: the root need not watch this rank any more.
+        let _ = wire::send(&mut root, Kind::Bye, &[]);
         Ok(b)
     }
 
@@ -424,6 +498,43 @@ mod tests {
             for r in out {
                 let g = r.unwrap();
                 assert_eq!(g, (0..n).map(|i| format!("rank{i}").into_bytes()).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// A rank that reached the root and then died before joining the ring: the others
+    /// hear it from the root in milliseconds instead of waiting for it until the timeout.
+    #[test]
+    fn a_rank_that_dies_while_the_ring_forms_fails_the_others_at_once() {
+        let t = Duration::from_secs(20);
+        let id = start(3, t);
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let r = Bootstrap::join(&id, r, 3, "127.0.0.1".parse().unwrap(), Some(t))
+                        .and_then(|mut b| b.all_gather(b"x"));
+                    (r, t0.elapsed())
+                })
+            })
+            .collect();
+        // Rank 2 introduces itself with a listener that never answers, then dies.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut root = TcpStream::connect(id.root()).unwrap();
+        let mut e = Enc::new();
+        e.raw(id.secret()).u32(2).u32(3).addr(&silent.local_addr().unwrap());
+        wire::send(&mut root, Kind::Hello, &e.0).unwrap();
+        let (k, _) = wire::recv(&mut root, 4096).map_err(|_| ()).unwrap();
+        assert_eq!(k, Kind::Next);
+        drop(root);
+        // Rank 0 waits for rank 2 to connect: the root tells it. Rank 1 reached its
+        // (silent) successor and fails when rank 0 gives up.
+        for (r, h) in hs.into_iter().enumerate() {
+            let (res, took) = h.join().unwrap();
+            let e = res.expect_err("a rank whose neighbour died cannot finish init").to_string();
+            assert!(took < Duration::from_secs(2), "rank {r} failed after {took:?}: {e}");
+            if r == 0 {
+                assert!(e.contains("rank 2") && e.contains("left during init"), "{e}");
             }
         }
     }
