@@ -142,7 +142,7 @@ impl Read for Trickle<'_> {
 
 /// The connection handshake every listener runs (the gate's incremental reader of an
 /// introduction, for each kind), then the TCP transport's decoder of what follows the
-/// secret. The first byte says how many of the next bytes set the read sizes.
+/// secret, and the call description that heads each data frame. The first byte says how many of the next bytes set the read sizes.
 pub fn handshake(data: &[u8]) {
     let (sizes, data) = match data.split_first() {
         Some((&n, rest)) => rest.split_at((n as usize % 16).min(rest.len())),
@@ -167,6 +167,21 @@ pub fn handshake(data: &[u8]) {
         }
     }
     payload(Kind::ConnHello, data);
+    call_description(data);
+}
+
+/// The call description a peer sends: the TCP data frame header (part, total,
+/// descriptor) and the descriptor's readable form, which errors show the user. What
+/// parses must encode back to the same bytes; describing any two words must not panic.
+pub fn call_description(data: &[u8]) {
+    if let Some(h) = data.first_chunk::<{ crate::transport::tcp::FRAME_HEADER }>() {
+        let (part, total, desc) = crate::transport::tcp::parse_header(h);
+        assert_eq!(&crate::transport::tcp::frame_header(part, total, desc), h, "frame header round trip");
+        let text = crate::exec::desc::describe(desc);
+        assert!(text.len() < 256, "a description of {} bytes", text.len());
+        let _ = crate::exec::desc::tag_bits(desc);
+        let _ = crate::exec::desc::is_p2p(desc);
+    }
 }
 
 /// The unique id: its 128-byte form and its text form; what parses must print back to

@@ -28,7 +28,7 @@ use crate::liveness::PeerWatch;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 
-const FRAME_HEADER: usize = 24;
+pub(crate) const FRAME_HEADER: usize = 24;
 /// Messages from this size are striped across a link's sockets.
 const STRIPE_MIN: usize = 64 << 10;
 /// Accepted connections waiting for `connect` to claim them, at most (a link has
@@ -166,7 +166,7 @@ fn send_nosignal(sock: &TcpStream, a: &[u8], b: &[u8]) -> std::io::Result<usize>
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
-fn frame_header(part: usize, total: usize, desc: [u64; 2]) -> [u8; FRAME_HEADER] {
+pub(crate) fn frame_header(part: usize, total: usize, desc: [u64; 2]) -> [u8; FRAME_HEADER] {
     let mut h = [0u8; FRAME_HEADER];
     h[..4].copy_from_slice(&(part as u32).to_le_bytes());
     h[4..8].copy_from_slice(&(total as u32).to_le_bytes());
@@ -175,7 +175,7 @@ fn frame_header(part: usize, total: usize, desc: [u64; 2]) -> [u8; FRAME_HEADER]
     h
 }
 
-fn parse_header(h: &[u8; FRAME_HEADER]) -> (usize, usize, [u64; 2]) {
+pub(crate) fn parse_header(h: &[u8; FRAME_HEADER]) -> (usize, usize, [u64; 2]) {
     let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes")) as usize;
     let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
     (u32_at(0), u32_at(4), [u64_at(8), u64_at(16)])
