@@ -240,3 +240,32 @@ fn a_panicking_scope_waits_for_its_operations() {
         assert_eq!(y[0], 1);
     });
 }
+
+/// Abort from another thread while this thread waits on a work handle whose peer never
+/// comes: the wait returns `Aborted` within 100 ms.
+#[test]
+fn abort_ends_a_wait_on_work_promptly() {
+    let mut comms = Comm::init_all(2).unwrap();
+    let mut c = comms.remove(0);
+    let h = c.abort_handle();
+    let mut x = vec![1u32; 1000];
+    let aborted_at = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let t = std::time::Instant::now();
+        h.abort();
+        t
+    });
+    let mut waited = None;
+    let r = c
+        .scope(|s| {
+            let w = s.all_reduce_in_place(&mut x, ReduceOp::Sum)?;
+            let r = w.wait().map(|_| ());
+            waited = Some(std::time::Instant::now());
+            r
+        })
+        .and_then(|r| r);
+    let took = waited.unwrap().duration_since(aborted_at.join().unwrap());
+    assert!(matches!(r, Err(Error::Aborted(_))), "{r:?}");
+    assert!(took < std::time::Duration::from_millis(100), "the wait returned {took:?} after the abort");
+    drop(comms);
+}
