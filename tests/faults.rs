@@ -6,10 +6,11 @@
 //!
 //! (tests/abort.rs checks that aborting leaks nothing; it needs a process of its own.)
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::procs;
 use oxccl::{Comm, Config, ReduceOp};
 
 const CHILD: &str = "OXCCL_FAULT_CHILD";
@@ -153,50 +154,9 @@ struct Outcome {
 }
 
 fn run(fault: &str, tcp: bool) -> Outcome {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let exe = std::env::current_exe().unwrap();
-    let mut kids: Vec<_> = (0..N)
-        .map(|r| {
-            let mut c = Command::new(&exe);
-            c.args(["--exact", "child", "--nocapture", "--test-threads=1"])
-                .env(CHILD, fault)
-                .env("OXCCL_COMM_ID", format!("127.0.0.1:{port}"))
-                .env("OXCCL_RANK", r.to_string())
-                .env("OXCCL_NRANKS", N.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            if tcp {
-                c.env("OXCCL_SHM_DISABLE", "1");
-            }
-            c.spawn().unwrap()
-        })
-        .collect();
-    let readers: Vec<_> = kids
-        .iter_mut()
-        .map(|k| {
-            let mut e = k.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = e.read_to_string(&mut s);
-                s
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let mut done = vec![false; N];
-    while done.iter().any(|d| !d) {
-        for (i, k) in kids.iter_mut().enumerate() {
-            done[i] |= k.try_wait().unwrap().is_some();
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            for k in &mut kids {
-                let _ = k.kill();
-            }
-            panic!("deadline: {fault} (tcp {tcp}): ranks still running after 60 s: {done:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let logs: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let extra: &[(&str, &str)] = if tcp { &[(CHILD, fault), ("OXCCL_SHM_DISABLE", "1")] } else { &[(CHILD, fault)] };
+    let ran = procs::launch("child", procs::job(N, extra), Duration::from_secs(60));
+    let logs: Vec<String> = ran.into_iter().map(|r| r.stderr).collect();
     let field = |log: &str, key: &str| -> Option<String> {
         log.lines().find_map(|l| l.strip_prefix(key).map(|s| s.trim().to_string()))
     };

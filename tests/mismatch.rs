@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::run_ranks;
+use common::{procs, run_ranks};
 use oxccl::{Comm, Config, Error, ReduceOp};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -296,51 +296,10 @@ fn child() {
 }
 
 fn processes(n: usize, extra: &[(&str, &str)]) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let exe = std::env::current_exe().unwrap();
-    let mut kids: Vec<std::process::Child> = (0..n)
-        .map(|r| {
-            std::process::Command::new(&exe)
-                .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .env("OXCCL_COMM_ID", format!("127.0.0.1:{port}"))
-                .env("OXCCL_RANK", r.to_string())
-                .env("OXCCL_NRANKS", n.to_string())
-                .envs(extra.iter().copied())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let readers: Vec<_> = kids
-        .iter_mut()
-        .map(|k| {
-            let mut e = k.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = std::io::Read::read_to_string(&mut e, &mut s);
-                s
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let mut status = vec![None; n];
-    while status.iter().any(Option::is_none) {
-        for (i, k) in kids.iter_mut().enumerate() {
-            if status[i].is_none() {
-                status[i] = k.try_wait().unwrap().map(|s| s.code());
-            }
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            for k in &mut kids {
-                let _ = k.kill();
-            }
-            panic!("deadline: ranks still running after 180 s (a mismatch hung): {status:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let logs: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let env: Vec<(&str, &str)> = extra.iter().copied().chain([(CHILD, "1")]).collect();
+    let ran = procs::launch("child", procs::job(n, &env), Duration::from_secs(180));
+    let status: Vec<Option<Option<i32>>> = ran.iter().map(|r| Some(r.status)).collect();
+    let logs: Vec<String> = ran.into_iter().map(|r| r.stderr).collect();
     for (r, (s, log)) in status.iter().zip(&logs).enumerate() {
         assert_eq!(*s, Some(Some(0)), "rank {r} of {n} ({extra:?}):\n{log}");
     }

@@ -9,10 +9,11 @@
 //! `OXCCL_SOAK_SECS` sets the length (default 120 s, what CI runs);
 //! `scripts/soak.sh [SECONDS]` runs it longer.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::procs;
 use oxccl::{Comm, Config, Element, ReduceOp};
 
 const CHILD: &str = "OXCCL_SOAK_CHILD";
@@ -295,57 +296,16 @@ fn child() {
 
 #[test]
 fn soak() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let exe = std::env::current_exe().unwrap();
-    let mut kids: Vec<_> = (0..N)
-        .map(|r| {
-            Command::new(&exe)
-                .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .env("OXCCL_SOAK_SEED", seed.to_string())
-                .env("OXCCL_COMM_ID", format!("127.0.0.1:{port}"))
-                .env("OXCCL_RANK", r.to_string())
-                .env("OXCCL_NRANKS", N.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let readers: Vec<_> = kids
-        .iter_mut()
-        .map(|k| {
-            let mut e = k.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = e.read_to_string(&mut s);
-                s
-            })
-        })
-        .collect();
-    let limit = Duration::from_secs(secs() + 90);
-    let start = Instant::now();
-    let mut status = vec![None; N];
-    while status.iter().any(Option::is_none) {
-        for (i, k) in kids.iter_mut().enumerate() {
-            if status[i].is_none() {
-                status[i] = k.try_wait().unwrap().map(|s| s.code());
-            }
-        }
-        if start.elapsed() > limit {
-            for k in &mut kids {
-                let _ = k.kill();
-            }
-            panic!("deadline: the soak (seed {seed}) still runs after {limit:?}: ranks {status:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let logs: Vec<String> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let seed_text = seed.to_string();
+    let env = procs::job(N, &[(CHILD, "1"), ("OXCCL_SOAK_SEED", &seed_text)]);
+    let ran = procs::launch("child", env, Duration::from_secs(secs() + 90));
+    let status: Vec<Option<i32>> = ran.iter().map(|r| r.status).collect();
+    let logs: Vec<String> = ran.into_iter().map(|r| r.stderr).collect();
     for (r, log) in logs.iter().enumerate() {
         for l in log.lines().filter(|l| l.starts_with("SOAK") || l.starts_with("TRACE")) {
             println!("{l}");
         }
-        assert_eq!(status[r], Some(Some(0)), "rank {r} (seed {seed}):\n{}", logs.join("\n-----\n"));
+        assert_eq!(status[r], Some(0), "rank {r} (seed {seed}):\n{}", logs.join("\n-----\n"));
     }
 }
