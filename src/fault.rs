@@ -253,16 +253,27 @@ impl Fault {
     /// Aborts the communicator on this rank: every pending and later call fails with
     /// `Aborted`, and the other ranks learn that this rank aborted.
     pub fn abort(&self) {
+        self.stop(format!("rank {} ({}) aborted its communicator", self.rank, self.who));
+    }
+
+    /// Aborts the communicator because this rank's thread panicked while it was open (it
+    /// is being dropped during unwinding): the other ranks learn that rather than take
+    /// the drop for an orderly goodbye and wait for calls that will never come.
+    pub fn abandon(&self) {
+        self.stop(format!(
+            "rank {} ({}) panicked with the communicator open (it was dropped while unwinding)",
+            self.rank, self.who
+        ));
+    }
+
+    /// Trips the fault as an abort with `text` as the announced reason (unless another
+    /// failure came first).
+    fn stop(&self, text: String) {
         let herald = {
             let mut g = self.lock();
             g.aborted_here = true;
             if g.reason.is_none() {
-                g.reason = Some(Reason {
-                    class: Class::Aborted,
-                    origin: self.rank,
-                    text: format!("rank {} ({}) aborted its communicator", self.rank, self.who),
-                    local: None,
-                });
+                g.reason = Some(Reason { class: Class::Aborted, origin: self.rank, text, local: None });
             }
             self.tripped.store(true, Ordering::SeqCst);
             g.herald.as_ref().map(Herald::handle)

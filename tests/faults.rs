@@ -120,6 +120,18 @@ fn child() {
                 report(r);
             }
         }
+        "panic" => {
+            // The victim's thread panics with the communicator open while the others wait
+            // in a collective with it: unwinding drops the communicator, which must not
+            // pass for an orderly goodbye.
+            if me == VICTIM {
+                std::thread::sleep(Duration::from_millis(300));
+                fault_now();
+                panic!("injected panic on rank {me}");
+            }
+            let mut x = vec![1f32; 1000];
+            report(comm.all_reduce_in_place(&mut x, ReduceOp::Sum));
+        }
         "stall" => {
             if me == VICTIM {
                 fault_now();
@@ -200,11 +212,12 @@ fn every_fault_is_detected_on_every_rank_in_time() {
         "|---|---|---:|---|".to_string(),
     ];
     // (fault, bound on every surviving rank's detection, needles in every error)
-    let faults: [(&str, f64, &[&str]); 6] = [
+    let faults: [(&str, f64, &[&str]); 7] = [
         ("kill-idle", 2000.0, &["rank 2 (host ", "pid "]),
         ("kill-mid", 2000.0, &["rank 2 (host ", "pid "]),
         ("kill-init", 2000.0, &["rank 2"]),
         ("abort", 2000.0, &["rank 2", "aborted"]),
+        ("panic", 2000.0, &["rank 2", "panicked"]),
         // Each rank names the peer it waited for (the stalled rank, or one waiting on it).
         ("stall", 3000.0, &["timeout", "waited 1.0 s for rank"]),
         ("mismatch", 2000.0, &["invalid usage", "count=1000", "count=1001"]),

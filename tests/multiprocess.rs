@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::matrix;
+use common::{matrix, procs};
 use oxccl::{Comm, Config};
 
 const CHILD: &str = "OXCCL_TEST_CHILD";
@@ -173,79 +171,20 @@ fn child() {
     }
 }
 
-struct Ran {
-    status: Option<i32>,
-    stderr: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts one process per entry of `ranks` (its environment), waits for all with a
-/// deadline, and returns their exit codes and standard errors.
-fn launch(role: &str, ranks: Vec<Vec<(String, String)>>, deadline: Duration) -> Vec<Ran> {
-    let exe = std::env::current_exe().unwrap();
-    let mut children: Vec<Child> = ranks
-        .into_iter()
-        .map(|env| {
-            Command::new(&exe)
-                .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-                .env(CHILD, role)
-                .envs(env)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let readers: Vec<_> = children
-        .iter_mut()
-        .map(|c| {
-            let mut err = c.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = err.read_to_string(&mut s);
-                s
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    let mut status = vec![None; children.len()];
-    while status.iter().any(|s: &Option<Option<i32>>| s.is_none()) {
-        for (i, c) in children.iter_mut().enumerate() {
-            if status[i].is_none()
-                && let Some(st) = c.try_wait().unwrap()
-            {
-                status[i] = Some(st.code());
-            }
-        }
-        if start.elapsed() > deadline {
-            for c in children.iter_mut() {
-                let _ = c.kill();
-            }
-            let stuck: Vec<usize> = (0..status.len()).filter(|i| status[*i].is_none()).collect();
-            panic!("deadline: ranks {stuck:?} still running after {deadline:?} (hang)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// Runs the `child` test as rank processes acting `role` (see [`procs::launch`]).
+fn launch(role: &str, mut ranks: Vec<Vec<(String, String)>>, deadline: Duration) -> Vec<procs::Ran> {
+    for env in &mut ranks {
+        env.push((CHILD.to_string(), role.to_string()));
     }
-    status.into_iter().zip(readers).map(|(s, r)| Ran { status: s.flatten(), stderr: r.join().unwrap() }).collect()
+    procs::launch("child", ranks, deadline)
 }
 
+/// A job of `n` ranks with a 60 s timeout (below every launch deadline, so a rank that
+/// waits in vain reports why before the launcher kills it).
 fn job(n: usize, extra: &[(&str, &str)]) -> Vec<Vec<(String, String)>> {
-    let port = free_port();
-    (0..n)
-        .map(|r| {
-            let mut env = vec![
-                ("OXCCL_COMM_ID".to_string(), format!("127.0.0.1:{port}")),
-                ("OXCCL_RANK".to_string(), r.to_string()),
-                ("OXCCL_NRANKS".to_string(), n.to_string()),
-                ("OXCCL_TIMEOUT".to_string(), "60".to_string()),
-            ];
-            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            env
-        })
-        .collect()
+    let mut all = vec![("OXCCL_TIMEOUT", "60")];
+    all.extend_from_slice(extra);
+    procs::job(n, &all)
 }
 
 fn run_matrix(n: usize, extra: &[(&str, &str)]) {
@@ -276,7 +215,7 @@ fn a_killed_rank_is_detected_quickly() {
             for env in &mut j {
                 env.push(("OXCCL_TEST_DIE".into(), when.into()));
             }
-            let out = launch("die", j, Duration::from_secs(60));
+            let out = launch("die", j, Duration::from_secs(90));
             for (r, o) in out.iter().enumerate().take(2) {
                 let all: Vec<&str> = out.iter().map(|o| o.stderr.as_str()).collect();
                 assert_eq!(
@@ -399,4 +338,17 @@ fn bad_jobs_fail_clearly_on_every_rank() {
     let j = set(job(2, &short), 0, "OXCCL_RANK", "1");
     let j = vec![j[1].clone()];
     expect_init_failure(j, &["could not connect"]);
+}
+
+/// The launcher's answer to the port race of [`procs::job`]: rank 0 cannot listen at the
+/// job's port (held here), so the job is started again on another one and succeeds.
+#[test]
+fn a_taken_root_port_is_retried() {
+    let j = job(2, &[]);
+    let addr = j[0].iter().find(|(k, _)| k == "OXCCL_COMM_ID").unwrap().1.clone();
+    let _held = std::net::TcpListener::bind(addr.as_str()).unwrap();
+    let out = launch("split", j, Duration::from_secs(60));
+    for (r, o) in out.iter().enumerate() {
+        assert_eq!(o.status, Some(0), "rank {r} failed:\n{}", o.stderr);
+    }
 }

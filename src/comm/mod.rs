@@ -434,8 +434,14 @@ impl Drop for Comm {
     /// Leaves the communicator: the progress thread finishes its queue (scopes already
     /// waited for their operations, so it is idle), then the sentinel says goodbye to the
     /// ring neighbours, or passes on the fault that broke the communicator. Never waits
-    /// for a peer beyond the sentinel's short socket timeouts.
+    /// for a peer beyond the sentinel's short socket timeouts. Dropped while its thread
+    /// panics, it aborts instead, so that the peers fail at once.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A panic unwinding through an open communicator must not look like leaving:
+            // peers inside a collective with this rank would wait for it until the timeout.
+            self.fault.abandon();
+        }
         self.worker.take();
         if let Some(mut s) = self.sentinel.take() {
             s.leave();
