@@ -6,7 +6,8 @@
 # Installs what it needs when missing, then checks formatting and lints and runs every
 # test: unit tests, the multi-rank matrix with ranks as threads and as processes (shared
 # memory and TCP), two "hosts" in network namespaces (skipped, by name, without root),
-# the launcher, the API tests, the doc tests, the C ABI's C and C++ programs (built with
+# the launcher, the API tests, the doc tests, the CUDA kernels compiled by NVRTC and ptxas
+# for sm_80/sm_90 (pip wheels, no GPU), the C ABI's C and C++ programs (built with
 # the system compilers; one run under valgrind, one under ASan), short checked runs of every *_perf example
 # with thread ranks and with processes under oxccl-run (with their -J and --plot outputs
 # checked) and of the data_parallel training example; then jobs under mpirun, with 2 and
@@ -106,18 +107,26 @@ else
     "${MPI_PKGS[*]}" "$others" >&2
 fi
 
-# --- CUDA's headers, for the C ABI's header test ------------------------------------
-# nccl.h must compile with CUDA's own cuda_runtime.h. Without a toolkit, the pip wheels
-# nvidia-cuda-runtime-cu12 (cuda_runtime.h) and nvidia-cuda-nvcc-cu12 (crt/) provide the
-# headers without a GPU; the test skips itself, by name, when neither is there.
-CUDA_HEADERS=target/cuda-headers
-if [ ! -f /usr/local/cuda/include/cuda_runtime.h ] && [ ! -f "$CUDA_HEADERS/nvidia/cuda_nvcc/include/crt/host_config.h" ] &&
-  need_cmd python3 && python3 -m pip --version >/dev/null 2>&1; then
-  log "installing CUDA's headers (pip wheels) into $CUDA_HEADERS"
-  python3 -m pip install -q --no-deps --target "$CUDA_HEADERS" nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12 ||
-    echo "could not install CUDA's headers: the header test against them will be skipped" >&2
+# --- CUDA's headers, NVRTC and ptxas (pip wheels, no GPU) --------------------------
+# nccl.h must compile with CUDA's own cuda_runtime.h (the C ABI's header test), and
+# tests/cuda_kernels.rs compiles every CUDA kernel with NVRTC for sm_80 and sm_90 and
+# assembles it with `ptxas -v` (failing on a register spill). Without a toolkit, the pip
+# wheels nvidia-cuda-runtime-cu12 (cuda_runtime.h, cuda_fp16.h, ...), nvidia-cuda-nvcc-cu12
+# (crt/, ptxas) and nvidia-cuda-nvrtc-cu12 (libnvrtc) provide them without a GPU, in a
+# cache folder under target/; the tests skip themselves, by name, when they are missing.
+CUDA_WHEELS=target/cuda-wheels
+if [ ! -f "$CUDA_WHEELS/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ] || [ ! -x "$CUDA_WHEELS/nvidia/cuda_nvcc/bin/ptxas" ] ||
+  [ ! -f "$CUDA_WHEELS/nvidia/cuda_runtime/include/cuda_fp16.h" ]; then
+  if need_cmd python3 && python3 -m pip --version >/dev/null 2>&1; then
+    log "installing CUDA's headers, NVRTC and ptxas (pip wheels) into $CUDA_WHEELS"
+    python3 -m pip install -q --no-deps --upgrade --target "$CUDA_WHEELS" \
+      nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12 nvidia-cuda-nvrtc-cu12 ||
+      echo "could not install the CUDA wheels: the header and kernel compilation tests will be skipped" >&2
+  fi
 fi
-export OXCCL_CUDA_INCLUDE=$PWD/$CUDA_HEADERS${OXCCL_CUDA_INCLUDE:+:$OXCCL_CUDA_INCLUDE}
+export OXCCL_CUDA_INCLUDE=$PWD/$CUDA_WHEELS${OXCCL_CUDA_INCLUDE:+:$OXCCL_CUDA_INCLUDE}
+export OXCCL_NVRTC_LIB=${OXCCL_NVRTC_LIB:-$PWD/$CUDA_WHEELS}
+export OXCCL_PTXAS=${OXCCL_PTXAS:-$PWD/$CUDA_WHEELS}
 
 # --- static checks -----------------------------------------------------------------
 log "cargo fmt --check"

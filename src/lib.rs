@@ -32,6 +32,8 @@
 pub mod algo;
 mod comm;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod exec;
 pub mod plan;
