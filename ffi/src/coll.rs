@@ -3,8 +3,12 @@
 //! Each checks its communicator, data type, operation, counts and buffers (through
 //! [`oxccl::RawBatch`], which applies NCCL's counts and in-place rules), then runs the
 //! operation and returns when it is complete, or, inside a group, records it for the
-//! group's end. The stream argument is not used: on host memory the operation runs
-//! before the call returns, which is what a stream would order after it anyway.
+//! group's end.
+//!
+//! Host buffers: the stream argument is not used; the operation runs before the call
+//! returns, which is what a stream would order after it anyway. Device buffers (with
+//! the `cuda` feature; told apart by the driver's pointer attributes): the operation is
+//! enqueued on the stream and the call returns before it runs, as NCCL's do.
 
 use std::ffi::{c_int, c_void};
 
@@ -12,24 +16,79 @@ use crate::abi::{NcclResult, data_type, index};
 use crate::group::{self, HandlePtr};
 use crate::handle::Handle;
 use crate::lifecycle::ncclComm_t;
-use oxccl::{RawBatch, Result};
+use oxccl::{Error, RawBatch, Result};
 
 /// `cudaStream_t`: an opaque pointer.
 #[allow(non_camel_case_types)]
 pub type cudaStream_t = *mut c_void;
 
-/// Records an operation on `comm` with `f`, then runs it (or leaves it for the group).
-fn issue(what: &str, comm: ncclComm_t, f: impl FnOnce(&Handle, &mut RawBatch) -> Result<()>) -> NcclResult {
+/// Where an operation's buffers live, and so how it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Host memory: runs on the calling thread.
+    Host,
+    /// Device memory: enqueued on this stream (`cudaStream_t` as an address).
+    Device(usize),
+}
+
+/// Where `bufs` (NULL ones ignored) live: all host memory, or all device memory, which
+/// then goes on `stream`. Without the `cuda` feature everything is host memory.
+fn place(what: &str, bufs: &[*const c_void], stream: cudaStream_t) -> Result<Place> {
+    #[cfg(feature = "cuda")]
+    {
+        use oxccl::cuda::driver::{Memory, memory_of};
+        let kinds: Vec<Memory> = bufs.iter().filter(|b| !b.is_null()).map(|&b| memory_of(b)).collect();
+        let device = kinds.iter().filter(|k| matches!(k, Memory::Device(_))).count();
+        if device == 0 {
+            return Ok(Place::Host);
+        }
+        if device != kinds.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: one buffer is host memory and another device memory; both must be one or the other"
+            )));
+        }
+        Ok(Place::Device(stream as usize))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (what, bufs, stream);
+        Ok(Place::Host)
+    }
+}
+
+/// Runs `batch` on `c` where its buffers live.
+pub fn run_at(c: &mut oxccl::Comm, batch: RawBatch, at: Place) -> Result<()> {
+    match at {
+        Place::Host => c.run_raw(batch),
+        #[cfg(feature = "cuda")]
+        // SAFETY: NCCL's contract: the buffers are device memory of the stream's context,
+        // valid until the stream has passed the operation; the stream is live.
+        Place::Device(stream) => unsafe { c.run_raw_device(batch, stream as _) },
+        #[cfg(not(feature = "cuda"))]
+        Place::Device(_) => Err(Error::Internal("device buffers without the cuda feature".into())),
+    }
+}
+
+/// Records an operation on `comm` with `f`, then runs it (or leaves it for the group),
+/// on the host or on `stream` depending on where `bufs` live.
+fn issue(
+    what: &str,
+    comm: ncclComm_t,
+    bufs: &[*const c_void],
+    stream: cudaStream_t,
+    f: impl FnOnce(&Handle, &mut RawBatch) -> Result<()>,
+) -> NcclResult {
     group::guard(what, || {
         // SAFETY: NCCL's contract: a live communicator, not destroyed during the call.
         let h = unsafe { Handle::get(comm) }?;
+        let at = place(what, bufs, stream)?;
         if group::active() {
-            return group::add_ops(HandlePtr(comm), h.shape()?, |b| f(h, b));
+            return group::add_ops(HandlePtr(comm), h.shape()?, at, |b| f(h, b));
         }
         h.with_comm(|c| {
             let mut b = c.raw_batch();
             f(h, &mut b)?;
-            c.run_raw(b)
+            run_at(c, b, at)
         })
     })
 }
@@ -48,9 +107,9 @@ pub unsafe extern "C" fn ncclAllReduce(
     datatype: c_int,
     op: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclAllReduce", comm, |h, b| {
+    issue("ncclAllReduce", comm, &[sendbuff, recvbuff as *const c_void], stream, |h, b| {
         let t = data_type(datatype)?;
         let op = h.op(op, t)?;
         // SAFETY: the caller's contract (see above).
@@ -72,9 +131,9 @@ pub unsafe extern "C" fn ncclReduce(
     op: c_int,
     root: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclReduce", comm, |h, b| {
+    issue("ncclReduce", comm, &[sendbuff, recvbuff as *const c_void], stream, |h, b| {
         let t = data_type(datatype)?;
         let op = h.op(op, t)?;
         let root = index("root", root)?;
@@ -95,9 +154,9 @@ pub unsafe extern "C" fn ncclBroadcast(
     datatype: c_int,
     root: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclBroadcast", comm, |_, b| {
+    issue("ncclBroadcast", comm, &[sendbuff, recvbuff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         let root = index("root", root)?;
         // SAFETY: the caller's contract.
@@ -116,9 +175,9 @@ pub unsafe extern "C" fn ncclBcast(
     datatype: c_int,
     root: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclBcast", comm, |_, b| {
+    issue("ncclBcast", comm, &[buff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         let root = index("root", root)?;
         // SAFETY: the caller's contract.
@@ -138,9 +197,9 @@ pub unsafe extern "C" fn ncclAllGather(
     sendcount: usize,
     datatype: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclAllGather", comm, |_, b| {
+    issue("ncclAllGather", comm, &[sendbuff, recvbuff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         // SAFETY: the caller's contract.
         unsafe { b.all_gather(sendbuff as *const u8, recvbuff as *mut u8, sendcount, t) }
@@ -160,9 +219,9 @@ pub unsafe extern "C" fn ncclReduceScatter(
     datatype: c_int,
     op: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclReduceScatter", comm, |h, b| {
+    issue("ncclReduceScatter", comm, &[sendbuff, recvbuff as *const c_void], stream, |h, b| {
         let t = data_type(datatype)?;
         let op = h.op(op, t)?;
         // SAFETY: the caller's contract.
@@ -182,9 +241,9 @@ pub unsafe extern "C" fn ncclAlltoAll(
     count: usize,
     datatype: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclAlltoAll", comm, |_, b| {
+    issue("ncclAlltoAll", comm, &[sendbuff, recvbuff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         // SAFETY: the caller's contract.
         unsafe { b.all_to_all(sendbuff as *const u8, recvbuff as *mut u8, count, t) }
@@ -204,9 +263,9 @@ pub unsafe extern "C" fn ncclGather(
     datatype: c_int,
     root: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclGather", comm, |_, b| {
+    issue("ncclGather", comm, &[sendbuff, recvbuff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         let root = index("root", root)?;
         // SAFETY: the caller's contract.
@@ -227,9 +286,9 @@ pub unsafe extern "C" fn ncclScatter(
     datatype: c_int,
     root: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclScatter", comm, |_, b| {
+    issue("ncclScatter", comm, &[sendbuff, recvbuff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         let root = index("root", root)?;
         // SAFETY: the caller's contract.
@@ -250,9 +309,9 @@ pub unsafe extern "C" fn ncclSend(
     datatype: c_int,
     peer: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclSend", comm, |_, b| {
+    issue("ncclSend", comm, &[sendbuff], stream, |_, b| {
         let t = data_type(datatype)?;
         let peer = index("peer", peer)?;
         // SAFETY: the caller's contract.
@@ -272,9 +331,9 @@ pub unsafe extern "C" fn ncclRecv(
     datatype: c_int,
     peer: c_int,
     comm: ncclComm_t,
-    _stream: cudaStream_t,
+    stream: cudaStream_t,
 ) -> NcclResult {
-    issue("ncclRecv", comm, |_, b| {
+    issue("ncclRecv", comm, &[recvbuff as *const c_void], stream, |_, b| {
         let t = data_type(datatype)?;
         let peer = index("peer", peer)?;
         // SAFETY: the caller's contract.

@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 
 use crate::abi::NcclResult;
+use crate::coll::Place;
 use crate::handle::{Handle, Slot};
 use oxccl::bootstrap::UniqueId;
 use oxccl::{Comm, Config, Error, RawBatch, Result};
@@ -62,7 +63,7 @@ struct State {
     depth: usize,
     inits: Vec<Init>,
     splits: Vec<Split>,
-    batches: Vec<(HandlePtr, RawBatch)>,
+    batches: Vec<(HandlePtr, RawBatch, Place)>,
     /// The first error of a call in the group.
     error: Option<(NcclResult, String)>,
 }
@@ -117,15 +118,27 @@ pub fn add_split(split: Split) {
 }
 
 /// Records operations on `handle`'s batch: `f` adds them to it.
-pub fn add_ops(handle: HandlePtr, shape: (usize, usize), f: impl FnOnce(&mut RawBatch) -> Result<()>) -> Result<()> {
+pub fn add_ops(
+    handle: HandlePtr,
+    shape: (usize, usize),
+    at: Place,
+    f: impl FnOnce(&mut RawBatch) -> Result<()>,
+) -> Result<()> {
     with(|g| {
-        let i = match g.batches.iter().position(|(h, _)| *h == handle) {
+        let i = match g.batches.iter().position(|(h, _, _)| *h == handle) {
             Some(i) => i,
             None => {
-                g.batches.push((handle, RawBatch::new(shape.0, shape.1)?));
+                g.batches.push((handle, RawBatch::new(shape.0, shape.1)?, at));
                 g.batches.len() - 1
             }
         };
+        if g.batches[i].2 != at {
+            return Err(Error::InvalidUsage(
+                "a group's operations on one communicator must all be on host memory, or all on device memory \
+                 with the same stream"
+                    .into(),
+            ));
+        }
         f(&mut g.batches[i].1)
     })
 }
@@ -133,7 +146,7 @@ pub fn add_ops(handle: HandlePtr, shape: (usize, usize), f: impl FnOnce(&mut Raw
 /// Whether this thread's group holds work for `handle` (which may then not be destroyed).
 pub fn holds(handle: *mut Handle) -> bool {
     with(|g| {
-        g.batches.iter().any(|(h, _)| h.0 == handle)
+        g.batches.iter().any(|(h, _, _)| h.0 == handle)
             || g.inits.iter().any(|i| i.handle.0 == handle)
             || g.splits.iter().any(|s| s.parent.0 == handle || s.child.is_some_and(|c| c.0 == handle))
     })
@@ -239,6 +252,6 @@ pub fn end() -> Result<()> {
     });
 
     // Phase 3: operations, one batch per communicator.
-    let r3 = each(state.batches, |(h, batch)| handle(h)?.with_comm(|c| c.run_raw(batch)));
+    let r3 = each(state.batches, |(h, batch, at)| handle(h)?.with_comm(|c| crate::coll::run_at(c, batch, at)));
     r1.and(r2).and(r3)
 }

@@ -123,14 +123,14 @@ unsafe fn init_rank(
         let config = unsafe { config_of(config) }?;
         if group::active() {
             // Created at the group's end, with the other ranks this thread creates.
-            let h = Handle::create(Slot::Pending, Some((rank, nranks)), -1);
+            let h = Handle::create(Slot::Pending, Some((rank, nranks)), current_device());
             group::add_init(group::Init { handle: HandlePtr(h), id, rank, nranks, config });
             // SAFETY: the caller's contract.
             return unsafe { put(comm, "comm", h) };
         }
         let c = Comm::init_rank(&id, rank, nranks, &config)?;
         // SAFETY: the caller's contract.
-        unsafe { put(comm, "comm", Handle::create(Slot::Ready(Box::new(c)), None, -1)) }
+        unsafe { put(comm, "comm", Handle::create(Slot::Ready(Box::new(c)), None, current_device())) }
     })
 }
 
@@ -382,6 +382,16 @@ pub extern "C" fn ncclGroupStart() -> NcclResult {
 #[unsafe(no_mangle)]
 pub extern "C" fn ncclGroupEnd() -> NcclResult {
     guard("ncclGroupEnd", group::end)
+}
+
+/// The CUDA device current on this thread when a rank is created, as NCCL records it for
+/// `ncclCommCuDevice` (-1 without the `cuda` feature, a driver or a current context).
+fn current_device() -> c_int {
+    #[cfg(feature = "cuda")]
+    if let Some(d) = oxccl::cuda::driver::current_device() {
+        return d as c_int;
+    }
+    -1
 }
 
 #[cfg(test)]

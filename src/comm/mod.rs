@@ -6,6 +6,8 @@
 //! moves no bytes itself.
 
 mod calls;
+#[cfg(feature = "cuda")]
+mod device;
 mod engine;
 mod group;
 pub(crate) mod init;
@@ -74,6 +76,9 @@ pub struct Comm {
     family: split::Family,
     /// Splits so far: together with the family, names a split's groups.
     splits: u64,
+    /// Device operations: staging buffers, the stream flag, what is in flight.
+    #[cfg(feature = "cuda")]
+    device: Option<device::Staging>,
 }
 
 /// A handle that aborts a communicator from any thread, while other threads are blocked
@@ -186,6 +191,8 @@ impl Comm {
             worker: None,
             family: split::Family::Processes,
             splits: 0,
+            #[cfg(feature = "cuda")]
+            device: None,
         }
     }
 
@@ -426,6 +433,8 @@ impl Comm {
 
     /// Plans and runs a batch of calls (one call, or a group) on this thread.
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        self.settle_device();
         self.engine()?.run(specs)
     }
 }

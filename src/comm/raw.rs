@@ -388,7 +388,20 @@ impl Comm {
     /// Runs a batch recorded with [`Comm::raw_batch`] (on this communicator, or one of
     /// the same rank and size): its operations run together, as a group, and this
     /// returns when all are done. Sends to self pair, in order, with receives from self.
-    pub fn run_raw(&mut self, batch: RawBatch) -> Result<()> {
+    pub fn run_raw(&mut self, mut batch: RawBatch) -> Result<()> {
+        let scratch = std::mem::take(&mut batch.scratch);
+        let specs = self.checked_specs(batch)?;
+        let r = if specs.is_empty() { Ok(()) } else { self.run(&specs) };
+        drop(scratch);
+        r
+    }
+
+    /// The operations of `batch`, checked against this communicator, with sends to self
+    /// paired with receives from self (copies between the same buffer dropped).
+    pub(crate) fn checked_specs(&self, batch: RawBatch) -> Result<Vec<CallSpec>> {
+        if !batch.scratch.is_empty() {
+            return Err(invalid("gathers and scatters in place are not supported on this path".into()));
+        }
         if (batch.ranks.rank, batch.ranks.n) != (self.rank, self.nranks) {
             return Err(Error::InvalidUsage(format!(
                 "a batch recorded for rank {} of {} runs on rank {} of {}",
@@ -396,7 +409,7 @@ impl Comm {
             )));
         }
         if batch.specs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut specs = super::group::pair_self_copies(self.rank, batch.specs)?;
         // A copy to self between overlapping buffers: the same buffer needs no copy;
@@ -413,9 +426,7 @@ impl Comm {
             }
         }
         specs.retain(|s| !matches!(s.coll, Collective::SelfCopy { .. }) || !std::ptr::eq(s.send, s.recv));
-        let r = if specs.is_empty() { Ok(()) } else { self.run(&specs) };
-        drop(batch.scratch);
-        r
+        Ok(specs)
     }
 }
 

@@ -79,9 +79,20 @@ impl State {
 }
 
 /// An operation for the progress thread.
-struct Job {
+pub(crate) struct Job {
     specs: Vec<CallSpec>,
     state: Arc<State>,
+    /// What must happen around it (device operations: wait for the stream to stage the
+    /// inputs, then release the stream).
+    hooks: Option<Box<dyn Hooks>>,
+}
+
+/// Work the progress thread does before and after an operation's collective.
+pub(crate) trait Hooks: Send {
+    /// Runs before the collective (without the engine's lock); an error skips it.
+    fn before(&mut self) -> Result<()>;
+    /// Runs after it, or after `before` failed, with the result.
+    fn after(&mut self, r: &Result<()>);
 }
 
 // SAFETY: the job's raw pointers point into buffers borrowed by a `Scope`, which does not
@@ -89,11 +100,48 @@ struct Job {
 unsafe impl Send for Job {}
 
 impl Drop for Job {
-    /// A job dropped before it ran (its thread is gone) must still release its waiters.
+    /// A job dropped before it ran (its thread is gone) must still release its waiters
+    /// (and, through its hooks, a stream waiting for it).
     fn drop(&mut self) {
         if !self.state.is_done() {
-            self.state.complete(Err(Error::Internal("the progress thread ended before running an operation".into())));
+            let e = Error::Internal("the progress thread ended before running an operation".into());
+            if let Some(h) = self.hooks.as_mut() {
+                h.after(&Err(e.duplicate()));
+            }
+            self.state.complete(Err(e));
         }
+    }
+}
+
+impl Worker {
+    /// Queues an operation with hooks; returns its completion (see [`Pending`]).
+    pub(crate) fn submit_with(&self, specs: Vec<CallSpec>, hooks: Box<dyn Hooks>) -> Result<Pending> {
+        let state = Arc::new(State::default());
+        self.jobs
+            .send(Job { specs, state: state.clone(), hooks: Some(hooks) })
+            .map_err(|_| Error::Internal("progress thread gone".into()))?;
+        Ok(Pending(state))
+    }
+
+    /// Starts the progress thread of `engine`.
+    pub(crate) fn spawn(engine: Arc<Mutex<Engine>>, rank: usize) -> Result<Worker> {
+        Worker::start(engine, rank)
+    }
+}
+
+/// An operation queued with [`Worker::submit_with`].
+pub(crate) struct Pending(Arc<State>);
+
+impl Pending {
+    /// Whether it has completed.
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    /// Waits for it to complete (its result goes to the communicator's fault state, so
+    /// it is not returned here).
+    pub(crate) fn wait(&self) {
+        let _ = self.0.take(None);
     }
 }
 
@@ -109,14 +157,18 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("oxccl-progress-{rank}"))
             .spawn(move || {
-                for job in rx {
-                    let r = match engine.lock() {
+                for mut job in rx {
+                    let ready = job.hooks.as_mut().map_or(Ok(()), |h| h.before());
+                    let r = ready.and_then(|()| match engine.lock() {
                         Ok(mut e) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.run(&job.specs)))
                             .unwrap_or_else(|_| {
                                 Err(Error::Internal("an operation panicked on the progress thread".into()))
                             }),
                         Err(_) => Err(Error::Internal("communicator state poisoned by a panic".into())),
-                    };
+                    });
+                    if let Some(h) = job.hooks.as_mut() {
+                        h.after(&r);
+                    }
                     job.state.complete(r);
                 }
             })
@@ -248,7 +300,7 @@ impl<'scope, 'env> Scope<'scope, 'env> {
         let worker = self.comm.worker.as_ref().ok_or_else(|| Error::Internal("no progress thread".into()))?;
         worker
             .jobs
-            .send(Job { specs, state: state.clone() })
+            .send(Job { specs, state: state.clone(), hooks: None })
             .map_err(|_| Error::Internal("progress thread gone".into()))?;
         self.issued.borrow_mut().push(state.clone());
         Ok(Work { state, parts, _buf: PhantomData, _scope: PhantomData })

@@ -20,7 +20,12 @@
 //! }
 //! ```
 
+pub mod driver;
 mod nvrtc;
+
+/// cudarc, whose device buffers ([`cudarc::driver::CudaSlice`] and its views) and streams
+/// the device collectives take: use this re-export so that the versions match.
+pub use cudarc;
 
 pub use nvrtc::{Compiled, Nvrtc};
 
@@ -180,7 +185,10 @@ impl fmt::Display for CudaError {
         match self {
             CudaError::NoDriver(why) => write!(f, "no CUDA driver: {why}"),
             CudaError::NoDevice => write!(f, "no CUDA device: the driver reports none"),
-            CudaError::Driver { call, code } => write!(f, "CUDA driver call {call} failed with CUresult {code}"),
+            CudaError::Driver { call, code } => match driver::error_name(*code) {
+                Some(name) => write!(f, "CUDA driver call {call} failed: {name} ({code})"),
+                None => write!(f, "CUDA driver call {call} failed with CUresult {code}"),
+            },
             CudaError::NoNvrtc(why) => {
                 write!(
                     f,
