@@ -21,6 +21,7 @@
 //! ```
 
 pub mod driver;
+pub mod launch;
 mod nvrtc;
 
 /// cudarc, whose device buffers ([`cudarc::driver::CudaSlice`] and its views) and streams

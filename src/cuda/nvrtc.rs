@@ -69,19 +69,23 @@ impl Drop for Program<'_> {
 
 impl Nvrtc {
     /// The library names tried, in order: `$OXCCL_NVRTC_LIB` (a file, a directory
-    /// holding `libnvrtc.so.12`, or a `pip install --target` directory holding
-    /// `nvidia-cuda-nvrtc-cu12`), then `libnvrtc.so.12` and `libnvrtc.so` (the dynamic
-    /// loader's search path), then `$CUDA_PATH/lib64`, `$CUDA_HOME/lib64` and
-    /// `/usr/local/cuda/lib64`.
+    /// holding `libnvrtc.so.12` or `.13`, or a `pip install --target` directory holding
+    /// `nvidia-cuda-nvrtc-cu12` or the CUDA 13 wheel), then `libnvrtc.so.12`,
+    /// `libnvrtc.so.13` and `libnvrtc.so` (the dynamic loader's search path), then
+    /// `$CUDA_PATH/lib64`, `$CUDA_HOME/lib64` and `/usr/local/cuda/lib64`.
     pub fn candidates() -> Vec<PathBuf> {
         let mut v = Vec::new();
         if let Some(p) = std::env::var_os("OXCCL_NVRTC_LIB") {
             let p = PathBuf::from(p);
-            v.push(p.join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12"));
-            v.push(p.join("libnvrtc.so.12"));
+            for major in ["12", "13"] {
+                v.push(p.join(format!("nvidia/cuda_nvrtc/lib/libnvrtc.so.{major}")));
+                v.push(p.join(format!("nvidia/cu{major}/lib/libnvrtc.so.{major}")));
+                v.push(p.join(format!("libnvrtc.so.{major}")));
+            }
             v.push(p);
         }
         v.push("libnvrtc.so.12".into());
+        v.push("libnvrtc.so.13".into());
         v.push("libnvrtc.so".into());
         for var in ["CUDA_PATH", "CUDA_HOME"] {
             if let Some(d) = std::env::var_os(var) {
