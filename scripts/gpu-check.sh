@@ -88,13 +88,19 @@ else
   exit 1
 fi
 
-step "device collectives, 1, 2 and 4 processes on one GPU" 120 "$BIN/cuda_collectives" --test-threads=1 --nocapture
-step "C ABI on device pointers" 60 "$BIN/cuda_abi" --nocapture
-step "kernels: NVRTC + ptxas for sm_80/sm_90, no spills" 120 "$BIN/cuda_kernels" --nocapture
-step "kernel bench (256 MiB)" 60 "$BIN/cuda_kernel_bench" --mib 256 --iters 20
+# The limits add up to under 8 minutes.
+step "device collectives, 1, 2 and 4 processes on one GPU, staged and IPC" 90 \
+  "$BIN/cuda_collectives" --test-threads=1 --nocapture
+step "C ABI on device pointers" 30 "$BIN/cuda_abi" --nocapture
+step "kernels: NVRTC + ptxas for sm_80/sm_90, no spills" 60 "$BIN/cuda_kernels" --nocapture
+step "kernel bench (256 MiB)" 40 "$BIN/cuda_kernel_bench" --mib 256 --iters 20
 for n in 2 4; do
-  step "cuda_all_reduce_perf, $n processes, 8 B - 1 GiB" 150 \
-    "$BIN/oxccl-run" -n "$n" -- "$BIN/cuda_all_reduce_perf" -b 8 -e 1G -f 2 -n 10 -w 3
+  step "cuda_all_reduce_perf, $n processes, staged, 8 B - 1 GiB" 70 \
+    "$BIN/oxccl-run" -n "$n" -- "$BIN/cuda_all_reduce_perf" -b 8 -e 1G -f 2 -n 5 -w 2
+done
+for n in 2 4; do
+  step "cuda_all_reduce_perf, $n processes, CUDA IPC, 8 B - 1 GiB" 50 \
+    env OXCCL_CUDA_IPC=1 "$BIN/oxccl-run" -n "$n" -- "$BIN/cuda_all_reduce_perf" -b 8 -e 1G -f 2 -n 20 -w 5
 done
 
 echo

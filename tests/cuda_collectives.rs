@@ -145,13 +145,17 @@ fn device_collectives_on_one_gpu_with_1_2_and_4_processes() {
     if !gpu() {
         return;
     }
-    for n in [1, 2, 4] {
-        let ran = procs::launch("child", procs::job(n, &[(CHILD, "1")]), Duration::from_secs(180));
-        for (r, o) in ran.iter().enumerate() {
-            assert_eq!(o.status, Some(0), "rank {r} of {n} failed:\n{}", o.stderr);
-            assert!(o.stderr.contains("OK rank"), "{}", o.stderr);
+    // Staged through host memory (the default), then all-reduce through CUDA IPC.
+    for ipc in ["0", "1"] {
+        for n in [1, 2, 4] {
+            let env = [(CHILD, "1"), ("OXCCL_CUDA_IPC", ipc)];
+            let ran = procs::launch("child", procs::job(n, &env), Duration::from_secs(120));
+            for (r, o) in ran.iter().enumerate() {
+                assert_eq!(o.status, Some(0), "rank {r} of {n} (OXCCL_CUDA_IPC={ipc}) failed:\n{}", o.stderr);
+                assert!(o.stderr.contains("OK rank"), "{}", o.stderr);
+            }
+            println!("{n} process(es) on one GPU, OXCCL_CUDA_IPC={ipc}: every device collective correct");
         }
-        println!("{n} process(es) on one GPU: every device collective correct");
     }
 }
 

@@ -11,6 +11,8 @@ mod device;
 mod engine;
 mod group;
 pub(crate) mod init;
+#[cfg(feature = "cuda")]
+mod ipc;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod raw;
@@ -79,6 +81,9 @@ pub struct Comm {
     /// Device operations: staging buffers, the stream flag, what is in flight.
     #[cfg(feature = "cuda")]
     device: Option<device::Staging>,
+    /// Device all-reduce through CUDA IPC (`OXCCL_CUDA_IPC=1`), once set up.
+    #[cfg(feature = "cuda")]
+    ipc: Option<ipc::Ipc>,
 }
 
 /// A handle that aborts a communicator from any thread, while other threads are blocked
@@ -193,6 +198,8 @@ impl Comm {
             splits: 0,
             #[cfg(feature = "cuda")]
             device: None,
+            #[cfg(feature = "cuda")]
+            ipc: None,
         }
     }
 
