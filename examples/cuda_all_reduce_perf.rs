@@ -70,8 +70,13 @@ fn main() {
     comm.broadcast_in_place(&mut b_copy, 0).unwrap();
     let b_copy = b_copy[0];
     if me == 0 {
+        let path = if std::env::var("OXCCL_CUDA_IPC").is_ok_and(|v| v.trim() == "1") {
+            "CUDA IPC one-shot"
+        } else {
+            "staged through pinned host memory"
+        };
         println!(
-            "# cuda_all_reduce_perf: {n} ranks on {} (device {dev}), float sum, out of place",
+            "# cuda_all_reduce_perf: {n} ranks on {} (device {dev}), float sum, out of place, {path}",
             ctx.name().unwrap_or_default()
         );
         println!("# device copy rate B_copy = {:.1} GB/s (read + written); floor = 2*n*S/B_copy", b_copy / 1e9);
