@@ -142,6 +142,17 @@ cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings
 log "cargo test (unit, multi-rank, API, fault injection, mismatches, a 2 minute soak, doc tests, the C ABI's C/C++ programs, from_mpi under ${MAIN_MPI:-no} MPI)"
 OXCCL_TEST_MPI=$MAIN_MPI cargo test --workspace "${FEATURES[@]}"
 
+# The GPU tests pass without a GPU by skipping; run them again uncaptured so that their
+# "skipped: ..." lines (or, on a GPU machine, their results) show in the log by name.
+if [[ " ${FEATURES[*]} " == *all-features* ]]; then
+  log "GPU tests by name (scripts/gpu-check.sh runs them on a machine with a GPU)"
+  # (Display only: both already passed in the run above.)
+  cargo test -q --features cuda --test cuda_collectives -- --nocapture --test-threads=1 2>&1 |
+    grep -oE "skipped: .*|[0-9]+ process.*|test result.*" || true
+  (cd ffi && cargo test -q --features cuda --test cuda_abi -- --nocapture 2>&1 |
+    grep -oE "skipped: .*|ncclAllReduce.*|test result.*") || true
+fi
+
 log "all_reduce_perf smoke run: every type and op, 3 thread ranks, results checked"
 target/debug/examples/all_reduce_perf -b 8 -e 256K -f 8 -t 3 -d all -o all -n 2 -w 1 -c 1
 

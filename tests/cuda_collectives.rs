@@ -20,16 +20,16 @@ use oxccl::{Comm, Error, ReduceOp};
 
 const CHILD: &str = "OXCCL_CUDA_CHILD";
 
-/// Whether a GPU is there; prints why not.
-fn gpu() -> bool {
+/// Whether a GPU is there; prints why not, naming the `test`.
+fn gpu(test: &str) -> bool {
     match oxccl::cuda::driver::ready() {
         Ok(0) => {
-            println!("skipped: no CUDA device");
+            println!("skipped: {test}: no CUDA device");
             false
         }
         Ok(_) => true,
         Err(e) => {
-            println!("skipped: {e}");
+            println!("skipped: {test}: {e}");
             false
         }
     }
@@ -142,7 +142,7 @@ fn check_all(comm: &mut Comm, s: &std::sync::Arc<CudaStream>, me: usize, n: usiz
 
 #[test]
 fn device_collectives_on_one_gpu_with_1_2_and_4_processes() {
-    if !gpu() {
+    if !gpu("device_collectives_on_one_gpu_with_1_2_and_4_processes") {
         return;
     }
     // Staged through host memory (the default), then all-reduce through CUDA IPC.

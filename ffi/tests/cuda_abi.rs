@@ -18,8 +18,8 @@ const SUM: c_int = 0;
 fn device_pointers_are_enqueued_on_their_stream() {
     match oxccl_ffi::oxccl::cuda::driver::ready() {
         Ok(n) if n > 0 => {}
-        Ok(_) => return println!("skipped: no CUDA device"),
-        Err(e) => return println!("skipped: {e}"),
+        Ok(_) => return println!("skipped: device_pointers_are_enqueued_on_their_stream: no CUDA device"),
+        Err(e) => return println!("skipped: device_pointers_are_enqueued_on_their_stream: {e}"),
     }
     let mut comms: [ncclComm_t; 2] = [std::ptr::null_mut(); 2];
     // SAFETY: `comms` has room for two handles; no device list.
