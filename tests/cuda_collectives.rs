@@ -84,7 +84,8 @@ fn check_all(comm: &mut Comm, s: &std::sync::Arc<CudaStream>, me: usize, n: usiz
     comm.broadcast_device_in_place(&mut dbc, root, s).unwrap();
     // reduce i64 sum to rank 0.
     let dr = s.clone_htod(&idx.clone().map(|i| val(me, i)).collect::<Vec<_>>()).unwrap();
-    let mut drr = s.alloc_zeros::<i64>(if me == 0 { len } else { 0 }).unwrap();
+    // (Other ranks' recv is not used: one element, as a zero-size allocation may fail.)
+    let mut drr = s.alloc_zeros::<i64>(if me == 0 { len } else { 1 }).unwrap();
     comm.reduce_device(&dr, &mut drr, ReduceOp::Sum, 0, s).unwrap();
     // all_gather u8.
     let dg = s.clone_htod(&idx.clone().map(|i| (val(me, i) % 251) as u8).collect::<Vec<_>>()).unwrap();
