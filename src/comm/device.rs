@@ -35,6 +35,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use super::raw::RawBatch;
 use super::work::{Hooks, Pending, Worker};
 use super::{CallSpec, Comm};
+use crate::algo::Collective;
 use crate::cuda::driver::{self, Event, Pinned};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
@@ -135,6 +136,8 @@ impl Drop for Staging {
 /// One device buffer range of a call and where it is staged.
 #[derive(Clone, Copy)]
 struct Region {
+    /// The spec (index) it belongs to.
+    spec: usize,
     /// Device address and length in bytes.
     dev: CUdeviceptr,
     bytes: usize,
@@ -152,13 +155,13 @@ struct Region {
 fn plan(specs: &mut [CallSpec]) -> (Vec<Region>, usize) {
     let mut regions = Vec::new();
     let mut end = 0usize;
-    let mut place = |dev: u64, bytes: usize, copy_in: bool, copy_out: bool| -> usize {
+    let mut place = |spec: usize, dev: u64, bytes: usize, copy_in: bool, copy_out: bool| -> usize {
         let at = end.next_multiple_of(ALIGN) + (dev as usize % ALIGN);
         end = at + bytes;
-        regions.push(Region { dev, bytes, at, copy_in, copy_out });
+        regions.push(Region { spec, dev, bytes, at, copy_in, copy_out });
         at
     };
-    for s in specs.iter_mut() {
+    for (i, s) in specs.iter_mut().enumerate() {
         let size = s.dtype.size();
         let (sd, sb) = (s.send as u64, s.send_len * size);
         let (rd, rb) = (s.recv as u64, s.recv_len * size);
@@ -168,15 +171,55 @@ fn plan(specs: &mut [CallSpec]) -> (Vec<Region>, usize) {
             let hi = (sd + sb as u64).max(rd + rb as u64);
             // The send part is an input; the whole span is copied back (the receive part
             // is inside it; the rest is copied back unchanged).
-            let at = place(lo, (hi - lo) as usize, true, true);
+            let at = place(i, lo, (hi - lo) as usize, true, true);
             s.send = (at + (sd - lo) as usize) as *const u8;
             s.recv = (at + (rd - lo) as usize) as *mut u8;
         } else {
-            s.send = if sb > 0 { place(sd, sb, true, false) as *const u8 } else { std::ptr::null() };
-            s.recv = if rb > 0 { place(rd, rb, false, true) as *mut u8 } else { std::ptr::null_mut() };
+            s.send = if sb > 0 { place(i, sd, sb, true, false) as *const u8 } else { std::ptr::null() };
+            s.recv = if rb > 0 { place(i, rd, rb, false, true) as *mut u8 } else { std::ptr::null_mut() };
         }
     }
     (regions, end)
+}
+
+/// Size of the pieces a large all-reduce, reduce or broadcast is staged in.
+const PIPELINE_CHUNK: usize = 4 << 20;
+
+/// `spec` cut into pieces of at most `chunk` bytes when it is an element-wise collective
+/// (all-reduce, reduce, broadcast) larger than that: each piece is a collective of its
+/// own on the matching slices, so the copy to the host of piece k+1 overlaps the
+/// communication of piece k. Every rank cuts the same call the same way.
+fn pieces(spec: CallSpec, chunk: usize) -> Vec<CallSpec> {
+    let size = spec.dtype.size();
+    // The call's count, and the same call on `c` elements.
+    let (count, make): (usize, Box<dyn Fn(usize) -> Collective>) = match spec.coll {
+        Collective::AllReduce { count } => (count, Box::new(|c| Collective::AllReduce { count: c })),
+        Collective::Reduce { count, root } => (count, Box::new(move |c| Collective::Reduce { count: c, root })),
+        Collective::Broadcast { count, root } => (count, Box::new(move |c| Collective::Broadcast { count: c, root })),
+        _ => return vec![spec],
+    };
+    let per = (chunk / size).max(1);
+    if count <= per {
+        return vec![spec];
+    }
+    (0..count)
+        .step_by(per)
+        .map(|i| {
+            let c = per.min(count - i);
+            let cut = |len: usize, p: usize| if len > 0 { (c, p + i * size) } else { (0, p) };
+            let (send_len, send) = cut(spec.send_len, spec.send as usize);
+            let (recv_len, recv) = cut(spec.recv_len, spec.recv as usize);
+            CallSpec {
+                coll: make(c),
+                dtype: spec.dtype,
+                op: spec.op,
+                send: send as *const u8,
+                send_len,
+                recv: recv as *mut u8,
+                recv_len,
+            }
+        })
+        .collect()
 }
 
 /// The progress thread's side of one device operation.
@@ -279,52 +322,82 @@ impl Comm {
         if unsafe { self.try_ipc(&specs, stream)? } {
             return Ok(());
         }
+        // One job (a group's operations together), or a large all-reduce, reduce or
+        // broadcast cut into pieces so that staging overlaps communication.
+        let jobs: Vec<Vec<CallSpec>> = if specs.len() == 1 {
+            pieces(specs.pop().expect("one spec"), PIPELINE_CHUNK).into_iter().map(|s| vec![s]).collect()
+        } else {
+            vec![specs]
+        };
+        let lens: Vec<usize> = jobs.iter().map(Vec::len).collect();
+        let mut all: Vec<CallSpec> = jobs.into_iter().flatten().collect();
         let dev = self.device.as_mut().expect("set above");
         dev.in_flight.retain(|p| !p.is_done());
-        let (regions, bytes) = plan(&mut specs);
+        let (regions, bytes) = plan(&mut all);
         let stage = dev.take(bytes)?;
         let base = stage.as_ptr();
-        for s in &mut specs {
+        for s in &mut all {
             // Offsets to host addresses; empty buffers get a valid, unused address.
             s.send = if s.send.is_null() { base } else { base.wrapping_add(s.send as usize) };
             s.recv = if s.recv.is_null() { base } else { base.wrapping_add(s.recv as usize) };
         }
-        for r in regions.iter().filter(|r| r.copy_in && r.bytes > 0) {
-            // SAFETY: `r.dev` is device memory the caller vouched for (`run_raw_device`'s
-            // contract); the destination is inside `stage`, which stays allocated until
-            // the event recorded after the copies back has completed.
-            unsafe { driver::copy_to_host(base.add(r.at), r.dev, r.bytes, stream)? };
+        // Job j holds specs first[j] .. first[j] + lens[j].
+        let first: Vec<usize> = lens.iter().scan(0, |acc, &l| Some(std::mem::replace(acc, *acc + l))).collect();
+        let of_job = |j: usize| {
+            let range = first[j]..first[j] + lens[j];
+            regions.iter().filter(move |r| range.contains(&r.spec) && r.bytes > 0)
+        };
+        // Every piece's inputs first, each followed by its event: the progress thread
+        // starts on piece 0 while the copy engine stages piece 1.
+        let mut staged = Vec::with_capacity(lens.len());
+        for j in 0..lens.len() {
+            for r in of_job(j).filter(|r| r.copy_in) {
+                // SAFETY: `r.dev` is device memory the caller vouched for (`run_raw_device`'s
+                // contract); the destination is inside `stage`, which stays allocated until
+                // the event recorded after the copies back has completed.
+                unsafe { driver::copy_to_host(base.add(r.at), r.dev, r.bytes, stream)? };
+            }
+            let e = Event::new()?;
+            // SAFETY: `stream` is live and of the current context.
+            unsafe { e.record(stream)? };
+            staged.push(e);
         }
-        let staged = Event::new()?;
-        // SAFETY: `stream` is live and of the current context.
-        unsafe { staged.record(stream)? };
-        if dev.seq == u32::MAX {
+        if dev.seq > u32::MAX - lens.len() as u32 {
             dev.restart_numbering()?;
         }
-        dev.seq += 1;
-        let seq = dev.seq;
         let flag = dev.flag.device_ptr(0)?;
-        // SAFETY: the flag is pinned, device-mapped and lives as long as the communicator's
-        // staging state, which waits for the streams before freeing it.
-        unsafe { driver::wait_at_least(stream, flag, seq)? };
-        for r in regions.iter().filter(|r| r.copy_out && r.bytes > 0) {
-            // SAFETY: as for the copies in.
-            unsafe { driver::copy_to_device(r.dev, base.add(r.at), r.bytes, stream)? };
+        let mut seqs = Vec::with_capacity(lens.len());
+        for j in 0..lens.len() {
+            dev.seq += 1;
+            seqs.push(dev.seq);
+            // SAFETY: the flag is pinned, device-mapped and lives as long as the
+            // communicator's staging state, which waits for the streams before freeing it.
+            unsafe { driver::wait_at_least(stream, flag, dev.seq)? };
+            for r in of_job(j).filter(|r| r.copy_out) {
+                // SAFETY: as for the copies in.
+                unsafe { driver::copy_to_device(r.dev, base.add(r.at), r.bytes, stream)? };
+            }
         }
         let free = Event::new()?;
         // SAFETY: as above.
         unsafe { free.record(stream)? };
         dev.stages.push((stage, Some(free)));
         // The staging buffer is back in the pool, but `take` hands it out again only
-        // once the event after the copies back has completed, which is after this
-        // operation's flag was written: the progress thread is done with it by then.
-        let hooks = Staged { ctx, staged, flag: dev.flag.clone(), seq, fault: self.fault.clone() };
+        // once the event after the copies back has completed, which is after every
+        // piece's flag was written: the progress thread is done with it by then.
+        let flag = dev.flag.clone();
         if self.worker.is_none() {
             self.worker = Some(Worker::spawn(self.engine.clone(), self.rank)?);
         }
         let worker = self.worker.as_ref().expect("started above");
-        let p = worker.submit_with(specs, Box::new(hooks))?;
-        self.device.as_mut().expect("set above").in_flight.push(p);
+        let mut rest = all.into_iter();
+        let mut pending = Vec::with_capacity(lens.len());
+        for ((len, staged), seq) in lens.iter().zip(staged).zip(seqs) {
+            let specs: Vec<CallSpec> = rest.by_ref().take(*len).collect();
+            let hooks = Staged { ctx, staged, flag: flag.clone(), seq, fault: self.fault.clone() };
+            pending.push(worker.submit_with(specs, Box::new(hooks))?);
+        }
+        self.device.as_mut().expect("set above").in_flight.extend(pending);
         Ok(())
     }
 
@@ -521,7 +594,6 @@ impl Comm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::Collective;
     use crate::types::DataType;
 
     fn spec(send: u64, send_len: usize, recv: u64, recv_len: usize) -> CallSpec {
@@ -558,6 +630,31 @@ mod tests {
         assert!(r[0].copy_in && r[0].copy_out && r[0].bytes == 64);
         assert_eq!(s[0].send as usize - s[0].recv as usize, 32);
         assert_eq!(end, r[0].at + 64);
+    }
+
+    #[test]
+    fn large_element_wise_calls_are_cut_into_pieces_that_tile_the_buffers() {
+        let (send, recv) = (0x1000_0000u64, 0x2000_0000u64);
+        let p = pieces(spec(send, 1000, recv, 1000), 256 * 4);
+        assert_eq!(p.len(), 4);
+        let counts: Vec<usize> = p.iter().map(|s| s.send_len).collect();
+        assert_eq!(counts, [256, 256, 256, 232]);
+        for (k, s) in p.iter().enumerate() {
+            assert_eq!(s.send as u64, send + (k * 1024) as u64);
+            assert_eq!(s.recv as u64, recv + (k * 1024) as u64);
+            assert!(matches!(s.coll, Collective::AllReduce { count } if count == s.send_len));
+        }
+        // A non-root's reduce has no receive buffer, and keeps none.
+        let mut r = spec(send, 1000, recv, 0);
+        r.coll = Collective::Reduce { count: 1000, root: 1 };
+        let p = pieces(r, 1024);
+        assert!(p.iter().all(|s| s.recv_len == 0 && s.recv as u64 == recv));
+        assert!(matches!(p[3].coll, Collective::Reduce { count: 232, root: 1 }));
+        // Small calls and other collectives stay whole.
+        assert_eq!(pieces(spec(send, 100, recv, 100), 1024).len(), 1);
+        let mut g = spec(send, 1000, recv, 4000);
+        g.coll = Collective::AllGather { count: 1000 };
+        assert_eq!(pieces(g, 1024).len(), 1);
     }
 
     #[test]
