@@ -1,0 +1,210 @@
+//! Which RDMA devices, ports and GID a rank uses: NCCL's `OXCCL_IB_HCA` syntax, the
+//! RoCE v2 GID found in sysfs, and the other `OXCCL_IB_*` settings. Pure parsing and
+//! choosing, testable without any RDMA device.
+
+use crate::error::{Error, Result};
+
+/// A parsed `OXCCL_IB_HCA`: `mlx5_0:1,mlx5_1` names devices (and optionally a port);
+/// a leading `^` excludes them instead, a leading `=` makes the names exact rather than
+/// prefixes (`^=mlx5_0` both). Empty: every device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HcaFilter {
+    exclude: bool,
+    exact: bool,
+    items: Vec<(String, Option<u8>)>,
+}
+
+impl HcaFilter {
+    /// Parses NCCL's syntax; a port that is not a number 1-255 is an error.
+    pub fn parse(spec: &str) -> Result<HcaFilter> {
+        let mut s = spec.trim();
+        let mut f = HcaFilter::default();
+        if let Some(rest) = s.strip_prefix('^') {
+            f.exclude = true;
+            s = rest;
+        }
+        if let Some(rest) = s.strip_prefix('=') {
+            f.exact = true;
+            s = rest;
+        }
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, port) = match item.split_once(':') {
+                Some((n, p)) => {
+                    let port = p.trim().parse::<u8>().ok().filter(|&p| p > 0).ok_or_else(|| {
+                        Error::InvalidArgument(format!("OXCCL_IB_HCA: bad port '{p}' in '{item}' (want 1-255)"))
+                    })?;
+                    (n.trim(), Some(port))
+                }
+                None => (item, None),
+            };
+            if name.is_empty() {
+                return Err(Error::InvalidArgument(format!("OXCCL_IB_HCA: empty device name in '{item}'")));
+            }
+            f.items.push((name.to_string(), port));
+        }
+        Ok(f)
+    }
+
+    /// Whether port `port` of device `dev` may be used.
+    pub fn accepts(&self, dev: &str, port: u8) -> bool {
+        if self.items.is_empty() {
+            return true;
+        }
+        let listed = self.items.iter().any(|(name, p)| {
+            let name_ok = if self.exact { dev == name } else { dev.starts_with(name.as_str()) };
+            name_ok && p.is_none_or(|p| p == port)
+        });
+        listed != self.exclude
+    }
+}
+
+/// One GID table entry as sysfs shows it: index, type (`IB/RoCE v1`, `RoCE v2`) and the
+/// GID in its colon-separated form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GidEntry {
+    /// Its index in the port's table.
+    pub index: u32,
+    /// `gid_attrs/types/<index>`.
+    pub kind: String,
+    /// `gids/<index>`.
+    pub gid: String,
+}
+
+/// The index of the first RoCE v2 GID holding an IPv4 address (`::ffff:a.b.c.d`), as NCCL
+/// picks by default; else the first RoCE v2 GID that is not link-local or zero.
+pub fn roce_v2_gid(entries: &[GidEntry]) -> Option<u32> {
+    let v2 = |e: &&GidEntry| e.kind.trim().eq_ignore_ascii_case("RoCE v2");
+    let zero = |g: &str| g.chars().all(|c| c == '0' || c == ':');
+    let ipv4 = |g: &str| g.starts_with("0000:0000:0000:0000:0000:ffff:");
+    let link_local = |g: &str| g.starts_with("fe80:");
+    entries
+        .iter()
+        .filter(v2)
+        .find(|e| ipv4(&e.gid))
+        .or_else(|| entries.iter().filter(v2).find(|e| !zero(&e.gid) && !link_local(&e.gid)))
+        .map(|e| e.index)
+}
+
+/// Reads port `port` of device `dev`'s GID table from sysfs (`/sys/class/infiniband`).
+pub fn sysfs_gids(dev: &str, port: u8) -> Vec<GidEntry> {
+    let base = format!("/sys/class/infiniband/{dev}/ports/{port}");
+    let Ok(dir) = std::fs::read_dir(format!("{base}/gids")) else { return Vec::new() };
+    let mut v: Vec<GidEntry> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|i| {
+            let gid = std::fs::read_to_string(format!("{base}/gids/{i}")).ok()?.trim().to_string();
+            let kind = std::fs::read_to_string(format!("{base}/gid_attrs/types/{i}")).unwrap_or_default();
+            Some(GidEntry { index: i, kind: kind.trim().to_string(), gid })
+        })
+        .collect();
+    v.sort_by_key(|e| e.index);
+    v
+}
+
+/// The `OXCCL_IB_*` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IbSettings {
+    /// `OXCCL_IB_DISABLE=1`: never use RDMA.
+    pub disabled: bool,
+    /// `OXCCL_IB_HCA`.
+    pub hca: HcaFilter,
+    /// `OXCCL_IB_GID_INDEX`: forced GID index (else RoCE v2 is detected).
+    pub gid_index: Option<u32>,
+    /// `OXCCL_IB_QPS_PER_CONNECTION` (default 1).
+    pub qps_per_connection: usize,
+}
+
+impl IbSettings {
+    /// Reads the settings through `env` (a variable's value, if set).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<IbSettings> {
+        let get = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let num = |k: &str| -> Result<Option<u64>> {
+            get(k)
+                .map(|v| v.parse::<u64>().map_err(|_| Error::InvalidArgument(format!("{k}={v}: not a number"))))
+                .transpose()
+        };
+        let qps = num("OXCCL_IB_QPS_PER_CONNECTION")?.unwrap_or(1);
+        if !(1..=64).contains(&qps) {
+            return Err(Error::InvalidArgument(format!("OXCCL_IB_QPS_PER_CONNECTION={qps}: want 1 to 64")));
+        }
+        Ok(IbSettings {
+            disabled: get("OXCCL_IB_DISABLE").is_some_and(|v| v != "0"),
+            hca: HcaFilter::parse(&get("OXCCL_IB_HCA").unwrap_or_default())?,
+            gid_index: num("OXCCL_IB_GID_INDEX")?.map(|g| g as u32),
+            qps_per_connection: qps as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hca_names_match_as_prefixes_with_optional_ports() {
+        let f = HcaFilter::parse("mlx5_0:1, mlx5_1").unwrap();
+        assert!(f.accepts("mlx5_0", 1));
+        assert!(!f.accepts("mlx5_0", 2));
+        assert!(f.accepts("mlx5_1", 2));
+        assert!(f.accepts("mlx5_10", 1), "prefix match, as NCCL");
+        assert!(!f.accepts("rxe0", 1));
+        let all = HcaFilter::parse("").unwrap();
+        assert!(all.accepts("anything", 7));
+    }
+
+    #[test]
+    fn caret_excludes_and_equals_is_exact() {
+        let f = HcaFilter::parse("^mlx5_0").unwrap();
+        assert!(!f.accepts("mlx5_0", 1) && !f.accepts("mlx5_01", 1));
+        assert!(f.accepts("rxe0", 1));
+        let f = HcaFilter::parse("=mlx5_1").unwrap();
+        assert!(f.accepts("mlx5_1", 1) && !f.accepts("mlx5_10", 1));
+        let f = HcaFilter::parse("^=rxe0:1").unwrap();
+        assert!(!f.accepts("rxe0", 1) && f.accepts("rxe0", 2) && f.accepts("rxe00", 1));
+    }
+
+    #[test]
+    fn bad_hca_specs_are_errors() {
+        for bad in ["mlx5_0:x", "mlx5_0:0", "mlx5_0:300", ":1"] {
+            assert!(HcaFilter::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_roce_v2_ipv4_gid_is_chosen() {
+        let e = |index, kind: &str, gid: &str| GidEntry { index, kind: kind.into(), gid: gid.into() };
+        let table = [
+            e(0, "IB/RoCE v1", "fe80:0000:0000:0000:0000:00ff:fe00:0001"),
+            e(1, "RoCE v2", "fe80:0000:0000:0000:0000:00ff:fe00:0001"),
+            e(2, "IB/RoCE v1", "0000:0000:0000:0000:0000:ffff:0a63:0001"),
+            e(3, "RoCE v2", "0000:0000:0000:0000:0000:ffff:0a63:0001"),
+        ];
+        assert_eq!(roce_v2_gid(&table), Some(3));
+        // An IPv6-only RoCE v2 port: its global GID, not the link-local one.
+        let v6 = [
+            e(1, "RoCE v2", "fe80:0000:0000:0000:0000:00ff:fe00:0001"),
+            e(5, "RoCE v2", "2001:0db8:0000:0000:0000:0000:0000:0001"),
+        ];
+        assert_eq!(roce_v2_gid(&v6), Some(5));
+        assert_eq!(roce_v2_gid(&table[..1]), None);
+    }
+
+    #[test]
+    fn settings_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let s = IbSettings::from_env(env(&[])).unwrap();
+        assert!(!s.disabled && s.gid_index.is_none() && s.qps_per_connection == 1);
+        let s = IbSettings::from_env(env(&[
+            ("OXCCL_IB_DISABLE", "1"),
+            ("OXCCL_IB_HCA", "=rxe1"),
+            ("OXCCL_IB_GID_INDEX", "3"),
+            ("OXCCL_IB_QPS_PER_CONNECTION", "4"),
+        ]))
+        .unwrap();
+        assert!(s.disabled && s.gid_index == Some(3) && s.qps_per_connection == 4 && s.hca.accepts("rxe1", 1));
+        assert!(IbSettings::from_env(env(&[("OXCCL_IB_QPS_PER_CONNECTION", "0")])).is_err());
+        assert!(IbSettings::from_env(env(&[("OXCCL_IB_GID_INDEX", "x")])).is_err());
+    }
+}
