@@ -47,6 +47,8 @@ MPI_PKGS=(openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev pkg-config)
 # The C ABI's tests (ffi/tests/c_abi.rs) compile C and C++ programs against nccl.h, link
 # liboxccl, install it with pkg-config, and run a program under valgrind.
 MPI_PKGS+=(gcc g++ valgrind)
+# The `ib` feature (rdma-sys, also through bindgen) links libibverbs and librdmacm.
+MPI_PKGS+=(libibverbs-dev librdmacm-dev)
 
 # Runs a command as root: directly, or through sudo (without a password prompt when
 # there is no terminal to type one).
@@ -93,13 +95,18 @@ elif [ "$HAVE_MPICH" = 1 ]; then
 else
   MAIN_MPI=
 fi
-if have_libclang && { [ -n "$MAIN_MPI" ] || need_cmd mpicc; }; then
+have_verbs() {
+  have_libclang && ldconfig -p 2>/dev/null | grep -q 'librdmacm\.so ' && ldconfig -p 2>/dev/null | grep -q 'libibverbs\.so '
+}
+if have_libclang && have_verbs && { [ -n "$MAIN_MPI" ] || need_cmd mpicc; }; then
   FEATURES=(--all-features)
   WITH_MPI=1
 else
   # Every feature but `mpi`, as `oxccl/NAME` (the workspace has two packages).
+  # (and `ib` too when libibverbs, librdmacm or libclang is missing).
+  no_ib=$(have_verbs || echo ib)
   others=$(awk '/^\[features\]/ { f = 1; next } /^\[/ { f = 0 } f && /^[A-Za-z0-9_-]+ *=/ { print $1 }' Cargo.toml |
-    grep -vx -e default -e mpi | sed 's|^|oxccl/|' | paste -sd, -)
+    grep -vx -e default -e mpi -e "${no_ib:-mpi}" | sed 's|^|oxccl/|' | paste -sd, -)
   FEATURES=(--features "$others")
   WITH_MPI=0
   printf '\nSKIPPED: the `mpi` feature and every mpirun test: they need an MPI library (mpicc) and libclang,\n' >&2
@@ -316,6 +323,17 @@ if [ "${#MPIS[@]}" -lt 2 ]; then
   printf '\nSKIPPED: mpirun jobs under %s: not installed (%s)\n' \
     "$([ "$HAVE_OPENMPI" = 1 ] && echo MPICH || echo 'Open MPI')$([ "${#MPIS[@]}" = 0 ] && echo ' and MPICH')" \
     "${MPI_PKGS[*]}" >&2
+fi
+
+# --- InfiniBand verbs in the Soft-RoCE VM ----------------------------------------------
+# tests/ib_verbs.rs against two real (software) RDMA devices, rxe0 and rxe1, inside the
+# QEMU VM of ../shared/rdma-vm (about 2-3 minutes here: build, boot, test); skipped, by
+# name, where the VM cannot boot or the `ib` feature could not be built.
+if [[ " ${FEATURES[*]} " == *all-features* ]] || [[ " ${FEATURES[*]} " == *oxccl/ib* ]]; then
+  log "InfiniBand verbs on Soft-RoCE (scripts/ib-vm-test.sh)"
+  scripts/ib-vm-test.sh
+else
+  printf '\nSKIPPED: write_with_immediate_between_rxe0_and_rxe1 (tests/ib_verbs.rs): the ib feature needs libibverbs-dev, librdmacm-dev and libclang\n' >&2
 fi
 
 # --- fuzzing ---------------------------------------------------------------------------

@@ -113,6 +113,7 @@ impl Drop for Job {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl Worker {
     /// Queues an operation with hooks; returns its completion (see [`Pending`]).
     pub(crate) fn submit_with(&self, specs: Vec<CallSpec>, hooks: Box<dyn Hooks>) -> Result<Pending> {
@@ -130,8 +131,10 @@ impl Worker {
 }
 
 /// An operation queued with [`Worker::submit_with`].
+#[cfg(feature = "cuda")]
 pub(crate) struct Pending(Arc<State>);
 
+#[cfg(feature = "cuda")]
 impl Pending {
     /// Whether it has completed.
     pub(crate) fn is_done(&self) -> bool {

@@ -5,3 +5,5 @@
 //! TCP, and nothing reads these settings yet.
 
 pub mod select;
+#[cfg(feature = "ib")]
+pub mod verbs;
