@@ -66,3 +66,22 @@ static inline int __float_as_int(float x) { return oxccl_shim_bits<int>(x); }
 static inline float __uint_as_float(unsigned int x) { return oxccl_shim_bits<float>(x); }
 static inline double __longlong_as_double(long long x) { return oxccl_shim_bits<double>(x); }
 static inline long long __double_as_longlong(double x) { return oxccl_shim_bits<long long>(x); }
+
+// fmaxf/fminf/fmax/fmin: on the device (PTX max/min.f32/f64, IEEE 754-2019
+// maximumNumber/minimumNumber) a NaN operand, signaling or quiet, yields the other one.
+// glibc's versions return a quiet NaN for a signaling NaN operand (IEEE 754-2008 maxNum),
+// which is not what the kernels get: the kernels' calls are routed to these instead.
+template <typename F> static inline F oxccl_shim_max(F a, F b) {
+  if (a != a) return b;
+  if (b != b) return a;
+  return a < b ? b : a;
+}
+template <typename F> static inline F oxccl_shim_min(F a, F b) {
+  if (a != a) return b;
+  if (b != b) return a;
+  return b < a ? b : a;
+}
+#define fmaxf(a, b) oxccl_shim_max<float>((a), (b))
+#define fminf(a, b) oxccl_shim_min<float>((a), (b))
+#define fmax(a, b) oxccl_shim_max<double>((a), (b))
+#define fmin(a, b) oxccl_shim_min<double>((a), (b))
