@@ -92,7 +92,10 @@ fn find_headers() -> Option<(PathBuf, Option<PathBuf>)> {
     bases.push(Path::new(MANIFEST).join("target/cuda-wheels"));
     for b in &bases {
         for inc in [b.clone(), b.join("include"), b.join("nvidia/cuda_runtime/include")] {
-            if inc.join("cuda_fp16.h").is_file() && inc.join("cuda_bf16.h").is_file() && inc.join("cuda_fp8.h").is_file() {
+            if inc.join("cuda_fp16.h").is_file()
+                && inc.join("cuda_bf16.h").is_file()
+                && inc.join("cuda_fp8.h").is_file()
+            {
                 let crt = [inc.clone(), b.join("nvidia/cuda_nvcc/include"), b.join("include")]
                     .into_iter()
                     .find(|d| d.join("crt/host_defines.h").is_file());
@@ -120,6 +123,10 @@ fn build() -> Result<Emu, String> {
         "-fPIC",
         "-shared",
         "-w",
+        // A misaligned 16-byte vector access (or any misaligned access) aborts: the host
+        // would otherwise forgive what faults on the device.
+        "-fsanitize=alignment",
+        "-fno-sanitize-recover=all",
     ]
     .map(String::from)
     .to_vec();
@@ -148,21 +155,23 @@ fn build() -> Result<Emu, String> {
     let lib = dir.join(format!("libkernels-{:016x}.so", h.finish()));
     if !lib.is_file() {
         let tmp = dir.join(format!("tmp-{}-{:016x}.so", std::process::id(), h.finish()));
-        let out = Command::new(&cxx)
-            .args(&args)
-            .arg(shim.join("harness.cpp"))
-            .arg("-o")
-            .arg(&tmp)
-            .output()
-            .map_err(|e| format!("{cxx}: {e}"))?;
+        let compile =
+            |args: &[String]| Command::new(&cxx).args(args).arg(shim.join("harness.cpp")).arg("-o").arg(&tmp).output();
+        let out = compile(&args).map_err(|e| format!("{cxx}: {e}"))?;
         if !out.status.success() {
-            // A compile error in the kernels or the shim is a failure, not a skip.
-            panic!(
-                "{cxx} {} failed:\n{}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            // Without the sanitizer's runtime (libubsan), build without the alignment check.
+            let plain: Vec<String> = args.iter().filter(|a| !a.starts_with("-fsanitize")).cloned().collect();
+            let out2 = compile(&plain).map_err(|e| format!("{cxx}: {e}"))?;
+            if !out2.status.success() {
+                // A compile error in the kernels or the shim is a failure, not a skip.
+                panic!(
+                    "{cxx} {} failed:\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            println!("note: {cxx} could not build with -fsanitize=alignment: misaligned vectors go unnoticed");
         }
         std::fs::rename(&tmp, &lib).map_err(|e| format!("{}: {e}", lib.display()))?;
     }
@@ -279,17 +288,9 @@ fn specials(t: DataType) -> Vec<u64> {
         DataType::Int32 | DataType::Uint32 => {
             vec![0, 1, 3, 7, 0x7fff_ffff, 0x8000_0000, 0x8000_0001, 0xffff_ffff, 0xffff_fff9, 0x1_0000 - 1, 0x10000]
         }
-        DataType::Int64 | DataType::Uint64 => vec![
-            0,
-            1,
-            7,
-            i64::MAX as u64,
-            i64::MIN as u64,
-            u64::MAX,
-            u64::MAX - 6,
-            0x1_0000_0000,
-            0xffff_ffff,
-        ],
+        DataType::Int64 | DataType::Uint64 => {
+            vec![0, 1, 7, i64::MAX as u64, i64::MIN as u64, u64::MAX, u64::MAX - 6, 0x1_0000_0000, 0xffff_ffff]
+        }
         DataType::Float16 => vec![
             0x0000, 0x8000, 0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00, 0xfe01, 0x0001, 0x8001, 0x03ff,
             0x0400, 0x3800, 0x5bff, 0x1400,
@@ -344,7 +345,9 @@ fn specials(t: DataType) -> Vec<u64> {
         // subnormal, 240, 0.5.
         DataType::Float8E4M3 => vec![0x00, 0x80, 0x38, 0xb8, 0x7e, 0xfe, 0x7f, 0xff, 0x01, 0x07, 0x77, 0x30, 0x81],
         // e5m2: 0, -0, 1, -1, 57344 (max), -max, inf, -inf, NaN, smallest subnormal, ...
-        DataType::Float8E5M2 => vec![0x00, 0x80, 0x3c, 0xbc, 0x7b, 0xfb, 0x7c, 0xfc, 0x7e, 0x01, 0x03, 0x04, 0x81, 0x77],
+        DataType::Float8E5M2 => {
+            vec![0x00, 0x80, 0x3c, 0xbc, 0x7b, 0xfb, 0x7c, 0xfc, 0x7e, 0x01, 0x03, 0x04, 0x81, 0x77]
+        }
     }
 }
 
@@ -482,13 +485,20 @@ fn run_case(emu: &Emu, c: &Case, rng: &mut Rng) -> Result<(), String> {
         let (g, w) = (get(t, &got, i), get(t, &want, i));
         if g != w && !(is_nan(t, g) && is_nan(t, w)) {
             let x = get(t, &a, i);
-            let y = if matches!(c.op, Op::Bin(_) | Op::MulAdd) { format!(", b={:#x}", get(t, &b, i)) } else { String::new() };
+            let y = if matches!(c.op, Op::Bin(_) | Op::MulAdd) {
+                format!(", b={:#x}", get(t, &b, i))
+            } else {
+                String::new()
+            };
             return Err(format!("element {i}: a={x:#x}{y}, scalar={:#x}: kernel {g:#x}, CPU {w:#x}", c.scalar));
         }
     }
     for (name, g) in [("a", &ga), ("b", &gb), ("dst", &gd)] {
         if let Some(p) = g.guard_damage() {
-            return Err(format!("byte {p} of {name}'s buffer, outside its {} bytes at {}, was written", g.len, g.start));
+            return Err(format!(
+                "byte {p} of {name}'s buffer, outside its {} bytes at {}, was written",
+                g.len, g.start
+            ));
         }
     }
     if !c.in_place && ga.data() != &a[..] {
@@ -530,7 +540,12 @@ fn check_type(t: DataType) {
                 for dst_off in (0..=16).step_by(sz) {
                     // Same alignment everywhere; a shifted by one element; b shifted; in place.
                     let other = (dst_off + sz) % 16;
-                    let layouts = [(dst_off, dst_off, false), (other, dst_off, false), (dst_off, other, false), (dst_off, other, true)];
+                    let layouts = [
+                        (dst_off, dst_off, false),
+                        (other, dst_off, false),
+                        (dst_off, other, false),
+                        (dst_off, other, true),
+                    ];
                     for (a_off, b_off, in_place) in layouts {
                         let scalar = sc[rng.next() as usize % sc.len()];
                         let c = Case { t, op, n, grid, block, dst_off, a_off, b_off, in_place, scalar };
