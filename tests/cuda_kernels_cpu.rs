@@ -120,6 +120,7 @@ fn build() -> Result<Emu, String> {
         "-O1",
         "-ffp-contract=off",
         "-fno-fast-math",
+        "-fno-strict-aliasing",
         "-fPIC",
         "-shared",
         "-w",
@@ -174,6 +175,14 @@ fn build() -> Result<Emu, String> {
             println!("note: {cxx} could not build with -fsanitize=alignment: misaligned vectors go unnoticed");
         }
         std::fs::rename(&tmp, &lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+        // Older builds (of earlier sources) are of no further use.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("libkernels-") && e.path() != lib {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
     let c = CString::new(lib.to_str().ok_or("non-UTF-8 target path")?).unwrap();
     // SAFETY: dlopen of a library we just built; its initialisers only zero globals.
