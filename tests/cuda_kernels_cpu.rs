@@ -12,10 +12,14 @@
 //! the pip wheel `nvidia-cuda-runtime-cu12` in host mode, where they are NVIDIA's software
 //! emulation of the device instructions; the shim adds the device-only f32/f64
 //! intrinsics (`__fadd_rn`, `__fmaf_rn`, `__ull2float_rn`, ...) as single IEEE operations
-//! rounded to nearest even. So this checks the kernels' logic (vector/scalar split,
+//! rounded to nearest even, and `fmaxf`/`fmin`/... with the device's NaN rule (a signaling
+//! NaN operand yields the other operand, where glibc returns a quiet NaN). The library is
+//! built with `-fsanitize=alignment`, so a 16-byte vector access the device would fault on
+//! aborts the test. So this checks the kernels' logic (vector/scalar split,
 //! alignment, grid-stride coverage, in place, operand order, integer and special-value
 //! semantics), not the GPU's instructions; `tests/cuda_kernels.rs` checks that the same
-//! source compiles for sm_80/sm_90, and scripts/gpu-check.sh runs it on a GPU.
+//! source compiles for sm_80/sm_90, and tests/cuda_collectives.rs (scripts/gpu-check.sh)
+//! runs it on a GPU.
 //!
 //! Every kernel of every type runs over lengths 0..4099, byte offsets 0..16 of the output
 //! and of each input (same and different alignments modulo 16, and in place), on three
