@@ -452,7 +452,8 @@ struct Case {
     dst_off: usize,
     a_off: usize,
     b_off: usize,
-    in_place: bool,
+    /// The output is the buffer of input a (1) or of input b (2), or its own (0).
+    in_place: u8,
     scalar: u64,
 }
 
@@ -479,7 +480,11 @@ fn run_case(emu: &Emu, c: &Case, rng: &mut Rng) -> Result<(), String> {
     let mut gd = Guarded::new(&vec![0x5a; c.n * sz], c.dst_off);
     let kern = emu.sym(&format!("oxccl_{}_{}", op_name(c.op), type_name(t)));
     let (ap, bp) = (ga.ptr(), gb.ptr());
-    let dp = if c.in_place { ap } else { gd.ptr() };
+    let dp = match c.in_place {
+        1 => ap,
+        2 => bp,
+        _ => gd.ptr(),
+    };
     {
         let _g = emu_lock();
         // SAFETY: every pointer covers n elements of t with the guards around it; dst is
@@ -493,7 +498,11 @@ fn run_case(emu: &Emu, c: &Case, rng: &mut Rng) -> Result<(), String> {
             }
         }
     }
-    let got = if c.in_place { ga.data().to_vec() } else { gd.data().to_vec() };
+    let got = match c.in_place {
+        1 => ga.data().to_vec(),
+        2 => gb.data().to_vec(),
+        _ => gd.data().to_vec(),
+    };
     for i in 0..c.n {
         let (g, w) = (get(t, &got, i), get(t, &want, i));
         if g != w && !(is_nan(t, g) && is_nan(t, w)) {
@@ -514,10 +523,10 @@ fn run_case(emu: &Emu, c: &Case, rng: &mut Rng) -> Result<(), String> {
             ));
         }
     }
-    if !c.in_place && ga.data() != &a[..] {
+    if c.in_place != 1 && ga.data() != &a[..] {
         return Err("input a was modified".into());
     }
-    if gb.data() != &b[..] {
+    if c.in_place != 2 && gb.data() != &b[..] {
         return Err("input b was modified".into());
     }
     Ok(())
@@ -551,15 +560,18 @@ fn check_type(t: DataType) {
         for &n in &LENS {
             for &(grid, block) in &SHAPES {
                 for dst_off in (0..=16).step_by(sz) {
-                    // Same alignment everywhere; a shifted by one element; b shifted; in place.
+                    // Same alignment everywhere; a shifted by one element; b shifted; in place
+                    // on a; in place on b (two-input kernels).
                     let other = (dst_off + sz) % 16;
                     let layouts = [
-                        (dst_off, dst_off, false),
-                        (other, dst_off, false),
-                        (dst_off, other, false),
-                        (dst_off, other, true),
+                        (dst_off, dst_off, 0),
+                        (other, dst_off, 0),
+                        (dst_off, other, 0),
+                        (dst_off, other, 1),
+                        (other, dst_off, 2),
                     ];
-                    for (a_off, b_off, in_place) in layouts {
+                    let two_inputs = matches!(op, Op::Bin(_) | Op::MulAdd);
+                    for (a_off, b_off, in_place) in layouts.into_iter().filter(|l| two_inputs || l.2 != 2) {
                         let scalar = sc[rng.next() as usize % sc.len()];
                         let c = Case { t, op, n, grid, block, dst_off, a_off, b_off, in_place, scalar };
                         cases += 1;
@@ -570,8 +582,8 @@ fn check_type(t: DataType) {
                                 "oxccl_{}_{} n={n} grid={grid} block={block} dst+{dst_off} a+{} b+{b_off}{}: {e}",
                                 op_name(op),
                                 type_name(t),
-                                if in_place { dst_off } else { a_off },
-                                if in_place { " (in place)" } else { "" }
+                                a_off,
+                                ["", " (dst = a)", " (dst = b)"][in_place as usize]
                             ));
                         }
                     }
