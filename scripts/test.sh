@@ -6,7 +6,8 @@
 # Installs what it needs when missing, then checks formatting and lints and runs every
 # test: unit tests, the multi-rank matrix with ranks as threads and as processes (shared
 # memory and TCP), two "hosts" in network namespaces (skipped, by name, without root),
-# the launcher, the API tests, the doc tests, the CUDA kernels compiled by NVRTC and ptxas
+# the launcher, the API tests, the doc tests, the CUDA kernels run on the CPU (a host C++
+# build of kernels.cu, checked against the CPU kernels) and compiled by NVRTC and ptxas
 # for sm_80/sm_90 (pip wheels, no GPU), the C ABI's C and C++ programs (built with
 # the system compilers; one run under valgrind, one under ASan), short checked runs of every *_perf example
 # with thread ranks and with processes under oxccl-run (with their -J and --plot outputs
@@ -116,6 +117,7 @@ fi
 
 # --- CUDA's headers, NVRTC and ptxas (pip wheels, no GPU) --------------------------
 # nccl.h must compile with CUDA's own cuda_runtime.h (the C ABI's header test), and
+# tests/cuda_kernels_cpu.rs builds kernels.cu as host C++ against these headers and runs it;
 # tests/cuda_kernels.rs compiles every CUDA kernel with NVRTC for sm_80 and sm_90 and
 # assembles it with `ptxas -v` (failing on a register spill). Without a toolkit, the pip
 # wheels nvidia-cuda-runtime-cu12 (cuda_runtime.h, cuda_fp16.h, ...), nvidia-cuda-nvcc-cu12
