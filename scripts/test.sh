@@ -328,14 +328,17 @@ if [ "${#MPIS[@]}" -lt 2 ]; then
 fi
 
 # --- InfiniBand verbs in the Soft-RoCE VM ----------------------------------------------
-# tests/ib_verbs.rs against two real (software) RDMA devices, rxe0 and rxe1, inside the
-# QEMU VM of ../shared/rdma-vm (about 2-3 minutes here: build, boot, test); skipped, by
-# name, where the VM cannot boot or the `ib` feature could not be built.
+# Note: the `cargo test` runs above only see tests/ib_verbs.rs skip itself (no RDMA device
+# on this machine). Here it runs for real, against two software RDMA devices (rxe0, rxe1)
+# inside the QEMU VM of ../shared/rdma-vm/run-in-rdma-vm.sh, a sibling of the repository
+# (build, ~5 s boot, the tests; the VM emulates its CPU, so allow a minute or two);
+# skipped, saying why, where that script is missing, the VM cannot boot, or the `ib`
+# feature could not be built.
 if [[ " ${FEATURES[*]} " == *all-features* ]] || [[ " ${FEATURES[*]} " == *oxccl/ib* ]]; then
   log "InfiniBand verbs on Soft-RoCE (scripts/ib-vm-test.sh)"
   scripts/ib-vm-test.sh
 else
-  printf '\nSKIPPED: write_with_immediate_between_rxe0_and_rxe1 (tests/ib_verbs.rs): the ib feature needs libibverbs-dev, librdmacm-dev and libclang\n' >&2
+  printf '\nSKIPPED: tests/ib_verbs.rs in the Soft-RoCE VM: the ib feature needs libibverbs-dev, librdmacm-dev and libclang\n' >&2
 fi
 
 # --- fuzzing ---------------------------------------------------------------------------
