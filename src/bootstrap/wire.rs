@@ -43,6 +43,9 @@ pub enum Kind {
     /// After init, on the ring: a rank has been stuck in a collective for a while and
     /// says which (origin, hops, tag, descriptor, operation number).
     Where = 9,
+    /// After a [`ConnHello`](Kind::ConnHello), on an InfiniBand link's socket: the queue
+    /// pairs, address and (receiver) FIFO registration of one side.
+    IbConnect = 10,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             7 => Kind::Fault,
             8 => Kind::Bye,
             9 => Kind::Where,
+            10 => Kind::IbConnect,
             _ => return None,
         })
     }

@@ -88,6 +88,19 @@ pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<S
     Ok((tcp, shm))
 }
 
+/// This rank's InfiniBand port, or `None` (with one INFO line saying why: TCP then).
+#[cfg(feature = "ib")]
+fn probe_ib(rank: usize) -> Result<Option<crate::transport::ib::Device>> {
+    let s = crate::transport::ib::select::IbSettings::from_env(|k| std::env::var(k).ok())?;
+    match crate::transport::ib::Device::probe(&s) {
+        Ok(d) => Ok(Some(d)),
+        Err(why) => {
+            log::info(false, &format!("rank {rank}: no usable RDMA device ({why}): TCP between hosts"));
+            Ok(None)
+        }
+    }
+}
+
 impl Comm {
     /// Joins the job described by `id` as `rank` of `nranks` (like `ncclCommInitRank`).
     /// Every rank calls it with the same id and `nranks`; it returns once all ranks have
@@ -122,6 +135,18 @@ impl Comm {
         let seg = if use_shm { Some(Shm::create(rank, local.clone(), shape, id.secret())?) } else { None };
         // TCP listeners, where some peer is another host.
         let use_tcp = topology.links.contains(&Link::Tcp);
+        // InfiniBand between hosts, where every rank has a usable port (decided alike on
+        // every rank from what all report; the links still meet through the TCP listener).
+        #[cfg(feature = "ib")]
+        let ib_dev = {
+            let dev = if use_tcp { probe_ib(rank)? } else { None };
+            let all = boot.all_gather(&[dev.is_some() as u8])?;
+            let everyone = all.iter().all(|b| b.first() == Some(&1));
+            if dev.is_some() && !everyone {
+                log::info(false, &format!("rank {rank}: some ranks have no usable RDMA device: TCP between hosts"));
+            }
+            dev.filter(|_| everyone)
+        };
         let listener = if use_tcp { Some(Tcp::listen(ip)?) } else { None };
         let my_addr = match &listener {
             Some(l) => Some(l.local_addr().map_err(|e| Error::system("reading the TCP listener address", e))?),
@@ -156,6 +181,38 @@ impl Comm {
                 }
             }
         }
+        #[cfg(feature = "ib")]
+        let listener = match (listener, ib_dev) {
+            (Some(l), Some(dev)) => {
+                let addrs =
+                    endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
+                log::info(false, &format!("rank {rank}: InfiniBand to other hosts through {}", dev.describe()));
+                let ib = crate::transport::ib::select::IbSettings::from_env(|k| std::env::var(k).ok())?;
+                transports.push(Box::new(
+                    crate::transport::ib::Ib::new(
+                        rank,
+                        *id.secret(),
+                        shape,
+                        ib.qps_per_connection,
+                        dev,
+                        l,
+                        addrs,
+                        peers.clone(),
+                        bell.clone(),
+                        timeout,
+                    )?
+                    .with_watch(watch.clone())
+                    .with_fault(fault.clone()),
+                ));
+                for (r, l) in topology.links.iter().enumerate() {
+                    if *l == Link::Tcp {
+                        route[r] = Some(transports.len() - 1);
+                    }
+                }
+                None
+            }
+            (l, _) => l,
+        };
         if let Some(l) = listener {
             let addrs =
                 endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();

@@ -52,6 +52,13 @@ impl FifoShape {
         CTRL_BYTES + self.nslots as usize * (HEADER_BYTES + self.slot_bytes)
     }
 
+    /// Offset, from the FIFO's start, of the data area of `slot` (where a payload of more
+    /// than [`INLINE_BYTES`] lies). For transports that write a peer's FIFO remotely
+    /// (InfiniBand): both ends compute the same layout from the same shape.
+    pub fn data_offset(&self, slot: usize) -> usize {
+        CTRL_BYTES + slot * (HEADER_BYTES + self.slot_bytes) + HEADER_BYTES
+    }
+
     /// Checks the shape is usable.
     pub fn validate(&self) -> Result<()> {
         if self.nslots < 2 || self.nslots > 1024 || !self.nslots.is_power_of_two() {
@@ -343,6 +350,14 @@ impl FifoTx {
     pub fn posted(&self) -> u64 {
         self.head
     }
+
+    /// Messages the receiver has released so far (its consumed counter, read now).
+    #[inline]
+    pub fn released(&self) -> u64 {
+        let t = self.fifo.ctrl().tail.load(Ordering::Acquire);
+        self.tail_seen.set(t);
+        t
+    }
 }
 
 /// Flag in a slot's size: the payload is elsewhere, its address in the inline bytes.
@@ -397,6 +412,35 @@ impl FifoRx {
         // A corrupt size must not make us read outside the slot.
         let bytes = bytes.min(self.fifo.shape.slot_bytes);
         Msg { ptr: self.fifo.data(slot, bytes), bytes, desc }
+    }
+
+    /// The message `ahead` places after the next one, if it has arrived (`peek(0)` is the
+    /// next message): a consumer that forwards messages (the InfiniBand transport) starts
+    /// on later ones before it releases earlier ones. Releases stay in order.
+    #[inline]
+    pub fn peek(&self, ahead: u64) -> Option<Msg> {
+        let k = self.tail + ahead;
+        if ahead >= self.fifo.shape.nslots as u64 {
+            return None;
+        }
+        let slot = self.fifo.slot_of(k);
+        let h = self.fifo.header(slot);
+        // SAFETY: the header lies in the live region; seq is atomic.
+        if unsafe { (*h).seq.load(Ordering::Acquire) } != k + 1 {
+            return None;
+        }
+        // SAFETY: the acquire load above synchronised with the sender's release of seq.
+        let (bytes, desc) = unsafe {
+            (
+                (*h).bytes.load(Ordering::Relaxed) as usize,
+                [(*h).desc[0].load(Ordering::Relaxed), (*h).desc[1].load(Ordering::Relaxed)],
+            )
+        };
+        if bytes & REFERENCE != 0 {
+            return None; // only by-reference senders post these; never peeked
+        }
+        let bytes = bytes.min(self.fifo.shape.slot_bytes);
+        Some(Msg { ptr: self.fifo.data(slot, bytes), bytes, desc })
     }
 
     /// Returns the current slot to the sender.

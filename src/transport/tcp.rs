@@ -30,7 +30,7 @@ use crate::topology::PeerInfo;
 
 pub(crate) const FRAME_HEADER: usize = 24;
 /// Messages from this size are striped across a link's sockets.
-const STRIPE_MIN: usize = 64 << 10;
+pub(crate) const STRIPE_MIN: usize = 64 << 10;
 /// Accepted connections waiting for `connect` to claim them, at most (a link has
 /// `OXCCL_NSOCKS` per peer and channel; this is far above what a job opens).
 const MAX_UNCLAIMED: usize = 4096;
@@ -43,7 +43,7 @@ const SOCKET_BUFFER: Option<i32> = None;
 
 /// The `(offset, length)` of the part of a `total`-byte message each socket carries:
 /// everything on socket 0, or near-equal page-aligned stripes on all `nsocks`.
-fn stripes(total: usize, nsocks: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn stripes(total: usize, nsocks: usize) -> impl Iterator<Item = (usize, usize)> {
     let (n, part) = if nsocks <= 1 || total < STRIPE_MIN {
         (1, total)
     } else {

@@ -1,9 +1,16 @@
-//! InfiniBand / RoCE verbs (issue 8, in progress). So far: which devices, ports and GID
-//! a rank would use ([`select`]: NCCL's `OXCCL_IB_HCA` syntax, RoCE v2 GID detection,
-//! the `OXCCL_IB_*` settings). The verbs wrapper and the transport that carries the
-//! FIFOs over RDMA WRITE WITH IMMEDIATE are not written yet: between hosts oxccl uses
-//! TCP, and nothing reads these settings yet.
+//! InfiniBand / RoCE verbs between hosts (feature `ib`): [`select`] picks the device,
+//! port and GID (NCCL's `OXCCL_IB_HCA` syntax, RoCE v2 detection, the `OXCCL_IB_*`
+//! settings); [`verbs`] wraps the libibverbs calls safely; [`conn`] is the connection
+//! message; `net` is the transport ([`Ib`]): RDMA WRITE WITH IMMEDIATE into the
+//! receiver's registered FIFO slots, credits returned with SEND WITH IMMEDIATE. Between
+//! hosts it is preferred to TCP when every rank finds a usable port.
 
+pub mod conn;
+#[cfg(feature = "ib")]
+mod net;
 pub mod select;
 #[cfg(feature = "ib")]
 pub mod verbs;
+
+#[cfg(feature = "ib")]
+pub use net::{Device, Ib};
