@@ -1,86 +1,218 @@
 //! The verbs wrapper against real RDMA devices (feature `ib`): inside the Soft-RoCE VM
-//! (`scripts/ib-vm-test.sh` boots it), a reliable connection between `rxe0` and `rxe1`
-//! (two "hosts" joined by a veth pair) carries 1 MiB as four RDMA WRITE WITH IMMEDIATE
-//! chunks, checked byte for byte with their immediates; then a write with a remote key
-//! the peer never handed out ends in an error completion instead of hanging.
-//! Outside the VM the test prints `skipped: ...`.
+//! (`scripts/ib-vm-test.sh` boots it), reliable connections between `rxe0` and `rxe1`
+//! (two "hosts" joined by a veth pair):
+//! - 1 MiB as eight RDMA WRITE WITH IMMEDIATE chunks into the peer's registered buffer,
+//!   checked byte for byte with their immediates (the receiver waits on a completion
+//!   channel), then a SEND into a posted receive buffer;
+//! - a write to the queue pair of a peer that has been destroyed ends in an error
+//!   completion (transport retries exceeded) instead of hanging;
+//! - a write with a remote key the peer never handed out ends in an error completion.
+//!
+//! Outside the VM each test prints `skipped: ...` and passes.
 #![cfg(feature = "ib")]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxccl::transport::ib::verbs::{Address, Completion, Context, Cq, Mr, Pd, Qp};
+use oxccl::transport::ib::verbs::{Address, CompChannel, Completion, Context, Cq, Mr, Pd, PortInfo, Qp, SendWr};
 
-fn wait(cq: &Cq, n: usize, limit: Duration) -> Vec<Completion> {
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn in_vm() -> bool {
+    if std::env::var("RDMA_VM").is_err() {
+        println!("skipped: not inside the Soft-RoCE VM (run scripts/ib-vm-test.sh)");
+        return false;
+    }
+    true
+}
+
+/// Polls `cq` until `n` completions came, failing after `limit` (busy polling).
+fn poll_for(cq: &Cq, n: usize, limit: Duration) -> Vec<Completion> {
     let t0 = Instant::now();
     let mut got = Vec::new();
     while got.len() < n {
         got.extend(cq.poll(16).unwrap());
-        assert!(t0.elapsed() < limit, "only {} of {n} completions after {limit:?}", got.len());
+        assert!(t0.elapsed() < limit, "only {} of {n} completions after {limit:?}: {got:?}", got.len());
+        std::thread::yield_now();
     }
     got
 }
 
+/// Like `poll_for`, but sleeping on the queue's completion channel between polls.
+fn wait_for(cq: &Cq, n: usize, limit: Duration) -> (Vec<Completion>, usize) {
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut events = 0;
+    loop {
+        got.extend(cq.poll(16).unwrap());
+        if got.len() >= n {
+            return (got, events);
+        }
+        cq.req_notify(false).unwrap();
+        // A completion between the poll and the arming raises no event: poll again.
+        got.extend(cq.poll(16).unwrap());
+        if got.len() >= n {
+            return (got, events);
+        }
+        assert!(t0.elapsed() < limit, "only {} of {n} completions after {limit:?}: {got:?}", got.len());
+        if cq.wait_event(Duration::from_secs(5)).unwrap() {
+            events += 1;
+        }
+    }
+}
+
+/// One end: a device, its PD, a CQ (with a completion channel) and an RC QP.
+struct Side {
+    qp: Qp,
+    cq: Arc<Cq>,
+    pd: Arc<Pd>,
+    port: PortInfo,
+    gid: [u8; 16],
+    _ctx: Arc<Context>,
+}
+
+fn gid_index() -> u8 {
+    std::env::var("RDMA_VM_GID_INDEX").expect("RDMA_VM_GID_INDEX").parse().unwrap()
+}
+
+fn side(dev_var: &str) -> Side {
+    let dev = std::env::var(dev_var).unwrap_or_else(|_| panic!("{dev_var} unset"));
+    let ctx = Context::open(&dev).unwrap();
+    let port = ctx.port(1).unwrap();
+    assert!(port.active, "{dev} port 1 is not active");
+    let pd = Pd::new(&ctx).unwrap();
+    let ch = CompChannel::new(&ctx).unwrap();
+    let cq = Cq::with_channel(&ctx, 64, &ch).unwrap();
+    let qp = Qp::rc(&pd, &cq, 32).unwrap();
+    let gid = ctx.gid(1, gid_index() as u32).unwrap();
+    Side { qp, cq, pd, port, gid, _ctx: ctx }
+}
+
+/// Connects `a` and `b` (RESET → INIT → RTR → RTS on both).
+fn connect(a: &Side, b: &Side) {
+    let mtu = a.port.active_mtu.min(b.port.active_mtu);
+    let aa = Address { qpn: a.qp.qpn(), psn: 100, lid: a.port.lid, gid: a.gid };
+    let ab = Address { qpn: b.qp.qpn(), psn: 200, lid: b.port.lid, gid: b.gid };
+    a.qp.connect(1, Some(gid_index()), mtu, aa.psn, &ab).unwrap();
+    b.qp.connect(1, Some(gid_index()), mtu, ab.psn, &aa).unwrap();
+}
+
 #[test]
 fn write_with_immediate_between_rxe0_and_rxe1() {
-    if std::env::var("RDMA_VM").is_err() {
-        println!(
-            "skipped: write_with_immediate_between_rxe0_and_rxe1: not inside the Soft-RoCE VM (scripts/ib-vm-test.sh runs it there)"
-        );
+    if !in_vm() {
         return;
     }
-    let gid_index: u8 = std::env::var("RDMA_VM_GID_INDEX").unwrap().parse().unwrap();
-    let side = |dev: &str| {
-        let ctx = Context::open(dev).unwrap();
-        let port = ctx.port(1).unwrap();
-        assert!(port.active, "{dev} port 1 is not active");
-        let pd = Pd::new(&ctx).unwrap();
-        let cq = Cq::new(&ctx, 64).unwrap();
-        let qp = Qp::rc(&pd, &cq, 32).unwrap();
-        let gid = ctx.gid(1, gid_index as u32).unwrap();
-        (ctx, pd, cq, qp, gid, port)
-    };
-    let (_c0, pd0, cq0, qp0, gid0, p0) = side(&std::env::var("RDMA_VM_DEV0").unwrap());
-    let (_c1, pd1, cq1, qp1, gid1, p1) = side(&std::env::var("RDMA_VM_DEV1").unwrap());
-    let mtu = p0.active_mtu.min(p1.active_mtu);
-    let a0 = Address { qpn: qp0.qpn(), psn: 100, lid: p0.lid, gid: gid0 };
-    let a1 = Address { qpn: qp1.qpn(), psn: 200, lid: p1.lid, gid: gid1 };
-    qp0.connect(1, gid_index, mtu, a0.psn, &a1).unwrap();
-    qp1.connect(1, gid_index, mtu, a1.psn, &a0).unwrap();
+    let s0 = side("RDMA_VM_DEV0");
+    let s1 = side("RDMA_VM_DEV1");
+    connect(&s0, &s1);
 
     const LEN: usize = 1 << 20;
+    const CHUNKS: usize = 8;
     let mut src: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8).collect();
     let mut dst = vec![0u8; LEN];
-    // SAFETY: both vectors outlive their regions (dropped at the end of the test).
+    // SAFETY: both vectors outlive their regions (deregistered before the vectors drop).
     let (m0, m1) = unsafe {
-        (Mr::register(&pd0, src.as_mut_ptr(), LEN).unwrap(), Mr::register(&pd1, dst.as_mut_ptr(), LEN).unwrap())
+        (Mr::register(&s0.pd, src.as_mut_ptr(), LEN).unwrap(), Mr::register(&s1.pd, dst.as_mut_ptr(), LEN).unwrap())
     };
-    for i in 0..4 {
-        qp1.post_recv(i).unwrap();
+    assert_eq!((m0.len(), m1.len()), (LEN, LEN));
+    for i in 0..CHUNKS as u64 {
+        s1.qp.post_recv(i).unwrap();
     }
-    let chunk = LEN / 4;
-    for i in 0..4u32 {
-        let off = i as usize * chunk;
+    let chunk = LEN / CHUNKS;
+    let t0 = Instant::now();
+    for i in 0..CHUNKS {
+        let off = i * chunk;
         // SAFETY: the remote range is inside `dst`'s region; `src` is unchanged until done.
-        unsafe { qp0.write_imm(&m0, off, chunk, (m1.addr() + off as u64, m1.rkey()), 0xab00 + i, i as u64).unwrap() };
+        unsafe {
+            s0.qp.write_imm(&m0, off, chunk, (m1.addr() + off as u64, m1.rkey()), 0xab00 + i as u32, i as u64).unwrap()
+        };
     }
-    let sent = wait(&cq0, 4, Duration::from_secs(60));
-    assert!(sent.iter().all(|c| c.status == 0), "send completions: {sent:?}");
-    let mut recvd = wait(&cq1, 4, Duration::from_secs(60));
-    assert!(recvd.iter().all(|c| c.status == 0), "receive completions: {recvd:?}");
+    let sent = poll_for(&s0.cq, CHUNKS, LIMIT);
+    assert!(sent.iter().all(Completion::is_ok), "send completions: {sent:?}");
+    let (mut recvd, events) = wait_for(&s1.cq, CHUNKS, LIMIT);
+    let elapsed = t0.elapsed();
+    assert!(recvd.iter().all(Completion::is_ok), "receive completions: {recvd:?}");
+    assert!(recvd.iter().all(|c| c.opcode == rdma_sys::ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM));
     recvd.sort_by_key(|c| c.imm);
     let imms: Vec<Option<u32>> = recvd.iter().map(|c| c.imm).collect();
-    assert_eq!(imms, (0..4).map(|i| Some(0xab00 + i)).collect::<Vec<_>>());
+    assert_eq!(imms, (0..CHUNKS as u32).map(|i| Some(0xab00 + i)).collect::<Vec<_>>());
+    assert!(recvd.iter().all(|c| c.byte_len as usize == chunk), "{recvd:?}");
     assert!(dst == src, "the written bytes differ");
-    println!("1 MiB in 4 RDMA WRITE WITH IMMEDIATE chunks rxe0 -> rxe1: bytes and immediates correct");
+    println!(
+        "1 MiB in {CHUNKS} RDMA WRITE WITH IMMEDIATE chunks rxe0 -> rxe1: bytes and immediates correct \
+         ({elapsed:?}, {events} completion-channel events)"
+    );
+
+    // A SEND lands in the next posted receive buffer.
+    // SAFETY: the first 4 KiB of `dst` are not touched until the receive completes.
+    unsafe { s1.qp.post_recv_buf(&m1, 0, 4096, 77).unwrap() };
+    src[LEN - 100..].fill(0x5e);
+    // SAFETY: inside `src`'s region, unchanged until the completion.
+    let send = SendWr {
+        wr_id: 78,
+        local: Some((m0.addr() + (LEN - 100) as u64, 100, m0.lkey())),
+        signaled: true,
+        ..Default::default()
+    };
+    unsafe { s0.qp.post_send(&[send]).unwrap() };
+    let c = poll_for(&s0.cq, 1, LIMIT);
+    assert!(c[0].is_ok() && c[0].wr_id == 78 && c[0].opcode == rdma_sys::ibv_wc_opcode::IBV_WC_SEND, "{c:?}");
+    let (c, _) = wait_for(&s1.cq, 1, LIMIT);
+    assert!(c[0].is_ok() && c[0].wr_id == 77 && c[0].byte_len == 100 && c[0].imm.is_none(), "{c:?}");
+    assert!(dst[..100].iter().all(|&b| b == 0x5e) && dst[100] == src[100]);
+    println!("SEND of 100 bytes rxe0 -> rxe1 into a posted receive buffer: correct");
 
     // A write the peer must refuse (a key it never handed out) ends in an error
     // completion, not a hang.
-    qp1.post_recv(9).unwrap();
+    s1.qp.post_recv(9).unwrap();
     let t0 = Instant::now();
     // SAFETY: the key is wrong on purpose: the peer refuses the write, nothing is written.
-    unsafe { qp0.write_imm(&m0, 0, 4096, (m1.addr(), m1.rkey() ^ 0x5a5a_0000), 1, 99).unwrap() };
-    let c = wait(&cq0, 1, Duration::from_secs(60));
-    assert_ne!(c[0].status, 0, "a write with a bad remote key succeeded");
+    unsafe { s0.qp.write_imm(&m0, 0, 4096, (m1.addr(), m1.rkey() ^ 0x5a5a_0000), 1, 99).unwrap() };
+    let c = poll_for(&s0.cq, 1, LIMIT);
+    assert!(!c[0].is_ok(), "a write with a bad remote key succeeded");
     println!("write with a bad remote key: '{}' after {:?}", c[0].status_text(), t0.elapsed());
-    drop((m1, qp1, dst));
+    m1.deregister().unwrap();
+    m0.deregister().unwrap();
+    drop((s1, s0, dst, src));
+}
+
+#[test]
+fn a_write_to_a_destroyed_peer_ends_in_an_error_completion() {
+    if !in_vm() {
+        return;
+    }
+    let s0 = side("RDMA_VM_DEV0");
+    let s1 = side("RDMA_VM_DEV1");
+    connect(&s0, &s1);
+    let mut src = vec![1u8; 65536];
+    let mut dst = vec![0u8; 65536];
+    // SAFETY: both vectors outlive their regions.
+    let (m0, m1) = unsafe {
+        (Mr::register(&s0.pd, src.as_mut_ptr(), 65536).unwrap(), Mr::register(&s1.pd, dst.as_mut_ptr(), 65536).unwrap())
+    };
+    let remote = (m1.addr(), m1.rkey());
+    // Prove the connection first.
+    s1.qp.post_recv(1).unwrap();
+    // SAFETY: inside both regions.
+    unsafe { s0.qp.write_imm(&m0, 0, 4096, remote, 1, 1).unwrap() };
+    assert!(poll_for(&s0.cq, 1, LIMIT)[0].is_ok());
+    assert!(wait_for(&s1.cq, 1, LIMIT).0[0].is_ok());
+
+    // The peer goes away entirely (QP, MR, CQ, PD, device context), as when its process
+    // dies; the device stays, so the packets arrive for a queue pair that is gone.
+    drop((m1, s1));
+    let t0 = Instant::now();
+    // SAFETY: the remote memory no longer takes writes (its region is deregistered);
+    // `src` stays unchanged until the completion.
+    unsafe { s0.qp.write_imm(&m0, 0, 4096, remote, 2, 2).unwrap() };
+    let c = poll_for(&s0.cq, 1, LIMIT);
+    assert!(!c[0].is_ok(), "a write to a destroyed queue pair succeeded: {c:?}");
+    println!("write to a destroyed peer: error completion '{}' after {:?}", c[0].status_text(), t0.elapsed());
+    // The queue pair is now in the error state: a further post is flushed, not lost.
+    // SAFETY: as above.
+    unsafe { s0.qp.write_imm(&m0, 0, 4096, remote, 3, 3).unwrap() };
+    let c = poll_for(&s0.cq, 1, LIMIT);
+    assert!(!c[0].is_ok() && c[0].wr_id == 3, "{c:?}");
+    println!("next post on that queue pair: '{}'", c[0].status_text());
+    drop((m0, s0, src, dst));
 }
