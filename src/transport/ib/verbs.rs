@@ -583,8 +583,12 @@ impl Qp {
         a.qp_state = ibv_qp_state::IBV_QPS_RTS;
         a.sq_psn = psn;
         a.timeout = 14;
-        a.retry_cnt = 7;
-        // (7 would retry forever.)
+        // Transport retries before an error completion (RETRY_EXC_ERR), ~67 ms apart
+        // (timeout 14): a peer whose queue pair is gone is noticed in about half a
+        // second. Not 7, NCCL's default: Soft-RoCE (rxe) takes 7 to mean "retry forever",
+        // and a post to a destroyed peer would then never complete.
+        a.retry_cnt = 6;
+        // Receiver-not-ready retries; 7 would retry forever (the spec's meaning).
         a.rnr_retry = 6;
         a.max_rd_atomic = 1;
         self.modify(
