@@ -147,6 +147,9 @@ fn write_with_immediate_between_rxe0_and_rxe1() {
     // SAFETY: the first 4 KiB of `dst` are not touched until the receive completes.
     unsafe { s1.qp.post_recv_buf(&m1, 0, 4096, 77).unwrap() };
     src[LEN - 100..].fill(0x5e);
+    // Armed before the completion exists, so the channel must see an event.
+    assert!(s1.cq.poll(16).unwrap().is_empty());
+    s1.cq.req_notify(false).unwrap();
     // SAFETY: inside `src`'s region, unchanged until the completion.
     let send = SendWr {
         wr_id: 78,
@@ -155,12 +158,13 @@ fn write_with_immediate_between_rxe0_and_rxe1() {
         ..Default::default()
     };
     unsafe { s0.qp.post_send(&[send]).unwrap() };
+    assert!(s1.cq.wait_event(LIMIT).unwrap(), "no completion-channel event for the SEND's receive");
     let c = poll_for(&s0.cq, 1, LIMIT);
     assert!(c[0].is_ok() && c[0].wr_id == 78 && c[0].opcode == rdma_sys::ibv_wc_opcode::IBV_WC_SEND, "{c:?}");
-    let (c, _) = wait_for(&s1.cq, 1, LIMIT);
+    let c = poll_for(&s1.cq, 1, LIMIT);
     assert!(c[0].is_ok() && c[0].wr_id == 77 && c[0].byte_len == 100 && c[0].imm.is_none(), "{c:?}");
     assert!(dst[..100].iter().all(|&b| b == 0x5e) && dst[100] == src[100]);
-    println!("SEND of 100 bytes rxe0 -> rxe1 into a posted receive buffer: correct");
+    println!("SEND of 100 bytes rxe0 -> rxe1 into a posted receive buffer: correct (woken by its completion channel)");
 
     // A write the peer must refuse (a key it never handed out) ends in an error
     // completion, not a hang.
