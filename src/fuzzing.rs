@@ -23,7 +23,7 @@ pub const TARGETS: [(&str, Target); 4] = [
     ("peer_info", peer_info),
 ];
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::Hello,
     Kind::Next,
     Kind::RingHello,
@@ -33,6 +33,7 @@ const KINDS: [Kind; 9] = [
     Kind::Fault,
     Kind::Bye,
     Kind::Where,
+    Kind::IbConnect,
 ];
 
 fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
@@ -91,6 +92,11 @@ fn payload(kind: Kind, p: &[u8]) {
         }
         Kind::Fail => {
             let _ = msg::fail_message(p);
+        }
+        Kind::IbConnect => {
+            if let Ok(h) = crate::transport::ib::conn::Hello::decode(p) {
+                assert_eq!(h.encode(), p, "InfiniBand connection round trip");
+            }
         }
     }
 }

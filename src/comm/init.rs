@@ -227,6 +227,7 @@ impl Comm {
                 }
             }
         }
+        let ib_used = transports.iter().any(|t| t.name() == "ib");
         let transport = Mux::new(transports, route);
         let sockets = transport.has_sockets();
         if settings.debug || log::info_enabled() {
@@ -237,7 +238,9 @@ impl Comm {
         {
             let mut e = comm.engine()?;
             e.sockets = sockets;
-            if sockets && e.settings.yield_for.is_none() {
+            // (Not for InfiniBand: its completions are polled in user space, cheaply,
+            // and the wait on its completion channels costs system calls.)
+            if sockets && !ib_used && e.settings.yield_for.is_none() {
                 // Sockets get their own wait (poll): yielding long only burns the core the
                 // peer's kernel needs to move the data.
                 e.backoff.yield_for = std::time::Duration::from_micros(50);

@@ -20,8 +20,11 @@
 //! payload is striped across `OXCCL_IB_QPS_PER_CONNECTION` queue pairs, each part ending
 //! in a write with immediate; the receiver publishes the message into its FIFO when every
 //! part of it has completed, in order. The receiver returns credits (its FIFO's consumed
-//! counter) with zero-length SEND WITH IMMEDIATE; the sender never has more than `nslots`
-//! messages beyond the last credit, so a slot is never overwritten before it is consumed.
+//! counter, in batches of half the slots) with zero-length SEND WITH IMMEDIATE; the
+//! sender never has more than `nslots` messages beyond the last credit, so a slot is
+//! never overwritten before it is consumed. A call returns once its messages are posted
+//! (they are staged in our registered FIFO, whose slots are released at completion);
+//! dropping the transport waits for the peers' acknowledgements.
 //!
 //! **Memory registration.** Only the FIFOs are registered, once per link. User buffers
 //! are staged through the sender's FIFO (one copy, as on TCP), so there is no
@@ -712,8 +715,11 @@ impl Ib {
             r.next += 1;
             moved = true;
         }
+        // Credits go back in batches of half the slots (a sender blocked on credits has
+        // a full FIFO's worth outstanding, so the batch always fills): half the sends.
         let released = r.fifo.released();
-        if released > r.credited && r.credits_in_flight < self.shape.nslots {
+        let batch = (self.shape.nslots as u64 / 2).max(1);
+        if released >= r.credited + batch && r.credits_in_flight < self.shape.nslots {
             let wr = SendWr {
                 wr_id: CREDIT,
                 local: None,
@@ -783,6 +789,24 @@ impl Ib {
             moved |= self.pump_recv(r)?;
         }
         Ok(moved)
+    }
+}
+
+impl Drop for Ib {
+    /// Waits (a few seconds at most) until the peers acknowledged what this rank wrote:
+    /// destroying a queue pair drops the writes still in flight, where a closed TCP
+    /// socket would still deliver its data.
+    fn drop(&mut self) {
+        let t0 = Instant::now();
+        let limit = self.timeout.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+        while t0.elapsed() < limit {
+            let Ok(mut c) = self.conns.lock() else { return };
+            if c.sends.iter().all(|s| s.pending.is_empty()) || self.pump_all(&mut c).is_err() {
+                return;
+            }
+            drop(c);
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 }
 
@@ -906,8 +930,12 @@ impl Transport for Ib {
         Ok(moved)
     }
 
+    /// Every message the executor posted is in the adapter's hands: the payloads sit in
+    /// our registered FIFO, whose slots are released only at their completions, so a
+    /// call may return before the peer acknowledges (dropping the transport waits for
+    /// the acknowledgements).
     fn flushed(&self) -> bool {
-        self.conns.lock().is_ok_and(|c| c.sends.iter().all(|s| s.pending.is_empty() && !s.fifo.can_recv()))
+        self.conns.lock().is_ok_and(|c| c.sends.iter().all(|s| s.fifo.peek(s.pending.len() as u64).is_none()))
     }
 
     fn has_sockets(&self) -> bool {
