@@ -227,7 +227,6 @@ impl Comm {
                 }
             }
         }
-        let ib_used = transports.iter().any(|t| t.name() == "ib");
         let transport = Mux::new(transports, route);
         let sockets = transport.has_sockets();
         if settings.debug || log::info_enabled() {
@@ -238,9 +237,9 @@ impl Comm {
         {
             let mut e = comm.engine()?;
             e.sockets = sockets;
-            // (Not for InfiniBand: its completions are polled in user space, cheaply,
-            // and the wait on its completion channels costs system calls.)
-            if sockets && !ib_used && e.settings.yield_for.is_none() {
+            // (InfiniBand too: measured in the Soft-RoCE VM, a longer yield did not help
+            // the 8 B latency, see BENCHMARKS.md; to measure again on a real adapter.)
+            if sockets && e.settings.yield_for.is_none() {
                 // Sockets get their own wait (poll): yielding long only burns the core the
                 // peer's kernel needs to move the data.
                 e.backoff.yield_for = std::time::Duration::from_micros(50);
