@@ -328,17 +328,21 @@ if [ "${#MPIS[@]}" -lt 2 ]; then
 fi
 
 # --- InfiniBand verbs in the Soft-RoCE VM ----------------------------------------------
-# Note: the `cargo test` runs above only see tests/ib_verbs.rs skip itself (no RDMA device
-# on this machine). Here it runs for real, against two software RDMA devices (rxe0, rxe1)
-# inside the QEMU VM of ../shared/rdma-vm/run-in-rdma-vm.sh, a sibling of the repository
-# (build, ~5 s boot, the tests; the VM emulates its CPU, so allow a minute or two);
-# skipped, saying why, where that script is missing, the VM cannot boot, or the `ib`
-# feature could not be built.
+# Note: the `cargo test` runs above only see tests/ib_verbs.rs (the verbs wrapper) and
+# tests/ib.rs (the IB transport between rank processes) skip themselves (no RDMA device
+# on this machine); their "skipped: ..." lines are shown first. Then both run for real,
+# against two software RDMA devices (rxe0, rxe1) inside the QEMU VM of
+# ../shared/rdma-vm/run-in-rdma-vm.sh, a sibling of the repository (build, ~5 s boot, the
+# tests: about a minute; the VM emulates its CPU); skipped, saying why, where that script
+# is missing, the VM cannot boot, or the `ib` feature could not be built.
 if [[ " ${FEATURES[*]} " == *all-features* ]] || [[ " ${FEATURES[*]} " == *oxccl/ib* ]]; then
-  log "InfiniBand verbs on Soft-RoCE (scripts/ib-vm-test.sh)"
+  log "InfiniBand tests outside the VM (they skip themselves, by name)"
+  cargo test -q "${FEATURES[@]}" --test ib_verbs --test ib -- --nocapture --test-threads=1 2>&1 |
+    grep -oE "skipped: .*|test result.*" || true
+  log "InfiniBand verbs and transport on Soft-RoCE (scripts/ib-vm-test.sh: tests/ib_verbs.rs, tests/ib.rs)"
   scripts/ib-vm-test.sh
 else
-  printf '\nSKIPPED: tests/ib_verbs.rs in the Soft-RoCE VM: the ib feature needs libibverbs-dev, librdmacm-dev and libclang\n' >&2
+  printf '\nSKIPPED: tests/ib_verbs.rs and tests/ib.rs in the Soft-RoCE VM: the ib feature needs libibverbs-dev, librdmacm-dev and libclang\n' >&2
 fi
 
 # --- fuzzing ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 //! The InfiniBand transport between rank processes, for real (feature `ib`): inside the
-//! Soft-RoCE VM (`scripts/ib-vm-test.sh ib` boots it), two "hosts" (`OXCCL_HOSTID`), each
+//! Soft-RoCE VM (`scripts/ib-vm-test.sh` boots it), two "hosts" (`OXCCL_HOSTID`), each
 //! on its own RDMA device (`OXCCL_IB_HCA`: rxe0 and rxe1, joined by a veth pair):
 //! - 2 ranks (one per host) and 4 (two per host: shared memory inside, IB across) run
 //!   every collective against the tests' reference (`common::matrix`);
@@ -22,7 +22,7 @@ const CHILD: &str = "OXCCL_TEST_CHILD";
 
 fn in_vm(test: &str) -> bool {
     if std::env::var("RDMA_VM").is_err() {
-        println!("skipped: {test}: not inside the Soft-RoCE VM (scripts/ib-vm-test.sh ib runs it there)");
+        println!("skipped: {test}: not inside the Soft-RoCE VM (scripts/ib-vm-test.sh runs it there)");
         return false;
     }
     true
