@@ -623,7 +623,7 @@ impl Ib {
             && t.elapsed() >= CLOSE_GRACE
             && (!s.pending.is_empty() || s.fifo.can_recv())
         {
-            return Err(self.closed(s.w.peer, "receiving"));
+            return Err(self.closed(s.w.peer, "messages to it were unacknowledged"));
         }
         Ok(moved)
     }
