@@ -43,6 +43,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,8 @@ struct Wire {
     qps: Vec<Qp>,
     cq: Arc<Cq>,
     chan: Arc<CompChannel>,
+    /// The queue is armed (its next completion raises an event); cleared when one does.
+    armed: Arc<AtomicBool>,
     mr: Mr,
     region: Arc<Region>,
 }
@@ -858,7 +861,12 @@ impl Transport for Ib {
             wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|_| self.closed(k.peer, "connecting"))?;
             let h = self.hello(Role::Sender, &qps, (0, 0));
             wire::send(&mut s, Kind::IbConnect, &h.encode()).map_err(|_| self.closed(k.peer, "connecting"))?;
-            opening.push((i, *k, Wire { peer: k.peer, sock: s, qps, cq, chan, mr, region }, fifo));
+            opening.push((
+                i,
+                *k,
+                Wire { peer: k.peer, sock: s, qps, cq, chan, armed: Arc::default(), mr, region },
+                fifo,
+            ));
         }
         // 2. Receive links: answer with our registered FIFO.
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Recv) {
@@ -880,7 +888,7 @@ impl Transport for Ib {
             sock.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
             let n = self.shape.nslots as usize;
             self.lock()?.recvs.push(RecvLink {
-                w: Wire { peer: k.peer, sock, qps, cq, chan, mr, region },
+                w: Wire { peer: k.peer, sock, qps, cq, chan, armed: Arc::default(), mr, region },
                 fifo: fifo.sender(self.bell.clone()),
                 arrived: vec![0; n],
                 parts: vec![0; n],
@@ -944,7 +952,7 @@ impl Transport for Ib {
 
     fn wait_io(&self, timeout: Duration) {
         let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut cqs: Vec<Arc<Cq>> = Vec::new();
+        let mut cqs: Vec<(Arc<Cq>, Arc<AtomicBool>)> = Vec::new();
         {
             let Ok(mut c) = self.conns.lock() else { return };
             if c.error.is_some() {
@@ -952,8 +960,12 @@ impl Transport for Ib {
             }
             let mut armed = Ok(());
             for w in c.sends.iter().map(|s| &s.w).chain(c.recvs.iter().filter(|r| !r.closed).map(|r| &r.w)) {
-                armed = armed.and(w.cq.req_notify(false));
-                cqs.push(w.cq.clone());
+                // Arming is a system call on some providers: only when not armed yet.
+                if !w.armed.load(Ordering::Relaxed) {
+                    armed = armed.and(w.cq.req_notify(false));
+                    w.armed.store(true, Ordering::Relaxed);
+                }
+                cqs.push((w.cq.clone(), w.armed.clone()));
                 fds.push(libc::pollfd { fd: w.chan.fd(), events: libc::POLLIN, revents: 0 });
                 fds.push(libc::pollfd { fd: w.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
@@ -976,9 +988,10 @@ impl Transport for Ib {
         // this thread adds or drops links, and `cqs` holds the queues and their channels).
         unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
         // Take (and acknowledge) the events, so that the channels are quiet again.
-        for (cq, p) in cqs.iter().zip(fds.iter().step_by(2)) {
+        for ((cq, armed), p) in cqs.iter().zip(fds.iter().step_by(2)) {
             if p.revents != 0 {
                 while cq.wait_event(Duration::ZERO).unwrap_or(false) {}
+                armed.store(false, Ordering::Relaxed);
             }
         }
         if fds.last().is_some_and(|p| p.revents != 0)
