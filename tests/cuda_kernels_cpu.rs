@@ -534,8 +534,10 @@ fn run_case(emu: &Emu, c: &Case, rng: &mut Rng) -> Result<(), String> {
 
 const LENS: [usize; 10] = [0, 1, 7, 8, 9, 15, 16, 17, 1000, 4099];
 /// (grid, block): one thread; two blocks of 16 (the unrolled body runs with several
-/// threads); blocks of the compiled maximum, most threads idle.
-const SHAPES: [(u32, u32); 3] = [(1, 1), (2, 16), (4, 512)];
+/// threads); three blocks of 5 (a stride of 15 threads, prime to every vector width, so
+/// threads start their vectors and their scalar tails at every residue); blocks of the
+/// compiled maximum, most threads idle.
+const SHAPES: [(u32, u32); 4] = [(1, 1), (2, 16), (3, 5), (4, 512)];
 
 /// The scalars one case draws from: the op's operand (mul_add, scale) or divisor (div).
 fn scalars(t: DataType, op: Op) -> Vec<u64> {
@@ -561,14 +563,16 @@ fn check_type(t: DataType) {
             for &(grid, block) in &SHAPES {
                 for dst_off in (0..=16).step_by(sz) {
                     // Same alignment everywhere; a shifted by one element; b shifted; in place
-                    // on a; in place on b (two-input kernels).
+                    // on a; in place on b (two-input kernels); a and b at random offsets.
                     let other = (dst_off + sz) % 16;
+                    let mut any = || (rng.next() as usize % (16 / sz + 1)) * sz;
                     let layouts = [
                         (dst_off, dst_off, 0),
                         (other, dst_off, 0),
                         (dst_off, other, 0),
                         (dst_off, other, 1),
                         (other, dst_off, 2),
+                        (any(), any(), 0),
                     ];
                     let two_inputs = matches!(op, Op::Bin(_) | Op::MulAdd);
                     for (a_off, b_off, in_place) in layouts.into_iter().filter(|l| two_inputs || l.2 != 2) {
@@ -595,13 +599,17 @@ fn check_type(t: DataType) {
     println!("{}: {cases} cases match the CPU kernels", t.name());
 }
 
+/// One test per data type (they run in parallel), and `TESTED`: the types that have one.
 macro_rules! type_tests {
-    ($($f:ident => $t:expr),* $(,)?) => {$(
-        #[test]
-        fn $f() {
-            check_type($t);
-        }
-    )*};
+    ($($f:ident => $t:expr),* $(,)?) => {
+        $(
+            #[test]
+            fn $f() {
+                check_type($t);
+            }
+        )*
+        const TESTED: &[DataType] = &[$($t),*];
+    };
 }
 
 type_tests! {
@@ -617,6 +625,11 @@ type_tests! {
     kernels_bf16 => DataType::Bfloat16,
     kernels_f8e4m3 => DataType::Float8E4M3,
     kernels_f8e5m2 => DataType::Float8E5M2,
+}
+
+#[test]
+fn every_type_has_a_test() {
+    assert_eq!(TESTED, &DataType::ALL[..], "a data type without its kernels_<type> test");
 }
 
 #[test]
@@ -752,5 +765,42 @@ fn special_values() {
                 );
             }
         }
+    }
+}
+
+/// With the crate's CUDA module: every kernel it names ([`oxccl::cuda::kernel_names`]) is
+/// one this test runs (its names are the crate's), exported by the host build, and the
+/// largest block of [`SHAPES`] is the kernels' launch bound.
+#[cfg(feature = "cuda")]
+#[test]
+fn covers_every_kernel() {
+    use oxccl::cuda::{self, KernelOp};
+    let ops = [
+        (KernelOp::Sum, Op::Bin(reduce::BinOp::Sum)),
+        (KernelOp::Prod, Op::Bin(reduce::BinOp::Prod)),
+        (KernelOp::Max, Op::Bin(reduce::BinOp::Max)),
+        (KernelOp::Min, Op::Bin(reduce::BinOp::Min)),
+        (KernelOp::MulAdd, Op::MulAdd),
+        (KernelOp::Scale, Op::Scale),
+        (KernelOp::Div, Op::Div),
+    ];
+    assert_eq!(ops.len(), KernelOp::ALL.len());
+    assert_eq!(ops.map(|o| o.1), OPS, "OPS is every kernel op, in KernelOp's order");
+    let mut ours: Vec<String> = DataType::ALL
+        .iter()
+        .flat_map(|&t| {
+            ops.iter().map(move |&(k, op)| {
+                assert_eq!(k.name(), op_name(op));
+                assert_eq!(cuda::type_name(t), type_name(t));
+                format!("oxccl_{}_{}", op_name(op), type_name(t))
+            })
+        })
+        .collect();
+    ours.push(cuda::COPY_KERNEL.to_string());
+    assert_eq!(ours, cuda::kernel_names());
+    assert_eq!(SHAPES.iter().map(|s| s.1).max(), Some(cuda::BLOCK_THREADS));
+    let Some(emu) = emu() else { return };
+    for name in cuda::kernel_names() {
+        emu.sym(&name);
     }
 }
