@@ -804,3 +804,54 @@ fn covers_every_kernel() {
         emu.sym(&name);
     }
 }
+
+/// Narrow floats' mul_add (PreMulSum's `acc + s*x`) is one f32 FMA, then a rounding to the
+/// type: two roundings, which every path shares (kernels.cu, the scalar and SIMD CPU
+/// kernels) but which is not always the correctly rounded `acc + s*x`. This pins what all
+/// paths compute, so that a change to one of them alone shows. The cases (found by an
+/// exhaustive search over fp8, and over bf16 accumulators with every x and s in [1, 2)):
+///   - f16: 510.75 + 1.0009765625 * 1.998046875 = 512.7499980926513671875 lies just
+///     below the tie between 512.5 and 513, so it rounds to 512.5 (0x6001); in f32 it is
+///     512.75, the tie itself, which rounds to even: 513 (0x6002);
+///   - bf16: s*x = 1.015625 * 1.25 = 1.26953125 is a tie of bf16; acc = 0x2501 (about
+///     1e-16) puts the exact sum above it (0x3fa3), but vanishes in f32: 0x3fa2;
+///   - e5m2: likewise, s*x = 0.005859375 * 49152 = 288 is the tie between 256 and 320;
+///     acc = 2^-16 decides it upwards (0x5d) only in exact arithmetic: 0x5c.
+///
+/// e4m3 has no such case (its range is too narrow for an accumulator to vanish in f32).
+#[test]
+fn narrow_mul_add_rounds_through_f32() {
+    use DataType::*;
+    // (type, acc, x, s, what every path computes, the correctly rounded acc + s*x)
+    let cases: [(DataType, u64, u64, u64, u64, u64); 3] = [
+        (Float16, 0x5ffb, 0x3c01, 0x3ffe, 0x6002, 0x6001),
+        (Bfloat16, 0x2501, 0x3f82, 0x3fa0, 0x3fa2, 0x3fa3),
+        (Float8E5M2, 0x01, 0x1e, 0x7a, 0x5c, 0x5d),
+    ];
+    for (t, acc, x, s, want, _exact) in cases {
+        let sz = t.size();
+        let bytes = |v: u64, n: usize| v.to_le_bytes()[..sz].repeat(n);
+        for level in Level::available() {
+            let k = reduce::kernels(t, level);
+            let mut out = [0u8; 8];
+            // SAFETY: one element of t in each buffer.
+            unsafe { (k.mul_add)(out.as_mut_ptr(), bytes(acc, 1).as_ptr(), bytes(x, 1).as_ptr(), 1, s) };
+            assert_eq!(get(t, &out, 0), want, "{} mul_add, CPU kernels at {level:?}", t.name());
+        }
+        let Some(emu) = emu() else { return };
+        let kern = emu.sym(&format!("oxccl_mul_add_{}", type_name(t)));
+        for n in [1usize, 64] {
+            let mut ga = Guarded::new(&bytes(acc, n), 0);
+            let mut gx = Guarded::new(&bytes(x, n), 0);
+            let mut gd = Guarded::new(&vec![0; sz * n], 0);
+            {
+                let _g = emu_lock();
+                // SAFETY: n elements of t in each buffer, 16-byte aligned, disjoint.
+                unsafe { (emu.mul_add)(kern, 1, 4, gd.ptr(), ga.ptr(), gx.ptr(), n, s) };
+            }
+            for i in 0..n {
+                assert_eq!(get(t, gd.data(), i), want, "oxccl_mul_add_{} n={n} [{i}]", type_name(t));
+            }
+        }
+    }
+}
