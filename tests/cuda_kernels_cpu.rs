@@ -22,10 +22,12 @@
 //! runs it on a GPU.
 //!
 //! Every kernel of every type runs over lengths 0..4099, byte offsets 0..16 of the output
-//! and of each input (same and different alignments modulo 16, and in place), on three
-//! grid/block shapes, with special values mixed in (NaN, ±inf, -0, subnormals, overflow,
-//! fp8 saturation, integer wrap, truncating division); the bytes around the output and
-//! the inputs must stay untouched.
+//! and of each input (same and different alignments modulo 16, random ones, and in
+//! place), on four grid/block shapes, with special values mixed in (NaN, ±inf, -0,
+//! subnormals, overflow, fp8 saturation, integer wrap, truncating division); the bytes
+//! around the output and the inputs must stay untouched. Results must match bit for bit,
+//! except that any NaN matches any NaN (payloads are not specified). PreMulSum's rounding
+//! of narrow floats (an f32 FMA, then the type) is pinned separately.
 //!
 //! Headers: the entries of `OXCCL_CUDA_INCLUDE` (include directories or `pip install
 //! --target` directories; scripts/test.sh sets it), then `target/cuda-wheels`. Without a
