@@ -49,6 +49,7 @@ type BinaryK = unsafe extern "C" fn(*mut c_void, u32, u32, *mut u8, *const u8, *
 type MulAddK = unsafe extern "C" fn(*mut c_void, u32, u32, *mut u8, *const u8, *const u8, usize, u64);
 type UnaryK = unsafe extern "C" fn(*mut c_void, u32, u32, *mut u8, *const u8, usize, u64);
 type CopyK = unsafe extern "C" fn(u32, u32, *mut u8, *const u8, usize);
+type SetReverse = unsafe extern "C" fn(i32);
 
 /// The harness library: its launchers and a kernel lookup.
 struct Emu {
@@ -57,6 +58,7 @@ struct Emu {
     mul_add: MulAddK,
     unary: UnaryK,
     copy: CopyK,
+    set_reverse: SetReverse,
 }
 
 // SAFETY: the handle is only used for dlsym, which is thread-safe; the launchers write
@@ -212,6 +214,7 @@ fn build() -> Result<Emu, String> {
             mul_add: std::mem::transmute::<*mut c_void, MulAddK>(get("emu_mul_add")),
             unary: std::mem::transmute::<*mut c_void, UnaryK>(get("emu_unary")),
             copy: std::mem::transmute::<*mut c_void, CopyK>(get("emu_copy")),
+            set_reverse: std::mem::transmute::<*mut c_void, SetReverse>(get("emu_set_reverse")),
         })
     }
 }
@@ -457,6 +460,8 @@ struct Case {
     /// The output is the buffer of input a (1) or of input b (2), or its own (0).
     in_place: u8,
     scalar: u64,
+    /// Simulated threads run last first (see harness.cpp).
+    reverse: bool,
 }
 
 /// Runs one case on the emulated kernel and on the CPU reference; returns a description
@@ -491,13 +496,15 @@ fn run_case(emu: &Emu, c: &Case, rng: &mut Rng) -> Result<(), String> {
         let _g = emu_lock();
         // SAFETY: every pointer covers n elements of t with the guards around it; dst is
         // either one of the inputs (in place) or its own buffer; `kern` has the kernel
-        // signature the launcher casts it to.
+        // signature the launcher casts it to; the order flag is a plain int.
         unsafe {
+            (emu.set_reverse)(c.reverse as i32);
             match c.op {
                 Op::Bin(_) => (emu.binary)(kern, c.grid, c.block, dp, ap, bp, c.n),
                 Op::MulAdd => (emu.mul_add)(kern, c.grid, c.block, dp, ap, bp, c.n, c.scalar),
                 Op::Scale | Op::Div => (emu.unary)(kern, c.grid, c.block, dp, ap, c.n, c.scalar),
             }
+            (emu.set_reverse)(0);
         }
     }
     let got = match c.in_place {
@@ -578,16 +585,18 @@ fn check_type(t: DataType) {
                     ];
                     let two_inputs = matches!(op, Op::Bin(_) | Op::MulAdd);
                     for (a_off, b_off, in_place) in layouts.into_iter().filter(|l| two_inputs || l.2 != 2) {
-                        let scalar = sc[rng.next() as usize % sc.len()];
-                        let c = Case { t, op, n, grid, block, dst_off, a_off, b_off, in_place, scalar };
+                        let r = rng.next();
+                        let (scalar, reverse) = (sc[r as usize % sc.len()], r >> 63 == 1);
+                        let c = Case { t, op, n, grid, block, dst_off, a_off, b_off, in_place, scalar, reverse };
                         cases += 1;
                         if let Err(e) = run_case(emu, &c, &mut rng)
                             && failures.len() < 20
                         {
                             failures.push(format!(
-                                "oxccl_{}_{} n={n} grid={grid} block={block} dst+{dst_off} a+{} b+{b_off}{}: {e}",
+                                "oxccl_{}_{} n={n} grid={grid} block={block}{} dst+{dst_off} a+{} b+{b_off}{}: {e}",
                                 op_name(op),
                                 type_name(t),
+                                if reverse { " (threads in reverse)" } else { "" },
                                 a_off,
                                 ["", " (dst = a)", " (dst = b)"][in_place as usize]
                             ));
@@ -646,12 +655,21 @@ fn copy_kernel() {
                     let src = fill(DataType::Uint8, n, &mut rng);
                     let mut gs = Guarded::new(&src, src_off);
                     let mut gd = Guarded::new(&vec![0x5a; n], dst_off);
+                    let reverse = rng.next() >> 63 == 1;
                     {
                         let _g = emu_lock();
-                        // SAFETY: both regions hold n bytes with guards around; disjoint.
-                        unsafe { (emu.copy)(grid, block, gd.ptr(), gs.ptr(), n) };
+                        // SAFETY: both regions hold n bytes with guards around; disjoint. The
+                        // order flag is a plain int.
+                        unsafe {
+                            (emu.set_reverse)(reverse as i32);
+                            (emu.copy)(grid, block, gd.ptr(), gs.ptr(), n);
+                            (emu.set_reverse)(0);
+                        }
                     }
-                    let what = format!("oxccl_copy n={n} grid={grid} block={block} dst+{dst_off} src+{src_off}");
+                    let what = format!(
+                        "oxccl_copy n={n} grid={grid} block={block} dst+{dst_off} src+{src_off}{}",
+                        if reverse { " (threads in reverse)" } else { "" }
+                    );
                     assert_eq!(gd.data(), &src[..], "{what}: wrong bytes");
                     assert_eq!(gd.guard_damage(), None, "{what}: wrote outside dst");
                     assert_eq!(gs.data(), &src[..], "{what}: modified src");
