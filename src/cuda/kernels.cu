@@ -8,8 +8,12 @@
 //   - f16 and bf16 use their native arithmetic (cuda_fp16.h, cuda_bf16.h) for sum, product,
 //     max and min: one correctly rounded f16/bf16 operation equals the CPU's "compute in f32,
 //     round once" (f32 holds 2p+2 bits of either, so the double rounding is innocuous);
-//     the fused PreMulSum step (acc + s*x) and Avg's division run in f32 and round once,
-//     as the CPU does;
+//     Avg's division runs in f32 and is rounded to the type, as the CPU does (correctly
+//     rounded all the same: checked exhaustively for every divisor up to 4096); the PreMulSum
+//     step (acc + s*x) is fused in one f32 FMA, then rounded to the type, as the CPU does:
+//     two roundings, so for f16, bf16 and e5m2 it can be one unit in the last place off the
+//     correctly rounded acc + s*x (s*x a tie of the type, acc a nudge that f32 drops;
+//     tests/cuda_kernels_cpu.rs pins such cases);
 //   - fp8 (e4m3, e5m2) is widened to f32, computed, and rounded to nearest even with
 //     saturation to the largest finite value (cuda_fp8.h, __NV_SATFINITE).
 //

@@ -14,7 +14,10 @@
 //! Every level computes bit-for-bit what the portable kernels (`scalar.rs`) compute, NaN
 //! payloads aside: integers wrap; Max/Min ignore NaN and order -0 below +0; f16, bf16
 //! and fp8 are widened to f32, computed, and rounded to nearest even once per op (fp8
-//! saturating to its largest finite value); PreMulSum's `acc + s * x` is fused.
+//! saturating to its largest finite value); PreMulSum's `acc + s * x` is fused: one FMA,
+//! f32's for those narrow types, whose result is then rounded to the type (so for f16,
+//! bf16 and fp8 e5m2 it is not always the correctly rounded `acc + s * x`, and no path
+//! pretends otherwise: the CUDA kernels do the same).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

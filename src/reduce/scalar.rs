@@ -11,7 +11,7 @@ pub(crate) trait Arith: Copy + 'static {
     fn prod(a: Self, b: Self) -> Self;
     fn max(a: Self, b: Self) -> Self;
     fn min(a: Self, b: Self) -> Self;
-    /// acc + s * x, rounded once.
+    /// acc + s * x, rounded once (narrow floats: once to f32, then to the type).
     fn mul_add(acc: Self, x: Self, s: Self) -> Self;
     /// s * x.
     fn scale(x: Self, s: Self) -> Self;
@@ -66,7 +66,7 @@ macro_rules! float_arith {
 }
 float_arith!(f32 => u32, f64 => u64);
 
-/// Narrow floats compute in f32 and round once per step.
+/// Narrow floats compute in f32 and round once per step (mul_add: its f32 FMA's result).
 macro_rules! narrow_arith {
     ($($t:ty: $to:expr, $from:expr, $bits:ident),*) => {$(
         impl Arith for $t {

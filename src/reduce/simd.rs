@@ -52,7 +52,7 @@ pub(super) trait Block {
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
     /// A scalar of the type (its raw bits, as in `Scalar::bits`) in every lane.
     unsafe fn splat(bits: u64) -> Self::V;
-    /// `acc + x * s`, rounded once (fused for floats).
+    /// `acc + x * s`, rounded once to the lanes' type (fused for floats).
     unsafe fn mul_add(acc: Self::V, x: Self::V, s: Self::V) -> Self::V;
 }
 

@@ -15,6 +15,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include <cuda_bf16.h>
@@ -37,6 +39,36 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+
+// The kernels' 16-byte vectors. On the device a uint4 load or store needs a 16-byte aligned
+// address (else the kernel faults); a host CPU forgives it. This uint4, which replaces
+// CUDA's for kernels.cu (the CUDA headers are already in), checks the address of every
+// vector it is copied from or to and aborts the test, naming it, where the device would
+// fault. (Rather than -fsanitize=alignment: clang's does not cover struct copies, and
+// both need a runtime library in the harness, which clang does not link into one.)
+struct alignas(16) oxccl_shim_uint4 {
+  unsigned int x, y, z, w;
+  static void check(const void* p, const char* what) {
+    std::uintptr_t a = (std::uintptr_t)p;
+    // Opaque to the optimiser, which may assume the alignment the type promises (clang does,
+    // and would drop the test).
+    __asm__ volatile("" : "+r"(a));
+    if (a & 15) {
+      std::fprintf(stderr, "kernels.cu: 16-byte vector %s at %p, which is not 16-byte aligned: the device faults\n",
+                   what, p);
+      std::abort();
+    }
+  }
+  oxccl_shim_uint4() = default;
+  oxccl_shim_uint4(const oxccl_shim_uint4& o) : x(o.x), y(o.y), z(o.z), w(o.w) { check(&o, "load"); }
+  oxccl_shim_uint4& operator=(const oxccl_shim_uint4& o) {
+    check(&o, "load");
+    check(this, "store");
+    x = o.x, y = o.y, z = o.z, w = o.w;
+    return *this;
+  }
+};
+#define uint4 oxccl_shim_uint4
 
 // The coordinates of the simulated thread; the harness sets them before each call.
 extern uint3 threadIdx, blockIdx;
