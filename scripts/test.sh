@@ -328,9 +328,9 @@ if [ "${#MPIS[@]}" -lt 2 ]; then
 fi
 
 # --- InfiniBand verbs in the Soft-RoCE VM ----------------------------------------------
-# Note: the `cargo test` runs above only see tests/ib_verbs.rs (the verbs wrapper) and
-# tests/ib.rs (the IB transport between rank processes) skip themselves (no RDMA device
-# on this machine); their "skipped: ..." lines are shown first. Then both run for real,
+# In the `cargo test` runs above, tests/ib_verbs.rs (the verbs wrapper) and tests/ib.rs
+# (the IB transport between rank processes) skip themselves (no RDMA device on this
+# machine); their "skipped: ..." lines are shown here first. Then both run for real,
 # against two software RDMA devices (rxe0, rxe1) inside the QEMU VM of
 # ../shared/rdma-vm/run-in-rdma-vm.sh, a sibling of the repository (build, ~5 s boot, the
 # tests: about a minute; the VM emulates its CPU); skipped, saying why, where that script

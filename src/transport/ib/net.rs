@@ -99,65 +99,61 @@ impl Device {
             return Err("no RDMA device".into());
         }
         let mut why = Vec::new();
+        // Every port of every device that opens, in the order found; then the ones
+        // OXCCL_IB_HCA accepts (IbSettings::pick), in that order.
+        let mut ctxs = HashMap::new();
+        let mut ports = Vec::new();
         for name in &names {
-            let ctx = match Context::open(name) {
-                Ok(c) => c,
-                Err(e) => {
-                    why.push(format!("{name}: {e}"));
-                    continue;
+            match Context::open(name) {
+                Ok(c) => {
+                    ports.extend((1..=c.port_count().unwrap_or(1)).map(|p| (name.clone(), p)));
+                    ctxs.insert(name.clone(), c);
                 }
-            };
-            let nports = ctx.port_count().unwrap_or(1);
-            for port in 1..=nports {
-                if !s.hca.accepts(name, port) {
-                    why.push(format!("{name}:{port} excluded by OXCCL_IB_HCA"));
-                    continue;
-                }
-                let info = match ctx.port(port) {
-                    Ok(i) => i,
-                    Err(e) => {
-                        why.push(format!("{name}:{port}: {e}"));
-                        continue;
-                    }
-                };
-                if !info.active {
+                Err(e) => why.push(format!("{name}: {e}")),
+            }
+        }
+        let picked = s.pick(&ports);
+        if picked.is_empty() && !ports.is_empty() {
+            let all: Vec<String> = ports.iter().map(|(n, p)| format!("{n}:{p}")).collect();
+            why.push(format!("OXCCL_IB_HCA accepts none of {}", all.join(", ")));
+        }
+        for (name, port) in picked {
+            let (ctx, port) = (&ctxs[name], *port);
+            let info = match ctx.port(port) {
+                Ok(i) if i.active => i,
+                Ok(_) => {
                     why.push(format!("{name}:{port} is not active"));
                     continue;
                 }
-                let gid_index = match (s.gid_index, info.link_layer) {
-                    (Some(g), _) => Some(g),
-                    (None, verbs::LINK_LAYER_ETHERNET) => {
-                        select::roce_v2_gid(&select::sysfs_gids(name, port)).or_else(|| ipv4_gid(&ctx, port))
-                    }
-                    (None, _) => None,
-                };
-                if info.link_layer == verbs::LINK_LAYER_ETHERNET && gid_index.is_none() {
-                    why.push(format!("{name}:{port} (RoCE) has no RoCE v2 GID; set OXCCL_IB_GID_INDEX"));
+                Err(e) => {
+                    why.push(format!("{name}:{port}: {e}"));
                     continue;
                 }
-                let gid = match ctx.gid(port, gid_index.unwrap_or(0)) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        why.push(format!("{name}:{port}: {e}"));
-                        continue;
-                    }
-                };
-                let pd = match Pd::new(&ctx) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        why.push(format!("{name}: {e}"));
-                        continue;
-                    }
-                };
-                return Ok(Device {
-                    ctx: ctx.clone(),
-                    pd,
-                    port,
-                    gid_index: gid_index.map(|g| g as u8),
-                    lid: info.lid,
-                    gid,
-                    mtu: info.active_mtu,
-                });
+            };
+            let roce = info.link_layer == verbs::LINK_LAYER_ETHERNET;
+            let gid_index = if roce {
+                s.gid_index(&select::sysfs_gids(name, port)).or_else(|| ipv4_gid(ctx, port))
+            } else {
+                s.gid_index
+            };
+            if roce && gid_index.is_none() {
+                why.push(format!("{name}:{port} (RoCE) has no RoCE v2 GID; set OXCCL_IB_GID_INDEX"));
+                continue;
+            }
+            let made = ctx.gid(port, gid_index.unwrap_or(0)).and_then(|gid| Ok((gid, Pd::new(ctx)?)));
+            match made {
+                Ok((gid, pd)) => {
+                    return Ok(Device {
+                        ctx: ctx.clone(),
+                        pd,
+                        port,
+                        gid_index: gid_index.map(|g| g as u8),
+                        lid: info.lid,
+                        gid,
+                        mtu: info.active_mtu,
+                    });
+                }
+                Err(e) => why.push(format!("{name}:{port}: {e}")),
             }
         }
         Err(why.join("; "))

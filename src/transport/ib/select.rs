@@ -127,10 +127,17 @@ impl IbSettings {
         if !(1..=64).contains(&qps) {
             return Err(Error::InvalidArgument(format!("OXCCL_IB_QPS_PER_CONNECTION={qps}: want 1 to 64")));
         }
+        let gid_index = num("OXCCL_IB_GID_INDEX")?;
+        if gid_index.is_some_and(|g| g > 255) {
+            return Err(Error::InvalidArgument(format!(
+                "OXCCL_IB_GID_INDEX={}: want 0 to 255",
+                gid_index.unwrap_or(0)
+            )));
+        }
         Ok(IbSettings {
             disabled: get("OXCCL_IB_DISABLE").is_some_and(|v| v != "0"),
             hca: HcaFilter::parse(&get("OXCCL_IB_HCA").unwrap_or_default())?,
-            gid_index: num("OXCCL_IB_GID_INDEX")?.map(|g| g as u32),
+            gid_index: gid_index.map(|g| g as u32),
             qps_per_connection: qps as usize,
         })
     }
