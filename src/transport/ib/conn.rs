@@ -17,8 +17,9 @@
 use crate::bootstrap::wire::{Dec, Enc};
 use crate::error::{Error, Result};
 
-/// The version of this message; a peer speaking another is refused.
-pub const VERSION: u32 = 1;
+/// The version of this message (and of the immediates, [`imm`]); a peer speaking another
+/// is refused. 2: immediates carry the message number instead of the slot.
+pub const VERSION: u32 = 2;
 /// Most queue pairs per link (`OXCCL_IB_QPS_PER_CONNECTION`).
 pub const MAX_QPS: usize = 64;
 
@@ -95,15 +96,25 @@ impl Hello {
     }
 }
 
-/// The immediate of a write that completes part of a message: the FIFO slot and how many
-/// parts (queue pairs) carry the message.
-pub fn imm(slot: usize, parts: usize) -> u32 {
-    (slot as u32 & 0xffff) | ((parts as u32) << 16)
+/// The immediate of a write that completes part of a message: the low 16 bits of the
+/// message's number on its link, and how many parts (queue pairs, at most [`MAX_QPS`])
+/// carry it. The receiver knows which messages may be in flight (fewer than 2^16), so
+/// the low bits name one message and its slot; a completion for any other is an error,
+/// not a count added to the wrong message.
+pub fn imm(message: u64, parts: usize) -> u32 {
+    (message as u32 & 0xffff) | ((parts as u32) << 16)
 }
 
-/// Splits an immediate from [`imm`] into (slot, parts).
-pub fn split_imm(imm: u32) -> (usize, usize) {
-    ((imm & 0xffff) as usize, (imm >> 16) as usize)
+/// Splits an immediate from [`imm`] into (the message number's low 16 bits, parts).
+pub fn split_imm(imm: u32) -> (u16, usize) {
+    (imm as u16, (imm >> 16) as usize)
+}
+
+/// Which message in flight an immediate's low bits name: the one of `window` messages
+/// from `next` (the next to publish) whose number ends in `low`; `None` outside the window.
+pub fn message_of(low: u16, next: u64, window: u64) -> Option<u64> {
+    let k = next + u64::from(low.wrapping_sub(next as u16));
+    (k < next + window).then_some(k)
 }
 
 #[cfg(test)]
@@ -130,18 +141,34 @@ mod tests {
         let mut longer = b.clone();
         longer.push(0);
         assert!(Hello::decode(&longer).is_err());
-        let mut v2 = b.clone();
-        v2[0] = 2;
-        assert!(Hello::decode(&v2).unwrap_err().to_string().contains("version 2"));
+        let mut other = b.clone();
+        other[0] = VERSION as u8 + 1;
+        let e = Hello::decode(&other).unwrap_err().to_string();
+        assert!(e.contains(&format!("version {}", VERSION + 1)), "{e}");
         let mut many = h.clone();
         many.qpns = vec![1; MAX_QPS + 1];
         assert!(Hello::decode(&many.encode()).is_err());
     }
 
     #[test]
-    fn immediates_carry_slot_and_parts() {
-        for (s, p) in [(0, 1), (1023, 64), (7, 3)] {
-            assert_eq!(split_imm(imm(s, p)), (s, p));
+    fn immediates_carry_message_and_parts() {
+        for (k, p) in [(0u64, 1), (1023, 64), (7, 3), (0x1_2345, 2)] {
+            assert_eq!(split_imm(imm(k, p)), ((k & 0xffff) as u16, p));
         }
+    }
+
+    #[test]
+    fn an_immediate_names_one_message_of_the_window() {
+        // 8 messages may be in flight from message 65533: 65533..65541, across the wrap.
+        let next = 65533;
+        for k in next..next + 8 {
+            assert_eq!(message_of(split_imm(imm(k, 1)).0, next, 8), Some(k), "message {k}");
+        }
+        // The previous occupant of a slot, or one beyond the credits: refused.
+        assert_eq!(message_of(split_imm(imm(next - 1, 1)).0, next, 8), None);
+        assert_eq!(message_of(split_imm(imm(next - 8, 1)).0, next, 8), None);
+        assert_eq!(message_of(split_imm(imm(next + 8, 1)).0, next, 8), None);
+        assert_eq!(message_of(3, 1 << 40, 3), None);
+        assert_eq!(message_of(5, (1 << 40) + 3, 4), Some((1 << 40) + 5));
     }
 }

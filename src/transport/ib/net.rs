@@ -536,7 +536,7 @@ impl Ib {
             wr_id: k,
             local: Some((rec.as_ptr() as u64, RECORD as u32, 0)),
             remote: Some((rec_addr, rkey)),
-            imm: Some(conn::imm(slot, parts)),
+            imm: Some(conn::imm(k, parts)),
             signaled: true,
             inline: true,
         };
@@ -561,7 +561,7 @@ impl Ib {
                 wr_id: k,
                 local: Some((base + off + o as u64, len as u32, lkey)),
                 remote: Some((dst + o as u64, rkey)),
-                imm: (i > 0).then(|| conn::imm(slot, parts.len())),
+                imm: (i > 0).then(|| conn::imm(k, parts.len())),
                 signaled: i > 0,
                 inline: false,
             };
@@ -596,7 +596,16 @@ impl Ib {
                     let imm = wc.imm.ok_or_else(|| {
                         Error::Remote(format!("{} sent a credit without its count", self.who(s.w.peer)))
                     })?;
-                    s.credited += imm.wrapping_sub(s.credited as u32) as u64;
+                    // The peer's consumed count (low 32 bits): it never passes what we wrote.
+                    let credited = s.credited + u64::from(imm.wrapping_sub(s.credited as u32));
+                    if credited > s.posted {
+                        return Err(Error::Remote(format!(
+                            "{} credited {credited} messages where {} were written",
+                            self.who(s.w.peer),
+                            s.posted
+                        )));
+                    }
+                    s.credited = credited;
                     s.w.qps[0].post_recv(RECV)?;
                 } else if let Some(front) = s.pending.front().map(|p| p.0) {
                     let i = wc.wr_id.wrapping_sub(front) as usize;
@@ -640,12 +649,23 @@ impl Ib {
                     return Err(self.wc_error(r.w.peer, "write from", &wc));
                 }
                 if wc.wr_id & RECV != 0 {
-                    let (slot, parts) = wc.imm.map(conn::split_imm).unwrap_or((usize::MAX, 0));
-                    if slot >= nslots || parts == 0 || parts > self.nqps {
+                    // The message it completes part of: one the credits let the peer
+                    // write (from the next to publish up to the last credit + nslots).
+                    let (low, parts) = wc.imm.map(conn::split_imm).unwrap_or((0, 0));
+                    let window = (r.credited + nslots as u64).saturating_sub(r.next);
+                    let k = conn::message_of(low, r.next, window);
+                    let slot = k.map_or(0, |k| (k % nslots as u64) as usize);
+                    let fits = r.arrived[slot] == 0 || r.parts[slot] == parts as u32;
+                    if k.is_none() || parts == 0 || parts > self.nqps || !fits || r.arrived[slot] >= parts as u32 {
                         return Err(Error::Remote(format!(
-                            "{} wrote a malformed immediate ({:?})",
+                            "{} wrote out of turn: immediate {:?} (message {}, {parts} parts) where messages {}..{} may arrive (slot {slot}: {} of {} parts in)",
                             self.who(r.w.peer),
-                            wc.imm
+                            wc.imm,
+                            k.map_or("outside them".to_string(), |k| k.to_string()),
+                            r.next,
+                            r.next + window,
+                            r.arrived[slot],
+                            r.parts[slot]
                         )));
                     }
                     r.arrived[slot] += 1;
