@@ -15,7 +15,7 @@
 //! | `OXCCL_NSOCKS` | connections per TCP link; messages from 64 KiB are striped across them | 1 |
 //! | `OXCCL_SHM_DISABLE` | `1`: processes of one host talk over TCP instead of shared memory | 0 |
 //! | `OXCCL_HOSTID` | override the host identity (hostname + boot id) | unset |
-//! | `OXCCL_IB_DISABLE`, `OXCCL_IB_HCA`, `OXCCL_IB_GID_INDEX`, `OXCCL_IB_QPS_PER_CONNECTION` | InfiniBand between hosts (feature `ib`; read by `transport::ib::select`) | IB when every rank has a port |
+//! | `OXCCL_IB_DISABLE`, `OXCCL_IB_HCA`, `OXCCL_IB_GID_INDEX`, `OXCCL_IB_QPS_PER_CONNECTION`, `OXCCL_IB_TIMEOUT`, `OXCCL_IB_RETRY_CNT`, `OXCCL_IB_SL`, `OXCCL_IB_TC` | InfiniBand between hosts (feature `ib`; read by `transport::ib::select`, see the README) | IB when every rank has a port |
 //! | `OXCCL_SIMD` | force a kernel level: `scalar`, `avx2`, `avx512` | best available |
 //! | `OXCCL_DEBUG` | `INFO` prints the configuration, rings and trees at init | off |
 

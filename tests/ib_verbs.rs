@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxccl::transport::ib::verbs::{Address, CompChannel, Completion, Context, Cq, Mr, Pd, PortInfo, Qp, SendWr};
+use oxccl::transport::ib::verbs::{
+    Address, CompChannel, Completion, Context, Cq, Mr, Pd, PortInfo, Qp, QpTuning, SendWr,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -93,8 +95,11 @@ fn connect(a: &Side, b: &Side) {
     let mtu = a.port.active_mtu.min(b.port.active_mtu);
     let aa = Address { qpn: a.qp.qpn(), psn: 100, lid: a.port.lid, gid: a.gid };
     let ab = Address { qpn: b.qp.qpn(), psn: 200, lid: b.port.lid, gid: b.gid };
-    a.qp.connect(1, Some(gid_index()), mtu, aa.psn, &ab).unwrap();
-    b.qp.connect(1, Some(gid_index()), mtu, ab.psn, &aa).unwrap();
+    // A traffic class and service level as an operator would set them (OXCCL_IB_TC=106,
+    // DSCP 26; OXCCL_IB_SL=3): the devices accept them.
+    let tuning = QpTuning { traffic_class: 106, service_level: 3, ..QpTuning::default() };
+    a.qp.connect(1, Some(gid_index()), mtu, aa.psn, &ab, &tuning).unwrap();
+    b.qp.connect(1, Some(gid_index()), mtu, ab.psn, &aa, &tuning).unwrap();
 }
 
 #[test]

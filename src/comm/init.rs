@@ -186,14 +186,23 @@ impl Comm {
             (Some(l), Some(dev)) => {
                 let addrs =
                     endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
-                log::info(false, &format!("rank {rank}: InfiniBand to other hosts through {}", dev.describe()));
                 let ib = crate::transport::ib::select::IbSettings::from_env(|k| std::env::var(k).ok())?;
+                let t = ib.tuning;
+                let tuned = if t == Default::default() {
+                    String::new()
+                } else {
+                    format!(
+                        "; traffic class {}, service level {}, ACK timeout {}, {} retries",
+                        t.traffic_class, t.service_level, t.timeout, t.retry_cnt
+                    )
+                };
+                log::info(false, &format!("rank {rank}: InfiniBand to other hosts through {}{tuned}", dev.describe()));
                 transports.push(Box::new(
                     crate::transport::ib::Ib::new(
                         rank,
                         *id.secret(),
                         shape,
-                        ib.qps_per_connection,
+                        &ib,
                         dev,
                         l,
                         addrs,

@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::conn::{self, Hello, Role};
-use super::select::{self, IbSettings};
+use super::select::{self, IbSettings, QpTuning};
 use super::verbs::{self, Address, CompChannel, Completion, Context, Cq, Mr, Pd, Qp, SendWr};
 use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
@@ -236,6 +236,7 @@ pub struct Ib {
     secret: Secret,
     shape: FifoShape,
     nqps: usize,
+    tuning: QpTuning,
     dev: Device,
     listener_fd: i32,
     addrs: Vec<SocketAddr>,
@@ -258,13 +259,14 @@ fn record_offset(shape: FifoShape, slot: usize) -> usize {
 
 impl Ib {
     /// The transport, once every rank's listener address is known (`listener` from
-    /// [`Tcp::listen`](crate::transport::tcp::Tcp::listen)); links use `nqps` queue pairs.
+    /// [`Tcp::listen`](crate::transport::tcp::Tcp::listen)); links use the queue pairs
+    /// and tuning of `settings`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: usize,
         secret: Secret,
         shape: FifoShape,
-        nqps: usize,
+        settings: &IbSettings,
         dev: Device,
         listener: TcpListener,
         addrs: Vec<SocketAddr>,
@@ -289,7 +291,8 @@ impl Ib {
         Ok(Ib {
             secret,
             shape,
-            nqps: nqps.clamp(1, conn::MAX_QPS),
+            nqps: settings.qps_per_connection.clamp(1, conn::MAX_QPS),
+            tuning: settings.tuning,
             dev,
             listener_fd,
             addrs,
@@ -424,7 +427,8 @@ impl Ib {
         }
         let mtu = h.mtu.min(self.dev.mtu);
         for (q, &qpn) in qps.iter().zip(&h.qpns) {
-            q.connect(self.dev.port, self.dev.gid_index, mtu, 0, &Address { qpn, psn: 0, lid: h.lid, gid: h.gid })?;
+            let to = Address { qpn, psn: 0, lid: h.lid, gid: h.gid };
+            q.connect(self.dev.port, self.dev.gid_index, mtu, 0, &to, &self.tuning)?;
         }
         Ok(())
     }

@@ -112,6 +112,32 @@ pub struct IbSettings {
     pub gid_index: Option<u32>,
     /// `OXCCL_IB_QPS_PER_CONNECTION` (default 1).
     pub qps_per_connection: usize,
+    /// `OXCCL_IB_TIMEOUT`, `OXCCL_IB_RETRY_CNT`, `OXCCL_IB_SL`, `OXCCL_IB_TC`.
+    pub tuning: QpTuning,
+}
+
+/// How a queue pair's packets travel and are retried (NCCL's `NCCL_IB_TIMEOUT`,
+/// `NCCL_IB_RETRY_CNT`, `NCCL_IB_SL`, `NCCL_IB_TC`, under `OXCCL_IB_*` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpTuning {
+    /// Local ACK timeout exponent: a retry after 4.096 µs × 2^timeout (1-31).
+    pub timeout: u8,
+    /// Transport retries before an error completion (0-7).
+    pub retry_cnt: u8,
+    /// InfiniBand service level (0-15).
+    pub service_level: u8,
+    /// Traffic class of the global route header (RoCE: DSCP << 2 | ECN), 0-255.
+    pub traffic_class: u8,
+}
+
+impl Default for QpTuning {
+    /// Timeout 14 (67 ms) and 6 retries: a peer whose queue pair is gone shows as an
+    /// error completion within about half a second. (NCCL uses 20 and 7, a minute and
+    /// more; Soft-RoCE was seen to retry forever with 7.) Service level and traffic
+    /// class 0.
+    fn default() -> QpTuning {
+        QpTuning { timeout: 14, retry_cnt: 6, service_level: 0, traffic_class: 0 }
+    }
 }
 
 impl IbSettings {
@@ -134,11 +160,27 @@ impl IbSettings {
                 gid_index.unwrap_or(0)
             )));
         }
+        let d = QpTuning::default();
+        let ranged = |k: &str, lo: u64, hi: u64, default: u8| -> Result<u8> {
+            match num(k)? {
+                None => Ok(default),
+                Some(v) if (lo..=hi).contains(&v) => Ok(v as u8),
+                Some(v) => Err(Error::InvalidArgument(format!("{k}={v}: want {lo} to {hi}"))),
+            }
+        };
+        let tuning = QpTuning {
+            // (0 would be "wait forever" for an acknowledgement: a dead peer would hang.)
+            timeout: ranged("OXCCL_IB_TIMEOUT", 1, 31, d.timeout)?,
+            retry_cnt: ranged("OXCCL_IB_RETRY_CNT", 0, 7, d.retry_cnt)?,
+            service_level: ranged("OXCCL_IB_SL", 0, 15, d.service_level)?,
+            traffic_class: ranged("OXCCL_IB_TC", 0, 255, d.traffic_class)?,
+        };
         Ok(IbSettings {
             disabled: get("OXCCL_IB_DISABLE").is_some_and(|v| v != "0"),
             hca: HcaFilter::parse(&get("OXCCL_IB_HCA").unwrap_or_default())?,
             gid_index: gid_index.map(|g| g as u32),
             qps_per_connection: qps as usize,
+            tuning,
         })
     }
 }
@@ -233,6 +275,36 @@ mod tests {
         assert!(s.disabled && s.gid_index == Some(3) && s.qps_per_connection == 4 && s.hca.accepts("rxe1", 1));
         assert!(IbSettings::from_env(env(&[("OXCCL_IB_QPS_PER_CONNECTION", "0")])).is_err());
         assert!(IbSettings::from_env(env(&[("OXCCL_IB_GID_INDEX", "x")])).is_err());
+        assert!(IbSettings::from_env(env(&[("OXCCL_IB_GID_INDEX", "256")])).is_err());
+    }
+
+    #[test]
+    fn queue_pair_tuning_comes_from_the_environment_within_its_ranges() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let d = IbSettings::from_env(env(&[])).unwrap().tuning;
+        assert_eq!(d, QpTuning { timeout: 14, retry_cnt: 6, service_level: 0, traffic_class: 0 });
+        let t = IbSettings::from_env(env(&[
+            ("OXCCL_IB_TIMEOUT", "20"),
+            ("OXCCL_IB_RETRY_CNT", "7"),
+            ("OXCCL_IB_SL", "3"),
+            ("OXCCL_IB_TC", "106"),
+        ]))
+        .unwrap()
+        .tuning;
+        assert_eq!(t, QpTuning { timeout: 20, retry_cnt: 7, service_level: 3, traffic_class: 106 });
+        for (k, v, want) in [
+            ("OXCCL_IB_TIMEOUT", "0", "OXCCL_IB_TIMEOUT=0: want 1 to 31"),
+            ("OXCCL_IB_TIMEOUT", "32", "want 1 to 31"),
+            ("OXCCL_IB_RETRY_CNT", "8", "OXCCL_IB_RETRY_CNT=8: want 0 to 7"),
+            ("OXCCL_IB_SL", "16", "want 0 to 15"),
+            ("OXCCL_IB_TC", "256", "want 0 to 255"),
+            ("OXCCL_IB_TC", "af41", "not a number"),
+        ] {
+            let e = IbSettings::from_env(move |n: &str| (n == k).then(|| v.to_string())).unwrap_err().to_string();
+            assert!(e.contains(want), "{k}={v}: {e}");
+        }
     }
 
     fn cands(list: &[(&str, u8)]) -> Vec<(String, u8)> {

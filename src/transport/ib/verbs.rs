@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
+pub use super::select::QpTuning;
 use crate::error::{Error, Result};
 
 fn fail(call: &str, errno: i32) -> Error {
@@ -534,9 +535,17 @@ impl Qp {
 
     /// Connects it to `remote` through local `port` (RESET → INIT → RTR → RTS); `gid_index`
     /// is the local GID to send from (RoCE), `mtu` an `IBV_MTU_*` value, `psn` this side's
-    /// first packet number.
+    /// first packet number, `tuning` the retry timing, service level and traffic class.
     /// Without a GID index (InfiniBand in one subnet) packets carry no global route header.
-    pub fn connect(&self, port: u8, gid_index: Option<u8>, mtu: u32, psn: u32, remote: &Address) -> Result<()> {
+    pub fn connect(
+        &self,
+        port: u8,
+        gid_index: Option<u8>,
+        mtu: u32,
+        psn: u32,
+        remote: &Address,
+        tuning: &QpTuning,
+    ) -> Result<()> {
         use ibv_qp_attr_mask as m;
         // SAFETY: zeroed attributes are valid; the fields each step needs are set.
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -560,7 +569,9 @@ impl Qp {
         a.min_rnr_timer = 12;
         a.ah_attr.dlid = remote.lid;
         a.ah_attr.port_num = port;
+        a.ah_attr.sl = tuning.service_level;
         if let Some(g) = gid_index {
+            a.ah_attr.grh.traffic_class = tuning.traffic_class;
             a.ah_attr.is_global = 1;
             a.ah_attr.grh.dgid = ibv_gid { raw: remote.gid };
             a.ah_attr.grh.sgid_index = g;
@@ -582,12 +593,11 @@ impl Qp {
         let mut a: ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = ibv_qp_state::IBV_QPS_RTS;
         a.sq_psn = psn;
-        a.timeout = 14;
-        // Transport retries before an error completion (RETRY_EXC_ERR), ~67 ms apart
-        // (timeout 14): a peer whose queue pair is gone is noticed in about half a
-        // second. Not 7, NCCL's default: Soft-RoCE (rxe) takes 7 to mean "retry forever",
-        // and a post to a destroyed peer would then never complete.
-        a.retry_cnt = 6;
+        // Transport retries before an error completion (RETRY_EXC_ERR): by default 6,
+        // ~67 ms apart (timeout 14), so a peer whose queue pair is gone is noticed in
+        // about half a second (see QpTuning).
+        a.timeout = tuning.timeout;
+        a.retry_cnt = tuning.retry_cnt;
         // Receiver-not-ready retries; 7 would retry forever (the spec's meaning).
         a.rnr_retry = 6;
         a.max_rd_atomic = 1;
