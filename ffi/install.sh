@@ -39,5 +39,8 @@ ln -sf "liboxccl.so.$version" "$libdir/liboxccl.so.0"
 ln -sf liboxccl.so.0 "$libdir/liboxccl.so"
 install -m 644 "$OXCCL_LIB_DIR/liboxccl_ffi.a" "$libdir/liboxccl.a"
 install -m 644 "$here/include/nccl.h" "$incdir/nccl.h"
-sed -e "s|@PREFIX@|$PREFIX|" -e "s|@VERSION@|$version|" "$here/oxccl.pc.in" >"$pcdir/oxccl.pc"
+# A library built with the `ib` feature calls libibverbs: static links need it too.
+verbs=
+if grep -qa ibv_get_device_list "$OXCCL_LIB_DIR/liboxccl_ffi.a"; then verbs="-libverbs "; fi
+sed -e "s|@PREFIX@|$PREFIX|" -e "s|@VERSION@|$version|" -e "s|@VERBS@|$verbs|" "$here/oxccl.pc.in" >"$pcdir/oxccl.pc"
 echo "installed liboxccl $version under $DESTDIR$PREFIX"

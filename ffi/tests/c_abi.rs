@@ -204,7 +204,14 @@ fn static_library_links_too() {
     c.arg(here().join("../examples/c/allreduce.c")).arg("-o").arg(&exe);
     // As oxccl.pc's Libs.private: --gc-sections drops the code no entry point reaches (with
     // the `mpi` feature, Comm::from_mpi and its MPI references).
-    c.arg("-Wl,--gc-sections").arg(lib_dir().join("liboxccl.a"));
+    let a = lib_dir().join("liboxccl.a");
+    c.arg("-Wl,--gc-sections").arg(&a);
+    // Built with the `ib` feature (the workspace's --all-features turns it on for this
+    // crate's oxccl too), the library calls libibverbs: oxccl.pc then says -libverbs.
+    let bytes = std::fs::read(&a).unwrap();
+    if bytes.windows(19).any(|w| w == b"ibv_get_device_list") {
+        c.arg("-libverbs");
+    }
     c.args(["-lpthread", "-ldl", "-lm", "-lrt", "-lgcc_s", "-lutil"]);
     run_ok(c);
     let _s = serial();
@@ -422,16 +429,25 @@ fn install_sh_installs_what_pkg_config_finds() {
         println!("skipped: pkg-config part of install_sh_installs_what_pkg_config_finds (no pkg-config)");
         return;
     }
-    let pc = |arg: &str| {
+    let pc = |args: &[&str]| {
         let mut c = Command::new("pkg-config");
-        c.args([arg, "oxccl"]).env("PKG_CONFIG_PATH", lib.join("pkgconfig"));
+        c.args(args).arg("oxccl").env("PKG_CONFIG_PATH", lib.join("pkgconfig"));
         run_ok(c).split_whitespace().map(String::from).collect::<Vec<_>>()
     };
     let exe = work_dir().join("example_pkg_config");
     let mut c = Command::new("cc");
     c.arg("-std=c99").args(WARNINGS).arg(here().join("../examples/c/allreduce.c")).arg("-o").arg(&exe);
-    c.args(pc("--cflags")).args(pc("--libs")).arg(format!("-Wl,-rpath,{}", lib.display()));
+    c.args(pc(&["--cflags"])).args(pc(&["--libs"])).arg(format!("-Wl,-rpath,{}", lib.display()));
+    run_ok(c);
+    // Statically: the archive, then what `--static --libs` adds to -loxccl (Libs.private,
+    // -libverbs included when the library was built with `ib`) must be all it needs.
+    let exe_static = work_dir().join("example_pkg_config_static");
+    let mut c = Command::new("cc");
+    c.arg("-std=c99").args(WARNINGS).arg(here().join("../examples/c/allreduce.c")).arg("-o").arg(&exe_static);
+    c.args(pc(&["--cflags"])).arg(lib.join("liboxccl.a"));
+    c.args(pc(&["--static", "--libs"]).into_iter().filter(|a| a != "-loxccl" && !a.starts_with("-L")));
     run_ok(c);
     let _s = serial();
     assert_eq!(run_ok(Command::new(exe)).trim(), "1 3 5 7");
+    assert_eq!(run_ok(Command::new(exe_static)).trim(), "1 3 5 7");
 }
