@@ -10,6 +10,7 @@ pub mod fifo;
 pub mod ib;
 pub mod inproc;
 pub mod mux;
+mod peers;
 pub mod shm;
 pub mod tcp;
 

@@ -15,9 +15,10 @@ use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::fifo::{Fifo, FifoRx, FifoShape, FifoTx, Region};
+use super::peers::{ConnWait, NetPeers};
 use super::{Dir, Endpoint, LinkKey, Transport};
 use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
@@ -120,15 +121,11 @@ pub struct Tcp {
     listener_fd: i32,
     /// Every rank's data listener.
     addrs: Vec<SocketAddr>,
-    peers: Vec<PeerInfo>,
+    /// Names, liveness and the timeout, for errors and connection waits.
+    peers: NetPeers,
     /// The executor's doorbell (rung when progress frees or fills a slot).
     bell: Doorbell,
-    timeout: Option<Duration>,
     conns: Mutex<Conns>,
-    /// This host's peer processes: waiting for a connection ends if one died.
-    watch: Option<Arc<PeerWatch>>,
-    /// The communicator's fault state: waiting for a connection ends if it breaks.
-    fault: Option<Arc<crate::fault::Fault>>,
 }
 
 fn tune(s: &TcpStream) {
@@ -224,41 +221,27 @@ impl Tcp {
             nsocks,
             listener_fd,
             addrs,
-            peers,
+            peers: NetPeers::new(peers, timeout),
             bell,
-            timeout,
             conns: Mutex::new(conns),
-            watch: None,
-            fault: None,
         })
     }
 
     /// Watches this host's peer processes while waiting for connections.
     pub fn with_watch(mut self, watch: Arc<PeerWatch>) -> Tcp {
-        self.watch = Some(watch);
+        self.peers.watch = Some(watch);
         self
     }
 
     /// Ends waits for connections when the communicator breaks (an abort, or a fault
     /// announced by another rank).
     pub fn with_fault(mut self, fault: Arc<crate::fault::Fault>) -> Tcp {
-        self.fault = Some(fault);
+        self.peers.fault = Some(fault);
         self
     }
 
-    /// The error that broke the communicator, if it is broken.
-    fn broken_comm(&self) -> Result<()> {
-        match self.fault.as_ref().and_then(|f| f.error()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     fn who(&self, r: usize) -> String {
-        match self.peers.get(r) {
-            Some(p) => format!("rank {r} ({})", p.describe()),
-            None => format!("rank {r}"),
-        }
+        self.peers.who(r)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Conns>> {
@@ -478,22 +461,14 @@ impl Tcp {
     }
 
     fn closed(&self, peer: usize, what: &str) -> Error {
-        match self.died(peer) {
-            Some(m) => Error::Remote(format!("{m} (its connection closed while {what})")),
-            None => Error::Remote(format!("{} closed its connection while {what}", self.who(peer))),
-        }
+        self.peers.closed(peer, "connection", what)
     }
 
     fn broken(&self, peer: usize, what: &str, e: std::io::Error) -> Error {
-        match self.died(peer) {
+        match self.peers.died(peer) {
             Some(m) => Error::Remote(format!("{m} (connection error {what} it: {e})")),
             None => Error::Remote(format!("connection error {what} {}: {e}", self.who(peer))),
         }
-    }
-
-    /// "rank R (host H, pid P) died", when `peer` is a watched process that has exited.
-    fn died(&self, peer: usize) -> Option<String> {
-        self.watch.as_ref()?.is_dead(peer).then(|| format!("{} died", self.who(peer)))
     }
 }
 
@@ -513,11 +488,11 @@ impl Transport for Tcp {
 
     fn peer_gone(&self, peer: usize) -> Option<String> {
         let closed = self.lock().is_ok_and(|c| c.recvs.iter().any(|r| r.peer == peer && r.closed));
-        closed.then(|| self.died(peer).unwrap_or_else(|| format!("{} closed its connection", self.who(peer))))
+        closed.then(|| self.peers.gone(peer))
     }
 
     fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::transport::Desc) -> Result<Vec<Endpoint>> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.peers.deadline();
         let mut out: Vec<Option<Endpoint>> = keys.iter().map(|_| None).collect();
         // Outgoing connections first: the peers' kernels complete them without waiting
         // for the peers, so two ranks connecting to each other cannot deadlock.
@@ -534,7 +509,7 @@ impl Transport for Tcp {
                     &format!("rank {me}: connecting to {}", self.who(k.peer)),
                     Duration::from_millis(200),
                     &mut || {
-                        self.broken_comm()?;
+                        self.peers.broken_comm()?;
                         self.accept_pending(&mut *self.lock()?)
                     },
                 )?;
@@ -555,8 +530,7 @@ impl Transport for Tcp {
             });
             out[i] = Some(Endpoint::Tx(fifo.sender_by_reference(Doorbell::new_private())));
         }
-        let waiting_since = Instant::now();
-        let mut asked = false;
+        let mut wait = ConnWait::new();
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Recv) {
             let mut socks = Vec::with_capacity(self.nsocks);
             for idx in 0..self.nsocks as u32 {
@@ -567,33 +541,7 @@ impl Transport for Tcp {
                         break s;
                     }
                     drop(c);
-                    self.broken_comm()?;
-                    // A peer that never connects may be in another collective.
-                    if !asked && waiting_since.elapsed() >= crate::fault::STALL {
-                        asked = true;
-                        if let Some(f) = &self.fault {
-                            f.stalled();
-                        }
-                    }
-                    if let Some((r, who)) = self.watch.as_ref().and_then(|w| w.dead()) {
-                        return Err(Error::Remote(format!(
-                            "rank {me}: waiting for {} to connect (channel {}): rank {r} ({}) died",
-                            self.who(k.peer),
-                            k.channel,
-                            who.describe()
-                        )));
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::Timeout {
-                            op: format!(
-                                "rank {me}: waiting for {} to connect (channel {})",
-                                self.who(k.peer),
-                                k.channel
-                            ),
-                            waited: self.timeout.unwrap_or_default(),
-                            peers: vec![k.peer],
-                        });
-                    }
+                    self.peers.keep_waiting(me, k, &mut wait, deadline)?;
                     std::thread::sleep(Duration::from_micros(200));
                 };
                 socks.push(RxSock {

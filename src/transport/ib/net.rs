@@ -60,6 +60,7 @@ use crate::log;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 use crate::transport::fifo::{Fifo, FifoRx, FifoShape, FifoTx, INLINE_BYTES, Msg, Region};
+use crate::transport::peers::{ConnWait, NetPeers};
 use crate::transport::tcp::stripes;
 use crate::transport::{Desc, Dir, Endpoint, LinkKey, Transport};
 
@@ -240,12 +241,10 @@ pub struct Ib {
     dev: Device,
     listener_fd: i32,
     addrs: Vec<SocketAddr>,
-    peers: Vec<PeerInfo>,
+    /// Names, liveness and the timeout, for errors and connection waits.
+    peers: NetPeers,
     bell: Doorbell,
-    timeout: Option<Duration>,
     conns: Mutex<Conns>,
-    watch: Option<Arc<PeerWatch>>,
-    fault: Option<Arc<crate::fault::Fault>>,
 }
 
 /// The receiver's region: the FIFO, then one record per slot.
@@ -296,50 +295,30 @@ impl Ib {
             dev,
             listener_fd,
             addrs,
-            peers,
+            peers: NetPeers::new(peers, timeout),
             bell,
-            timeout,
             conns: Mutex::new(conns),
-            watch: None,
-            fault: None,
         })
     }
 
     /// Watches this host's peer processes while waiting for connections.
     pub fn with_watch(mut self, watch: Arc<PeerWatch>) -> Ib {
-        self.watch = Some(watch);
+        self.peers.watch = Some(watch);
         self
     }
 
     /// Ends waits for connections when the communicator breaks.
     pub fn with_fault(mut self, fault: Arc<crate::fault::Fault>) -> Ib {
-        self.fault = Some(fault);
+        self.peers.fault = Some(fault);
         self
     }
 
-    fn broken_comm(&self) -> Result<()> {
-        match self.fault.as_ref().and_then(|f| f.error()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     fn who(&self, r: usize) -> String {
-        match self.peers.get(r) {
-            Some(p) => format!("rank {r} ({})", p.describe()),
-            None => format!("rank {r}"),
-        }
-    }
-
-    fn died(&self, peer: usize) -> Option<String> {
-        self.watch.as_ref()?.is_dead(peer).then(|| format!("{} died", self.who(peer)))
+        self.peers.who(r)
     }
 
     fn closed(&self, peer: usize, what: &str) -> Error {
-        match self.died(peer) {
-            Some(m) => Error::Remote(format!("{m} (its InfiniBand link closed while {what})")),
-            None => Error::Remote(format!("{} closed its InfiniBand link while {what}", self.who(peer))),
-        }
+        self.peers.closed(peer, "InfiniBand link", what)
     }
 
     fn wc_error(&self, peer: usize, what: &str, wc: &Completion) -> Error {
@@ -350,7 +329,7 @@ impl Ib {
             wc.status_text(),
             wc.status
         );
-        match self.died(peer) {
+        match self.peers.died(peer) {
             Some(m) => Error::Remote(format!("{m} ({base})")),
             None => Error::Remote(base),
         }
@@ -466,15 +445,15 @@ impl Ib {
                     }
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
-                    self.broken_comm()?;
+                    self.peers.broken_comm()?;
                     self.accept_pending(&mut *self.lock()?)?;
-                    if let Some(m) = self.died(peer) {
+                    if let Some(m) = self.peers.died(peer) {
                         return Err(Error::Remote(format!("{m} while connecting")));
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::Timeout {
                             op: format!("connecting an InfiniBand link with {}", self.who(peer)),
-                            waited: self.timeout.unwrap_or_default(),
+                            waited: self.peers.timeout.unwrap_or_default(),
                             peers: vec![peer],
                         });
                     }
@@ -485,9 +464,7 @@ impl Ib {
     }
 
     /// Waits for `peer`'s introduction on `channel` (as the TCP transport does).
-    fn claim(&self, me: usize, k: &LinkKey, deadline: Option<Instant>) -> Result<TcpStream> {
-        let since = Instant::now();
-        let mut asked = false;
+    fn claim(&self, me: usize, k: &LinkKey, wait: &mut ConnWait, deadline: Option<Instant>) -> Result<TcpStream> {
         loop {
             let mut c = self.lock()?;
             self.accept_pending(&mut c)?;
@@ -495,28 +472,7 @@ impl Ib {
                 return Ok(s);
             }
             drop(c);
-            self.broken_comm()?;
-            if !asked && since.elapsed() >= crate::fault::STALL {
-                asked = true;
-                if let Some(f) = &self.fault {
-                    f.stalled();
-                }
-            }
-            if let Some((r, who)) = self.watch.as_ref().and_then(|w| w.dead()) {
-                return Err(Error::Remote(format!(
-                    "rank {me}: waiting for {} to connect (channel {}): rank {r} ({}) died",
-                    self.who(k.peer),
-                    k.channel,
-                    who.describe()
-                )));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout {
-                    op: format!("rank {me}: waiting for {} to connect (channel {})", self.who(k.peer), k.channel),
-                    waited: self.timeout.unwrap_or_default(),
-                    peers: vec![k.peer],
-                });
-            }
+            self.peers.keep_waiting(me, k, wait, deadline)?;
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -821,7 +777,7 @@ impl Drop for Ib {
     /// socket would still deliver its data.
     fn drop(&mut self) {
         let t0 = Instant::now();
-        let limit = self.timeout.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+        let limit = self.peers.timeout.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
         while t0.elapsed() < limit {
             let Ok(mut c) = self.conns.lock() else { return };
             if c.sends.iter().all(|s| s.pending.is_empty()) || self.pump_all(&mut c).is_err() {
@@ -848,11 +804,11 @@ impl Transport for Ib {
 
     fn peer_gone(&self, peer: usize) -> Option<String> {
         let closed = self.lock().is_ok_and(|c| c.recvs.iter().any(|r| r.w.peer == peer && r.closed));
-        closed.then(|| self.died(peer).unwrap_or_else(|| format!("{} closed its connection", self.who(peer))))
+        closed.then(|| self.peers.gone(peer))
     }
 
     fn connect(&self, me: usize, keys: &[LinkKey], opener: Desc) -> Result<Vec<Endpoint>> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.peers.deadline();
         let mut out: Vec<Option<Endpoint>> = keys.iter().map(|_| None).collect();
         // 1. Send links: connect, introduce, say who we are. Needs nothing from the peer.
         let mut opening = Vec::new();
@@ -871,7 +827,7 @@ impl Transport for Ib {
                 &format!("rank {me}: connecting to {}", self.who(k.peer)),
                 Duration::from_millis(200),
                 &mut || {
-                    self.broken_comm()?;
+                    self.peers.broken_comm()?;
                     self.accept_pending(&mut *self.lock()?)
                 },
             )?;
@@ -889,8 +845,9 @@ impl Transport for Ib {
             ));
         }
         // 2. Receive links: answer with our registered FIFO.
+        let mut wait = ConnWait::new();
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Recv) {
-            let mut sock = self.claim(me, k, deadline)?;
+            let mut sock = self.claim(me, k, &mut wait, deadline)?;
             let theirs = self.read_hello(&mut sock, k.peer, deadline)?;
             let (chan, cq, qps) = self.verbs_for_link()?;
             self.join(k.peer, &theirs, Role::Sender, &qps)?;
