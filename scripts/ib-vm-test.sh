@@ -5,14 +5,15 @@
 # ../shared/rdma-vm/run-in-rdma-vm.sh (a sibling of the repository; two RDMA devices,
 # rxe0 and rxe1, on a veth pair; see its README.md). Boot ~5 s, then the tests.
 # Where the VM script is missing or the VM cannot boot (its exit code 125), prints
-# `skipped: rdma-vm cannot boot: <why>` and exits 0. Otherwise exits with the tests' code.
+# `skipped: tests/ib_verbs.rs and tests/ib.rs in the Soft-RoCE VM (...): rdma-vm cannot
+# boot: <why>` and exits 0. Otherwise exits with the tests' code.
 # RDMA_VM_SCRIPT overrides the VM script's path; RDMA_VM_TIMEOUT bounds
 # the run (default 480 s; the tests take about 2.5 minutes there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VM=${RDMA_VM_SCRIPT:-../shared/rdma-vm/run-in-rdma-vm.sh}
 if [ ! -f "$VM" ]; then
-  echo "skipped: rdma-vm cannot boot: $VM not found"
+  echo "skipped: tests/ib_verbs.rs and tests/ib.rs in the Soft-RoCE VM (every test in them): rdma-vm cannot boot: $VM not found"
   exit 0
 fi
 # The default target CPU, whatever the caller's RUSTFLAGS say.
@@ -48,7 +49,7 @@ rc=$?
 cat "$err" >&2
 if [ $rc -eq 125 ]; then
   why=$(grep -v '^[[:space:]]*$' "$err" | tail -1)
-  echo "skipped: rdma-vm cannot boot: ${why:-exit code 125, no message}"
+  echo "skipped: tests/ib_verbs.rs and tests/ib.rs in the Soft-RoCE VM (every test in them): rdma-vm cannot boot: ${why:-exit code 125, no message}"
   exit 0
 fi
 exit $rc

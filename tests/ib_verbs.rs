@@ -20,9 +20,9 @@ use oxccl::transport::ib::verbs::{
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn in_vm() -> bool {
+fn in_vm(test: &str) -> bool {
     if std::env::var("RDMA_VM").is_err() {
-        println!("skipped: not inside the Soft-RoCE VM (run scripts/ib-vm-test.sh)");
+        println!("skipped: {test}: not inside the Soft-RoCE VM (scripts/ib-vm-test.sh runs it there)");
         return false;
     }
     true
@@ -104,7 +104,7 @@ fn connect(a: &Side, b: &Side) {
 
 #[test]
 fn write_with_immediate_between_rxe0_and_rxe1() {
-    if !in_vm() {
+    if !in_vm("write_with_immediate_between_rxe0_and_rxe1") {
         return;
     }
     let s0 = side("RDMA_VM_DEV0");
@@ -187,7 +187,7 @@ fn write_with_immediate_between_rxe0_and_rxe1() {
 
 #[test]
 fn a_write_to_a_destroyed_peer_ends_in_an_error_completion() {
-    if !in_vm() {
+    if !in_vm("a_write_to_a_destroyed_peer_ends_in_an_error_completion") {
         return;
     }
     let s0 = side("RDMA_VM_DEV0");
