@@ -88,12 +88,13 @@ pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<S
     Ok((tcp, shm))
 }
 
-/// This rank's InfiniBand port, or `None` (with one INFO line saying why: TCP then).
+/// This rank's InfiniBand port and the `OXCCL_IB_*` settings it was chosen by, or `None`
+/// (with one INFO line saying why: TCP then).
 #[cfg(feature = "ib")]
-fn probe_ib(rank: usize) -> Result<Option<crate::transport::ib::Device>> {
+fn probe_ib(rank: usize) -> Result<Option<(crate::transport::ib::Device, crate::transport::ib::select::IbSettings)>> {
     let s = crate::transport::ib::select::IbSettings::from_env(|k| std::env::var(k).ok())?;
     match crate::transport::ib::Device::probe(&s) {
-        Ok(d) => Ok(Some(d)),
+        Ok(d) => Ok(Some((d, s))),
         Err(why) => {
             log::info(false, &format!("rank {rank}: no usable RDMA device ({why}): TCP between hosts"));
             Ok(None)
@@ -183,10 +184,9 @@ impl Comm {
         }
         #[cfg(feature = "ib")]
         let listener = match (listener, ib_dev) {
-            (Some(l), Some(dev)) => {
+            (Some(l), Some((dev, ib))) => {
                 let addrs =
                     endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
-                let ib = crate::transport::ib::select::IbSettings::from_env(|k| std::env::var(k).ok())?;
                 let t = ib.tuning;
                 let tuned = if t == Default::default() {
                     String::new()

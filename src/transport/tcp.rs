@@ -34,7 +34,7 @@ pub(crate) const FRAME_HEADER: usize = 24;
 pub(crate) const STRIPE_MIN: usize = 64 << 10;
 /// Accepted connections waiting for `connect` to claim them, at most (a link has
 /// `OXCCL_NSOCKS` per peer and channel; this is far above what a job opens).
-const MAX_UNCLAIMED: usize = 4096;
+pub(crate) const MAX_UNCLAIMED: usize = 4096;
 /// Read-ahead buffer per socket.
 const READ_AHEAD: usize = 64 << 10;
 /// Socket buffer size to force, if any: `None` leaves the kernel's autotuning alone,

@@ -61,7 +61,7 @@ use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 use crate::transport::fifo::{Fifo, FifoRx, FifoShape, FifoTx, INLINE_BYTES, Msg, Region};
 use crate::transport::peers::{ConnWait, NetPeers};
-use crate::transport::tcp::stripes;
+use crate::transport::tcp::{MAX_UNCLAIMED, stripes};
 use crate::transport::{Desc, Dir, Endpoint, LinkKey, Transport};
 
 /// Receive completions carry this flag (and the queue pair's index) in their id.
@@ -352,8 +352,8 @@ impl Ib {
                 conns.gate.refuse(h.from, &format!("rank {peer}, channel {ch}, socket {idx} is out of range"));
                 continue;
             }
-            if conns.accepted.len() >= 4096 {
-                conns.gate.refuse(h.from, "4096 connections are waiting to be claimed already");
+            if conns.accepted.len() >= MAX_UNCLAIMED {
+                conns.gate.refuse(h.from, &format!("{MAX_UNCLAIMED} connections are waiting to be claimed already"));
                 continue;
             }
             let _ = h.sock.set_nodelay(true);
