@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use crate::algo::{Algo, Collective};
+use crate::call::{Algo, Collective};
 use crate::error::{Error, Result};
 
 /// The default timeout: generous, so that slow but healthy jobs never trip it, and

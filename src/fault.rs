@@ -26,10 +26,9 @@ use std::time::Duration;
 
 use crate::bootstrap::wire::{self, Kind, msg};
 use crate::error::{Error, Result};
-use crate::exec::desc;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
-use crate::transport::Desc;
+use crate::call::{Desc, desc};
 
 /// What kind of failure a fault is; it decides the error class other ranks report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

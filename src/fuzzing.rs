@@ -183,10 +183,10 @@ pub fn call_description(data: &[u8]) {
     if let Some(h) = data.first_chunk::<{ crate::transport::tcp::FRAME_HEADER }>() {
         let (part, total, desc) = crate::transport::tcp::parse_header(h);
         assert_eq!(&crate::transport::tcp::frame_header(part, total, desc), h, "frame header round trip");
-        let text = crate::exec::desc::describe(desc);
+        let text = crate::call::desc::describe(desc);
         assert!(text.len() < 256, "a description of {} bytes", text.len());
-        let _ = crate::exec::desc::tag_bits(desc);
-        let _ = crate::exec::desc::is_p2p(desc);
+        let _ = crate::call::desc::tag_bits(desc);
+        let _ = crate::call::desc::is_p2p(desc);
     }
 }
 

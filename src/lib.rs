@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod algo;
+pub mod call;
 mod comm;
 pub mod config;
 #[cfg(feature = "cuda")]
@@ -42,7 +43,7 @@ pub mod sync;
 pub mod transport;
 pub mod types;
 
-pub use algo::Algo;
+pub use call::Algo;
 pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, Scope, Work};
 pub use config::{Config, Settings};
 pub use error::{Error, Result};

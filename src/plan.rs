@@ -4,7 +4,8 @@
 //! The constants were calibrated on a 2-core x86 VM with ranks as threads (see the
 //! `all_reduce_perf` example); they only need to rank the algorithms correctly.
 
-use crate::algo::{Algo, Chunking, Collective};
+use crate::algo::Chunking;
+use crate::call::{Algo, Collective};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::types::DataType;

@@ -3,7 +3,7 @@
 //! [`Group`](super::Group), so both check exactly the same way.
 
 use super::CallSpec;
-use crate::algo::Collective;
+use crate::call::Collective;
 use crate::error::{Error, Result};
 use crate::types::{DataType, Element, ReduceOp};
 

@@ -35,7 +35,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use super::raw::RawBatch;
 use super::work::{Hooks, Pending, Worker};
 use super::{CallSpec, Comm};
-use crate::algo::Collective;
+use crate::call::Collective;
 use crate::cuda::driver::{self, Event, Pinned};
 use crate::error::{Error, Result};
 use crate::fault::Fault;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::CallSpec;
-use crate::algo::{self, Algo, Collective, Topo};
+use crate::algo::{self, Topo};
+use crate::call::{Algo, Collective, desc};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::exec::{self, Call, Ctx, Stream};
@@ -34,10 +35,10 @@ pub(crate) struct Engine {
     pub sockets: bool,
     /// This host's peer processes, watched for exit.
     pub watch: Option<Arc<crate::liveness::PeerWatch>>,
-    /// Collectives run so far (see [`exec::desc::with_tag`]).
+    /// Collectives run so far (see [`desc::with_tag`]).
     tag: u64,
     /// Recent calls, for mismatch errors.
-    history: exec::desc::History,
+    history: desc::History,
     /// The current batch got past planning: its failures break the communicator.
     moving: bool,
 }
@@ -85,7 +86,7 @@ impl Engine {
             sockets: false,
             watch: None,
             moving: false,
-            history: exec::desc::History::default(),
+            history: desc::History::default(),
             tag: 0,
         }
     }
@@ -144,8 +145,8 @@ impl Engine {
                 // call at this position learns of the mismatch from this rank.
                 if !p2p {
                     self.tag += 1;
-                    let d = exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), Algo::Ring);
-                    let d = exec::desc::with_tag(d, self.tag);
+                    let d = desc::encode(&s.coll, s.dtype, s.op.as_ref(), Algo::Ring);
+                    let d = desc::with_tag(d, self.tag);
                     self.history.record(self.tag, self.seq, d);
                     self.fault.enter(self.tag, d, self.seq);
                 }
@@ -187,7 +188,7 @@ impl Engine {
             }
             // Point-to-point calls carry no tag: a send and its receive may sit at
             // different places among a group's collectives on the two ranks.
-            let desc = exec::desc::with_tag(prep.desc, if p2p { 0 } else { self.tag });
+            let desc = desc::with_tag(prep.desc, if p2p { 0 } else { self.tag });
             if !p2p {
                 self.history.record(self.tag, self.seq, desc);
                 self.fault.enter(self.tag, desc, self.seq);
@@ -279,7 +280,7 @@ struct Prepared {
     shared: bool,
     plan: plan::Plan,
     reducer: Option<Reducer>,
-    desc: crate::transport::Desc,
+    desc: crate::call::Desc,
     /// The links this call uses are known to be connected.
     connected: bool,
 }
@@ -292,7 +293,7 @@ impl Prepared {
             (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
             _ => None,
         };
-        let desc = exec::desc::encode(&s.coll, s.dtype, s.op.as_ref(), plan.algo);
+        let desc = desc::encode(&s.coll, s.dtype, s.op.as_ref(), plan.algo);
         Ok(Prepared { coll: s.coll, dtype: s.dtype, op: s.op, shared, plan, reducer, desc, connected: false })
     }
 

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use super::CallSpec;
 use super::calls::Ranks;
-use crate::algo::Collective;
+use crate::call::Collective;
 use crate::error::{Error, Result};
 use crate::types::{Element, ReduceOp};
 

@@ -292,7 +292,7 @@ impl super::Comm {
     /// context (the current one).
     pub(crate) unsafe fn try_ipc(&mut self, specs: &[super::CallSpec], stream: sys::CUstream) -> Result<bool> {
         let [s] = specs else { return Ok(false) };
-        let crate::algo::Collective::AllReduce { count } = s.coll else { return Ok(false) };
+        let crate::call::Collective::AllReduce { count } = s.coll else { return Ok(false) };
         let Some(op) = s.op.and_then(kernel_op) else { return Ok(false) };
         let one_host = self.topology.as_ref().is_some_and(|t| t.hosts.len() == 1);
         if !wanted() || !one_host || count == 0 {

@@ -25,7 +25,8 @@ pub use work::{Lent, Scope, Work};
 
 use std::sync::{Arc, Mutex};
 
-use crate::algo::{self, Collective, Topo};
+use crate::algo::{self, Topo};
+use crate::call::Collective;
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::fault::{Fault, Sentinel};

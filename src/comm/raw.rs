@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 
 use super::calls::Ranks;
 use super::{CallSpec, Comm};
-use crate::algo::Collective;
+use crate::call::Collective;
 use crate::error::{Error, Result};
 use crate::types::{DataType, ReduceOp};
 

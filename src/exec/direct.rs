@@ -12,7 +12,8 @@
 //! is written).
 
 use super::{Call, Ctx, mismatch, wait_for};
-use crate::algo::{Collective, Rank, block};
+use crate::algo::block;
+use crate::call::{Collective, Rank};
 use crate::error::Result;
 use crate::reduce::{self, Reducer};
 use crate::transport::{Dir, LinkKey, Links};

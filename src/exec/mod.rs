@@ -11,16 +11,16 @@
 //! the output when nothing is sent), from the incoming slots and the local input, then
 //! copied to the other destinations. Large outputs are written with non-temporal stores.
 
-pub mod desc;
 pub mod direct;
 
 use std::time::Duration;
 
-use crate::algo::{Buf, Peers, Rank, Schedule, Span, Step};
+use crate::algo::{Buf, Peers, Schedule, Span, Step};
+use crate::call::{Desc, Rank, desc};
 use crate::error::{Error, Result};
 use crate::reduce::{self, Reducer};
 use crate::sync::{self, BackoffConfig, Doorbell, WaitError};
-use crate::transport::{Desc, Dir, LinkKey, Links, Transport};
+use crate::transport::{Dir, LinkKey, Links, Transport};
 
 /// One call's buffers and arithmetic, as the executor sees them.
 pub struct Call {

@@ -33,9 +33,7 @@ const CTRL_BYTES: usize = 128;
 const HEADER_BYTES: usize = 64;
 const MAGIC: u64 = 0x6f78_6363_6c46_4946; // "oxcclFIF"
 
-/// A descriptor carried with every message: a compact description of the call that sent
-/// it, so a receiver detects a peer that runs a different call instead of reading garbage.
-pub type Desc = [u64; 2];
+use crate::call::Desc;
 
 /// Geometry of a FIFO; sender and receiver must agree on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,7 +73,7 @@ impl Transport for InProc {
         true
     }
 
-    fn connect(&self, me: usize, keys: &[LinkKey], _opener: super::Desc) -> Result<Vec<Endpoint>> {
+    fn connect(&self, me: usize, keys: &[LinkKey], _opener: crate::call::Desc) -> Result<Vec<Endpoint>> {
         keys.iter()
             .map(|k| {
                 Ok(match k.dir {

@@ -14,10 +14,11 @@ mod peers;
 pub mod shm;
 pub mod tcp;
 
-pub use fifo::{Desc, FifoRx, FifoShape, FifoTx, Msg};
+pub use fifo::{FifoRx, FifoShape, FifoTx, Msg};
 
 use std::time::Duration;
 
+use crate::call::Desc;
 use crate::error::{Error, Result};
 
 /// Direction of a link, seen from the local rank.

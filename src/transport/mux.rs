@@ -23,7 +23,7 @@ impl Transport for Mux {
         "mux"
     }
 
-    fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::transport::Desc) -> Result<Vec<Endpoint>> {
+    fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::call::Desc) -> Result<Vec<Endpoint>> {
         let mut out: Vec<Option<Endpoint>> = keys.iter().map(|_| None).collect();
         for (t, tr) in self.transports.iter().enumerate() {
             let idx: Vec<usize> =
@@ -62,7 +62,7 @@ impl Transport for Mux {
         self.transports[self.route.get(peer).copied().flatten()?].peer_gone(peer)
     }
 
-    fn unclaimed(&self, f: &mut dyn FnMut(usize, crate::transport::Desc)) {
+    fn unclaimed(&self, f: &mut dyn FnMut(usize, crate::call::Desc)) {
         for t in &self.transports {
             t.unclaimed(f);
         }

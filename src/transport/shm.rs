@@ -274,7 +274,7 @@ impl Transport for Shm {
         "shm"
     }
 
-    fn connect(&self, me: usize, keys: &[LinkKey], _opener: super::Desc) -> Result<Vec<Endpoint>> {
+    fn connect(&self, me: usize, keys: &[LinkKey], _opener: crate::call::Desc) -> Result<Vec<Endpoint>> {
         keys.iter()
             .map(|k| {
                 let peer = self.local_index(k.peer)?;

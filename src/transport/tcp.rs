@@ -106,7 +106,7 @@ struct Conns {
     recvs: Vec<RecvConn>,
     /// Accepted connections not yet claimed by `connect`, by (peer, channel, socket),
     /// with the descriptor of the call that opened them.
-    accepted: HashMap<(usize, u8, u32), (TcpStream, crate::transport::Desc)>,
+    accepted: HashMap<(usize, u8, u32), (TcpStream, crate::call::Desc)>,
     /// Reused by `progress`: (receive link, its socket) of each poll entry.
     pollfds: Vec<libc::pollfd>,
     pollmap: Vec<usize>,
@@ -477,7 +477,7 @@ impl Transport for Tcp {
         "tcp"
     }
 
-    fn unclaimed(&self, f: &mut dyn FnMut(usize, crate::transport::Desc)) {
+    fn unclaimed(&self, f: &mut dyn FnMut(usize, crate::call::Desc)) {
         let Ok(mut c) = self.lock() else { return };
         // Connections may wait behind the gate: introduce them first.
         let _ = self.accept_pending(&mut c);
@@ -491,7 +491,7 @@ impl Transport for Tcp {
         closed.then(|| self.peers.gone(peer))
     }
 
-    fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::transport::Desc) -> Result<Vec<Endpoint>> {
+    fn connect(&self, me: usize, keys: &[LinkKey], opener: crate::call::Desc) -> Result<Vec<Endpoint>> {
         let deadline = self.peers.deadline();
         let mut out: Vec<Option<Endpoint>> = keys.iter().map(|_| None).collect();
         // Outgoing connections first: the peers' kernels complete them without waiting

@@ -62,7 +62,8 @@ use crate::topology::PeerInfo;
 use crate::transport::fifo::{Fifo, FifoRx, FifoShape, FifoTx, INLINE_BYTES, Msg, Region};
 use crate::transport::peers::{ConnWait, NetPeers};
 use crate::transport::tcp::{MAX_UNCLAIMED, stripes};
-use crate::transport::{Desc, Dir, Endpoint, LinkKey, Transport};
+use crate::call::Desc;
+use crate::transport::{Dir, Endpoint, LinkKey, Transport};
 
 /// Receive completions carry this flag (and the queue pair's index) in their id.
 const RECV: u64 = 1 << 63;

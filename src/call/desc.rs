@@ -2,9 +2,12 @@
 //! sent it (collective, data type, op, algorithm, root, count), so a rank that receives a
 //! message from a different call reports both calls instead of reducing garbage.
 
-use crate::algo::{Algo, Collective};
-use crate::transport::Desc;
+use super::{Algo, Collective};
 use crate::types::{DataType, ReduceOp};
+
+/// A descriptor carried with every message: a compact description of the call that sent
+/// it, so a receiver detects a peer that runs a different call instead of reading garbage.
+pub type Desc = [u64; 2];
 
 const NO_OP: u64 = 0xff;
 
