@@ -9,8 +9,11 @@ use std::net::SocketAddr;
 
 use crate::bootstrap::UniqueId;
 use crate::bootstrap::gate::{Intro, Step};
-use crate::bootstrap::wire::{self, Enc, Kind, msg};
+use crate::bootstrap::msg;
+use crate::fault::msg as fault_msg;
 use crate::topology::PeerInfo;
+use crate::transport::hello::ConnHello;
+use crate::wire::{self, Enc, Kind};
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
@@ -47,13 +50,13 @@ fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
 fn payload(kind: Kind, p: &[u8]) {
     match kind {
         Kind::Fault => {
-            if let Ok((class, origin, text)) = msg::decode_fault(p) {
-                assert_eq!(msg::encode_fault(class, origin, &text), p, "fault round trip");
+            if let Ok((class, origin, text)) = fault_msg::decode_fault(p) {
+                assert_eq!(fault_msg::encode_fault(class, origin, &text), p, "fault round trip");
             }
         }
         Kind::Bye => {}
         Kind::Where => {
-            if let Ok(w) = msg::Where::decode(p) {
+            if let Ok(w) = fault_msg::Where::decode(p) {
                 assert_eq!(w.encode(), p, "where round trip");
             }
         }
@@ -70,10 +73,9 @@ fn payload(kind: Kind, p: &[u8]) {
             }
         }
         Kind::ConnHello => {
-            if let Ok((peer, ch, idx, desc)) = msg::decode_conn_hello(p) {
-                let mut e = Enc::new();
-                e.u32(peer as u32).u32(ch).u32(idx).u64(desc[0]).u64(desc[1]);
-                assert_eq!(e.0, p, "connection hello round trip");
+            if let Ok(h) = ConnHello::decode(p) {
+                let secret = [0u8; crate::bootstrap::id::SECRET_BYTES];
+                assert_eq!(&h.encode(&secret)[secret.len()..], p, "connection hello round trip");
             }
         }
         Kind::Next => {

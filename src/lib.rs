@@ -42,6 +42,7 @@ pub mod reduce;
 pub mod sync;
 pub mod transport;
 pub mod types;
+pub mod wire;
 
 pub use call::Algo;
 pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, Scope, Work};

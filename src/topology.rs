@@ -3,8 +3,8 @@
 //! overrides), the link for each pair of ranks, and a ring order that keeps the ranks of
 //! a host next to each other.
 
-use crate::bootstrap::wire::{Dec, Enc};
 use crate::error::{Error, Result};
+use crate::wire::{Dec, Enc};
 
 /// This machine's hostname.
 pub fn hostname() -> String {

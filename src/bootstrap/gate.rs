@@ -30,9 +30,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use super::id::{self, Secret};
-use super::wire::{self, Kind};
 use crate::error::{Error, Result};
 use crate::log;
+use crate::wire::{self, Kind};
 
 /// How long an accepted connection may take to introduce itself.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -18,7 +18,7 @@
 
 pub mod gate;
 pub mod id;
-pub mod wire;
+pub mod msg;
 
 pub use id::{Secret, UniqueId};
 
@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::log;
+use crate::wire::{self, Enc, Kind};
 use gate::Gate;
-use wire::msg::{self, fail_message};
-use wire::{Enc, Kind};
+use msg::fail_message;
 
 /// A rank's place in the bootstrap ring.
 pub struct Bootstrap {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use super::Comm;
 use crate::algo::Topo;
-use crate::bootstrap::wire::{Dec, Enc};
 use crate::bootstrap::{self, Bootstrap, UniqueId};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
@@ -20,6 +19,7 @@ use crate::transport::fifo::FifoShape;
 use crate::transport::mux::Mux;
 use crate::transport::shm::Shm;
 use crate::transport::tcp::Tcp;
+use crate::wire::{Dec, Enc};
 
 impl UniqueId {
     /// Creates a unique id and starts its bootstrap root in this process (like

@@ -7,6 +7,7 @@
 //! (the FIFO is ordinary memory both ends share).
 
 pub mod fifo;
+pub mod hello;
 pub mod ib;
 pub mod inproc;
 pub mod mux;

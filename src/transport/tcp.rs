@@ -18,16 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::fifo::{Fifo, FifoRx, FifoShape, FifoTx, Region};
+use super::hello::ConnHello;
 use super::peers::{ConnWait, NetPeers};
 use super::{Dir, Endpoint, LinkKey, Transport};
 use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
 use crate::bootstrap::id::Secret;
-use crate::bootstrap::wire::{self, Enc, Kind};
 use crate::error::{Error, Result};
 use crate::liveness::PeerWatch;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
+use crate::wire::{self, Kind};
 
 pub(crate) const FRAME_HEADER: usize = 24;
 /// Messages from this size are striped across a link's sockets.
@@ -252,9 +253,9 @@ impl Tcp {
     /// [`Gate`]), and files those that introduced themselves by (peer, channel, socket).
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
         while let Some(h) = conns.gate.poll()? {
-            let parsed = wire::msg::decode_conn_hello(&h.body);
+            let parsed = ConnHello::decode(&h.body);
             let (peer, ch, idx, opener) = match parsed {
-                Ok(v) => v,
+                Ok(v) => (v.peer, v.channel, v.socket, v.opener),
                 Err(e) => {
                     conns.gate.refuse(h.from, &e.to_string());
                     continue;
@@ -513,9 +514,9 @@ impl Transport for Tcp {
                         self.accept_pending(&mut *self.lock()?)
                     },
                 )?;
-                let mut e = Enc::new();
-                e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(idx as u32).u64(opener[0]).u64(opener[1]);
-                wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|e| self.broken(k.peer, "introducing to", e))?;
+                let hello = ConnHello { peer: me, channel: k.channel as u32, socket: idx as u32, opener };
+                wire::send(&mut s, Kind::ConnHello, &hello.encode(&self.secret))
+                    .map_err(|e| self.broken(k.peer, "introducing to", e))?;
                 tune(&s);
                 s.set_nonblocking(true).map_err(|e| Error::system("setting a socket non-blocking", e))?;
                 socks.push(TxSock { sock: s, header: [0; FRAME_HEADER], left: 0, off: 0, len: 0 });

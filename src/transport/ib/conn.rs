@@ -1,6 +1,6 @@
 //! What the two ends of an InfiniBand link tell each other, over the link's TCP socket,
-//! after its introduction ([`Kind::ConnHello`](crate::bootstrap::wire::Kind)): one
-//! [`Kind::IbConnect`](crate::bootstrap::wire::Kind) frame each way. Pure encoding and
+//! after its introduction ([`Kind::ConnHello`](crate::wire::Kind)): one
+//! [`Kind::IbConnect`](crate::wire::Kind) frame each way. Pure encoding and
 //! decoding (no verbs), so it is unit-tested and fuzzed everywhere.
 //!
 //! ```text
@@ -14,8 +14,8 @@
 //! count against their own, so that a job with mixed settings fails at connection time
 //! with a message instead of corrupting memory.
 
-use crate::bootstrap::wire::{Dec, Enc};
 use crate::error::{Error, Result};
+use crate::wire::{Dec, Enc};
 
 /// The version of this message (and of the immediates, [`imm`]); a peer speaking another
 /// is refused. 2: immediates carry the message number instead of the slot.

@@ -53,17 +53,18 @@ use super::verbs::{self, Address, CompChannel, Completion, Context, Cq, Mr, Pd, 
 use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
 use crate::bootstrap::id::Secret;
-use crate::bootstrap::wire::{self, Enc, Kind};
+use crate::call::Desc;
 use crate::error::{Error, Result};
 use crate::liveness::PeerWatch;
 use crate::log;
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 use crate::transport::fifo::{Fifo, FifoRx, FifoShape, FifoTx, INLINE_BYTES, Msg, Region};
+use crate::transport::hello::ConnHello;
 use crate::transport::peers::{ConnWait, NetPeers};
 use crate::transport::tcp::{MAX_UNCLAIMED, stripes};
-use crate::call::Desc;
 use crate::transport::{Dir, Endpoint, LinkKey, Transport};
+use crate::wire::{self, Kind};
 
 /// Receive completions carry this flag (and the queue pair's index) in their id.
 const RECV: u64 = 1 << 63;
@@ -342,8 +343,8 @@ impl Ib {
 
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
         while let Some(h) = conns.gate.poll()? {
-            let (peer, ch, idx, opener) = match wire::msg::decode_conn_hello(&h.body) {
-                Ok(v) => v,
+            let (peer, ch, idx, opener) = match ConnHello::decode(&h.body) {
+                Ok(v) => (v.peer, v.channel, v.socket, v.opener),
                 Err(e) => {
                     conns.gate.refuse(h.from, &e.to_string());
                     continue;
@@ -833,9 +834,9 @@ impl Transport for Ib {
                 },
             )?;
             let _ = s.set_nodelay(true);
-            let mut e = Enc::new();
-            e.raw(&self.secret).u32(me as u32).u32(k.channel as u32).u32(0).u64(opener[0]).u64(opener[1]);
-            wire::send(&mut s, Kind::ConnHello, &e.0).map_err(|_| self.closed(k.peer, "connecting"))?;
+            let hello = ConnHello { peer: me, channel: k.channel as u32, socket: 0, opener };
+            wire::send(&mut s, Kind::ConnHello, &hello.encode(&self.secret))
+                .map_err(|_| self.closed(k.peer, "connecting"))?;
             let h = self.hello(Role::Sender, &qps, (0, 0));
             wire::send(&mut s, Kind::IbConnect, &h.encode()).map_err(|_| self.closed(k.peer, "connecting"))?;
             opening.push((

@@ -17,6 +17,8 @@
 //!   ring even where no data link watches it. A communicator that is dropped says
 //!   goodbye, so leaving is never mistaken for dying.
 
+pub mod msg;
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,11 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use crate::bootstrap::wire::{self, Kind, msg};
+use crate::call::{Desc, desc};
 use crate::error::{Error, Result};
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
-use crate::call::{Desc, desc};
+use crate::wire::{self, Kind};
 
 /// What kind of failure a fault is; it decides the error class other ranks report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

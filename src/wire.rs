@@ -1,4 +1,5 @@
-//! The out-of-band message format: every bootstrap message is a frame
+//! The out-of-band message format: every message that is not data (the bootstrap's,
+//! the fault sentinel's, a data connection's introduction) is a frame
 //!
 //! ```text
 //! magic "OXBS" (4) | version u16 | kind u16 | payload length u32 | payload
@@ -8,6 +9,10 @@
 //! byte strings. Reading checks the magic, the version, the kind and the length against a
 //! limit before allocating, and every field against the bytes that remain: a malformed or
 //! oversized message is an error, never a panic or an unbounded allocation.
+//!
+//! This module owns the frame and the field codec ([`Enc`], [`Dec`]) and the list of
+//! frame kinds; each protocol keeps its own payloads (`bootstrap::msg`, `fault::msg`,
+//! `transport::hello`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -66,8 +71,8 @@ impl Kind {
     }
 }
 
-fn malformed(what: impl Into<String>) -> Error {
-    Error::Remote(format!("malformed bootstrap message: {}", what.into()))
+pub(crate) fn malformed(what: impl Into<String>) -> Error {
+    Error::Remote(format!("malformed message from a peer: {}", what.into()))
 }
 
 /// Bytes in a frame header.
@@ -234,125 +239,6 @@ impl<'a> Dec<'a> {
             return Err(malformed(format!("{}: {} trailing bytes", self.what, self.b.len())));
         }
         Ok(())
-    }
-}
-
-/// The payloads of each kind of message, after the secret for introductions (which a
-/// [`Gate`](super::gate::Gate) checks and strips). Every decoder reads a peer's bytes:
-/// it checks every field and fails on trailing bytes.
-pub mod msg {
-    use super::{Dec, Result, SocketAddr};
-
-    /// A [`Hello`](super::Kind::Hello) to the root, after the secret: rank, number of
-    /// ranks, the rank's ring listener.
-    pub fn decode_hello(body: &[u8]) -> Result<(usize, usize, SocketAddr)> {
-        let mut d = Dec::new(body, "hello");
-        let rank = d.u32()? as usize;
-        let n = d.u32()? as usize;
-        let addr = d.addr()?;
-        d.end()?;
-        Ok((rank, n, addr))
-    }
-
-    /// A [`RingHello`](super::Kind::RingHello), after the secret: the sender's rank.
-    pub fn decode_ring_hello(body: &[u8]) -> Result<usize> {
-        let mut d = Dec::new(body, "ring hello");
-        let r = d.u32()? as usize;
-        d.end()?;
-        Ok(r)
-    }
-
-    /// A [`ConnHello`](super::Kind::ConnHello) of the TCP transport, after the secret:
-    /// the sender's rank, the channel, the socket index, and the descriptor of the call
-    /// that opened the connection (so a rank in a different call can tell).
-    pub fn decode_conn_hello(body: &[u8]) -> Result<(usize, u32, u32, [u64; 2])> {
-        let mut d = Dec::new(body, "connection hello");
-        let (peer, ch, idx) = (d.u32()? as usize, d.u32()?, d.u32()?);
-        let desc = [d.u64()?, d.u64()?];
-        d.end()?;
-        Ok((peer, ch, idx, desc))
-    }
-
-    /// A [`Next`](super::Kind::Next): where the successor listens.
-    pub fn decode_next(p: &[u8]) -> Result<SocketAddr> {
-        let mut d = Dec::new(p, "next");
-        let a = d.addr()?;
-        d.end()?;
-        Ok(a)
-    }
-
-    /// A [`Block`](super::Kind::Block) of the all-gather: whose block, and its bytes.
-    pub fn decode_block(p: &[u8]) -> Result<(usize, &[u8])> {
-        let mut d = Dec::new(p, "all-gather block");
-        let got = d.u32()? as usize;
-        let data = d.bytes(super::MAX_PAYLOAD)?;
-        d.end()?;
-        Ok((got, data))
-    }
-
-    /// Longest message a [`Fault`](super::Kind::Fault) carries.
-    pub const FAULT_TEXT: usize = 2048;
-
-    /// A [`Fault`](super::Kind::Fault): class code, origin rank, message.
-    pub fn encode_fault(class: u8, origin: usize, text: &str) -> Vec<u8> {
-        let mut cut = text.len().min(FAULT_TEXT);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let mut e = super::Enc::new();
-        e.u32(class as u32).u32(origin as u32).bytes(&text.as_bytes()[..cut]);
-        e.0
-    }
-
-    /// Decodes a [`Fault`](super::Kind::Fault); the text must be UTF-8.
-    pub fn decode_fault(p: &[u8]) -> Result<(u8, usize, String)> {
-        let mut d = Dec::new(p, "fault");
-        let class = d.u32()?;
-        let class = u8::try_from(class).map_err(|_| super::malformed(format!("fault class {class}")))?;
-        let origin = d.u32()? as usize;
-        let text = d.bytes(FAULT_TEXT)?;
-        d.end()?;
-        let text = std::str::from_utf8(text).map_err(|_| super::malformed("fault text is not UTF-8"))?;
-        Ok((class, origin, text.to_string()))
-    }
-
-    /// A [`Where`](super::Kind::Where): where a stuck rank is.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Where {
-        /// The stuck rank.
-        pub origin: u32,
-        /// Ranks it passed through.
-        pub hops: u32,
-        /// Its collective tag.
-        pub tag: u64,
-        /// Its call's descriptor.
-        pub desc: [u64; 2],
-        /// Its operation number.
-        pub seq: u64,
-    }
-
-    impl Where {
-        /// The payload.
-        pub fn encode(&self) -> Vec<u8> {
-            let mut e = super::Enc::new();
-            e.u32(self.origin).u32(self.hops).u64(self.tag).u64(self.desc[0]).u64(self.desc[1]).u64(self.seq);
-            e.0
-        }
-
-        /// Reads a payload.
-        pub fn decode(p: &[u8]) -> Result<Where> {
-            let mut d = Dec::new(p, "where");
-            let w =
-                Where { origin: d.u32()?, hops: d.u32()?, tag: d.u64()?, desc: [d.u64()?, d.u64()?], seq: d.u64()? };
-            d.end()?;
-            Ok(w)
-        }
-    }
-
-    /// The message of a [`Fail`](super::Kind::Fail) (empty when malformed: it is only
-    /// shown to the user).
-    pub fn fail_message(p: &[u8]) -> String {
-        Dec::new(p, "failure").bytes(4096).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
     }
 }
 
