@@ -15,7 +15,7 @@ pub fn info_enabled() -> bool {
 /// `host:pid`, computed once.
 pub fn origin() -> &'static str {
     static ORIGIN: OnceLock<String> = OnceLock::new();
-    ORIGIN.get_or_init(|| format!("{}:{}", crate::topology::hostname(), std::process::id()))
+    ORIGIN.get_or_init(|| format!("{}:{}", crate::sys::hostname(), std::process::id()))
 }
 
 /// Prints a warning.

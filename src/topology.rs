@@ -4,19 +4,8 @@
 //! a host next to each other.
 
 use crate::error::{Error, Result};
+use crate::sys::{boot_id, hostname};
 use crate::wire::{Dec, Enc};
-
-/// This machine's hostname.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into the buffer.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if r != 0 {
-        return "unknown-host".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
 
 /// An identity of this host: `OXCCL_HOSTID` if set, else hostname + kernel boot id.
 pub fn host_id() -> String {
@@ -25,8 +14,7 @@ pub fn host_id() -> String {
     {
         return v;
     }
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    format!("{}/{}", hostname(), boot.trim())
+    format!("{}/{}", hostname(), boot_id())
 }
 
 /// What a rank tells the others about itself at init.

@@ -145,19 +145,7 @@ impl FromStr for UniqueId {
 /// 32 bytes from the kernel's random source.
 pub fn random_secret() -> Result<Secret> {
     let mut s = [0u8; SECRET_BYTES];
-    let mut got = 0;
-    while got < SECRET_BYTES {
-        // SAFETY: the destination range lies inside `s`.
-        let r = unsafe { libc::getrandom(s[got..].as_mut_ptr() as *mut libc::c_void, SECRET_BYTES - got, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::system("reading random bytes for the job secret", e));
-        }
-        got += r as usize;
-    }
+    crate::sys::random_bytes(&mut s, "the job secret")?;
     Ok(s)
 }
 

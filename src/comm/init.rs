@@ -11,7 +11,6 @@ use crate::bootstrap::{self, Bootstrap, UniqueId};
 use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::log;
-use crate::netif;
 use crate::sync::Doorbell;
 use crate::topology::{Link, PeerInfo, Topology};
 use crate::transport::Transport;
@@ -31,7 +30,7 @@ impl UniqueId {
 
     /// As [`UniqueId::new`], with resolved settings (interface and timeout).
     pub(crate) fn new_with(s: &Settings) -> Result<UniqueId> {
-        let ip = netif::pick(s.socket_ifname.as_deref())?.ip;
+        let ip = crate::sys::netif::pick(s.socket_ifname.as_deref())?.ip;
         let l = TcpListener::bind(SocketAddr::new(ip, 0))
             .map_err(|e| Error::system(format!("binding the bootstrap root on {ip}"), e))?;
         let addr = l.local_addr().map_err(|e| Error::system("reading the root address", e))?;
@@ -47,7 +46,7 @@ fn local_ip(root: SocketAddr, s: &Settings) -> Result<IpAddr> {
     if root.ip().is_loopback() && s.socket_ifname.is_none() {
         return Ok(root.ip());
     }
-    Ok(netif::pick(s.socket_ifname.as_deref())?.ip)
+    Ok(crate::sys::netif::pick(s.socket_ifname.as_deref())?.ip)
 }
 
 /// What a rank tells its peers after creating its transports: its TCP data listener and
@@ -79,7 +78,7 @@ pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<S
     let shm = match name {
         [] => None,
         n => {
-            let n = std::str::from_utf8(n).ok().filter(|n| crate::shmem::valid_name(n)).ok_or_else(|| {
+            let n = std::str::from_utf8(n).ok().filter(|n| crate::sys::shmem::valid_name(n)).ok_or_else(|| {
                 Error::Remote(format!("malformed transport endpoints: segment name {:?}", String::from_utf8_lossy(n)))
             })?;
             Some(n.to_string())

@@ -21,7 +21,7 @@ pub mod msg;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -29,6 +29,7 @@ use std::time::Duration;
 use crate::call::{Desc, desc};
 use crate::error::{Error, Result};
 use crate::sync::Doorbell;
+use crate::sys::eventfd::EventFd;
 use crate::topology::PeerInfo;
 use crate::wire::{self, Kind};
 
@@ -396,35 +397,6 @@ impl Board {
     }
 }
 
-/// A Linux eventfd: the sentinel's wake-up.
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> Result<EventFd> {
-        // SAFETY: eventfd takes an initial value and flags and returns a new descriptor
-        // or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::system("creating an eventfd", std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn notify(&self) {
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own; a full counter
-        // (EAGAIN) still leaves it readable, which is all we need.
-        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
-    }
-
-    fn drain(&self) {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a live u64 from a non-blocking eventfd we own.
-        unsafe { libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-    }
-}
-
 /// A ring neighbour, as the sentinel sees it.
 pub struct Neighbour {
     /// Its rank.
@@ -525,7 +497,7 @@ fn watch(fault: &Fault, nranks: usize, mut sides: Vec<Neighbour>, wake: &EventFd
         let mut fds: Vec<libc::pollfd> = sides
             .iter()
             .map(|s| libc::pollfd { fd: s.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .chain(std::iter::once(libc::pollfd { fd: wake.0.as_raw_fd(), events: libc::POLLIN, revents: 0 }))
+            .chain(std::iter::once(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 }))
             .collect();
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };

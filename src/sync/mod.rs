@@ -9,10 +9,9 @@
 //! spins a few `pause`s, then calls `sched_yield`, and after a while sleeps on the rank's
 //! [`Doorbell`], which every producer rings after publishing data for that rank.
 
-pub mod futex;
-pub mod membarrier;
-
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::sys::{futex, membarrier};
 use std::time::{Duration, Instant};
 
 /// The futex words of one doorbell. `#[repr(C)]` with fixed-size atomics so it can live

@@ -36,7 +36,11 @@ fn cname(name: &str) -> Result<CString> {
 /// A fresh segment name, `oxccl-` and 32 hexadecimal digits from the kernel's random
 /// source (128 bits): unpredictable, so nobody can create or squat it in advance.
 pub fn random_name() -> Result<String> {
-    let r = crate::bootstrap::id::random_secret()?;
+    let r = {
+        let mut b = [0u8; 16];
+        crate::sys::random_bytes(&mut b, "a shared-memory segment name")?;
+        b
+    };
     Ok(format!("oxccl-{}", r[..16].iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
