@@ -36,28 +36,6 @@ pub fn is_p2p(d: Desc) -> bool {
     d[0] & 0xff == 9
 }
 
-/// How many recent calls a rank remembers, to name its own call when a peer's message
-/// comes from an earlier or later one.
-pub const HISTORY: usize = 16;
-
-/// This rank's recent collectives: (tag, operation number, descriptor).
-#[derive(Clone, Copy, Default)]
-pub struct History([(u64, u64, Desc); HISTORY]);
-
-impl History {
-    /// Remembers the collective with `tag`, operation number `seq`.
-    #[inline]
-    pub fn record(&mut self, tag: u64, seq: u64, d: Desc) {
-        self.0[tag as usize % HISTORY] = (tag, seq, d);
-    }
-
-    /// This rank's collective whose tag ends in `bits`, if it is recent: (operation
-    /// number, descriptor).
-    pub fn find(&self, bits: u64) -> Option<(u64, Desc)> {
-        self.0.iter().filter(|(t, _, _)| *t != 0 && t & 0xffff == bits).max_by_key(|(t, _, _)| *t).map(|e| (e.1, e.2))
-    }
-}
-
 /// Encodes a call. Send and receive encode the same way (no peer), so they match.
 pub fn encode(coll: &Collective, dtype: DataType, op: Option<&ReduceOp>, algo: Algo) -> Desc {
     let root = match coll {

@@ -37,8 +37,6 @@ pub(crate) struct Engine {
     pub watch: Option<Arc<crate::liveness::PeerWatch>>,
     /// Collectives run so far (see [`desc::with_tag`]).
     tag: u64,
-    /// Recent calls, for mismatch errors.
-    history: desc::History,
     /// The current batch got past planning: its failures break the communicator.
     moving: bool,
 }
@@ -86,7 +84,6 @@ impl Engine {
             sockets: false,
             watch: None,
             moving: false,
-            history: desc::History::default(),
             tag: 0,
         }
     }
@@ -147,7 +144,6 @@ impl Engine {
                     self.tag += 1;
                     let d = desc::encode(&s.coll, s.dtype, s.op.as_ref(), Algo::Ring);
                     let d = desc::with_tag(d, self.tag);
-                    self.history.record(self.tag, self.seq, d);
                     self.fault.enter(self.tag, d, self.seq);
                 }
                 continue;
@@ -190,7 +186,6 @@ impl Engine {
             // different places among a group's collectives on the two ranks.
             let desc = desc::with_tag(prep.desc, if p2p { 0 } else { self.tag });
             if !p2p {
-                self.history.record(self.tag, self.seq, desc);
                 self.fault.enter(self.tag, desc, self.seq);
             }
             sc.calls.push(Call {
@@ -221,7 +216,6 @@ impl Engine {
             bell: &self.bell,
             backoff: self.backoff,
             timeout: self.settings.timeout,
-            history: &self.history,
             fault: &self.fault,
             watch: self.watch.as_deref(),
             scratch: &mut sc.exec,

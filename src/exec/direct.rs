@@ -66,7 +66,7 @@ fn exchange(ctx: &mut Ctx<'_>, call: &Call, payload: Option<[u64; 2]>) -> Result
     for (p, slot) in out.iter_mut().enumerate().filter(|(p, _)| *p != me) {
         let m = ctx.links.rx_ref(p, CHANNEL).message();
         if m.desc != call.desc || m.bytes != bytes {
-            return Err(mismatch(ctx.history, me, p, call, m.desc, m.bytes, bytes));
+            return Err(mismatch(ctx.fault, me, p, call, m.desc, m.bytes, bytes));
         }
         if payload.is_some() {
             // SAFETY: the message holds 16 bytes (checked) and is ours until released.

@@ -18,6 +18,8 @@ use std::time::Duration;
 use crate::algo::{Buf, Peers, Schedule, Span, Step};
 use crate::call::{Desc, Rank, desc};
 use crate::error::{Error, Result};
+use crate::fault::recent::Entry;
+use crate::fault::{Fault, STALL, mismatched};
 use crate::reduce::{self, Reducer};
 use crate::sync::{self, BackoffConfig, Doorbell, WaitError};
 use crate::transport::{Dir, LinkKey, Links, Transport};
@@ -80,10 +82,8 @@ pub struct Ctx<'a> {
     pub backoff: BackoffConfig,
     /// Longest wait without progress.
     pub timeout: Option<Duration>,
-    /// This rank's recent calls, named when a peer's message comes from another one.
-    pub history: &'a desc::History,
     /// Whether the communicator broke (an abort, or a fault here or on another rank).
-    pub fault: &'a crate::fault::Fault,
+    pub fault: &'a Fault,
     /// The processes of this host's peers: a wait ends with an error naming a peer
     /// that died.
     pub watch: Option<&'a crate::liveness::PeerWatch>,
@@ -194,7 +194,7 @@ pub fn run(ctx: &mut Ctx<'_>, calls: &[Call], streams: &mut [Stream], connect_li
 /// an all-gather's ring step arriving where an all-reduce expects a different peer).
 /// Point-to-point messages are left alone (they need not be symmetric), as are
 /// messages from peers already in a later collective.
-fn stray(history: &desc::History, me: Rank, links: &Links, transport: &dyn Transport, calls: &[Call]) -> Option<Error> {
+fn stray(fault: &Fault, me: Rank, links: &Links, transport: &dyn Transport, calls: &[Call]) -> Option<Error> {
     let mut colls = calls.iter().filter(|c| !desc::is_p2p(c.desc));
     let first = colls.next()?;
     let last = colls.next_back().unwrap_or(first);
@@ -208,7 +208,7 @@ fn stray(history: &desc::History, me: Rank, links: &Links, transport: &dyn Trans
             return;
         }
         let call = calls.iter().find(|c| desc::tag_bits(c.desc) == desc::tag_bits(d)).unwrap_or(first);
-        found = Some(mismatch(history, me, p, call, d, 0, 0));
+        found = Some(mismatch(fault, me, p, call, d, 0, 0));
     };
     links.for_each_rx(|p, rx| {
         if rx.can_recv() {
@@ -225,7 +225,7 @@ fn stray(history: &desc::History, me: Rank, links: &Links, transport: &dyn Trans
 const ANNOUNCEMENT_GRACE: Duration = Duration::from_millis(200);
 
 /// The fault that broke the communicator, given [`ANNOUNCEMENT_GRACE`] to arrive.
-pub(crate) fn announced(fault: &crate::fault::Fault) -> Option<Error> {
+pub(crate) fn announced(fault: &Fault) -> Option<Error> {
     let t = std::time::Instant::now();
     while !fault.tripped() && t.elapsed() < ANNOUNCEMENT_GRACE {
         std::thread::sleep(Duration::from_millis(1));
@@ -244,7 +244,7 @@ fn wait_on(
     timed_out: &dyn Fn(&Links) -> (String, Vec<Rank>),
 ) -> Result<()> {
     let links: &Links = ctx.links;
-    let (fault, transport, watch, history, me) = (ctx.fault, ctx.transport, ctx.watch, ctx.history, ctx.me);
+    let (fault, transport, watch, me) = (ctx.fault, ctx.transport, ctx.watch, ctx.me);
     let mut mismatched = None;
     let mut failed = None;
     let mut stuck_since = None;
@@ -265,13 +265,13 @@ fn wait_on(
             Ok(_) => ready(links),
         },
         &mut || {
-            mismatched = stray(history, me, links, transport, calls);
+            mismatched = stray(fault, me, links, transport, calls);
             if mismatched.is_some() {
                 return true;
             }
             // Stuck for a while: a mismatch may leave no message to see. Ask once.
             let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
-            if !asked && !calls.is_empty() && since.elapsed() >= crate::fault::STALL {
+            if !asked && !calls.is_empty() && since.elapsed() >= STALL {
                 asked = true;
                 fault.stalled();
             }
@@ -392,8 +392,11 @@ fn span_ptr(call: &Call, sp: Span, count: usize) -> Result<*mut u8> {
     Ok(unsafe { base.add(sp.offset * call.elem) })
 }
 
+/// The error for a message from `peer` that does not fit `call`: a mismatched call
+/// (named on both sides), or, when the peer's call is the same, a size that the
+/// schedules cannot produce.
 pub(crate) fn mismatch(
-    history: &desc::History,
+    fault: &Fault,
     me: Rank,
     peer: Rank,
     call: &Call,
@@ -402,23 +405,10 @@ pub(crate) fn mismatch(
     want: usize,
 ) -> Error {
     let theirs = desc::tag_bits(got);
+    let current = Entry { tag: 0, desc: call.desc, seq: call.seq };
     if theirs != desc::tag_bits(call.desc) {
         // The peer's message comes from another call: name what this rank called then.
-        let mine = match history.find(theirs) {
-            Some((s, d)) => format!("rank {me} called {} as op #{s}", desc::describe(d)),
-            None => {
-                return Error::InvalidUsage(format!(
-                    "mismatched collective calls: rank {me} called {} as op #{}, but rank {peer} made a different call (or none) there and went on to {}; every rank must make the same calls in the same order",
-                    desc::describe(call.desc),
-                    call.seq,
-                    desc::describe(got)
-                ));
-            }
-        };
-        return Error::InvalidUsage(format!(
-            "mismatched collective calls: {mine}, but rank {peer} called {} as that op; every rank must make the same calls in the same order",
-            desc::describe(got)
-        ));
+        return mismatched(me, fault.recent().by_tag_bits(theirs), current, peer, got, None);
     }
     if got == call.desc {
         return Error::Internal(format!(
@@ -427,12 +417,7 @@ pub(crate) fn mismatch(
             call.seq
         ));
     }
-    Error::InvalidUsage(format!(
-        "mismatched collective calls: rank {me} called {} as op #{}, but rank {peer} called {} as that op; every rank must make the same calls in the same order",
-        desc::describe(call.desc),
-        call.seq,
-        desc::describe(got)
-    ))
+    mismatched(me, Some(current), current, peer, got, None)
 }
 
 /// Executes one ready step.
@@ -441,14 +426,14 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
     let bytes = step.count * call.elem;
     let links = &mut *ctx.links;
     let sc = &mut *ctx.scratch;
-    let history = ctx.history;
+    let fault = ctx.fault;
     sc.srcs.clear();
     sc.dsts.clear();
     let mut err = None;
     step.recv.for_each(me, n, |p| {
         let m = links.rx_ref(p, ch).message();
         if m.desc != call.desc || m.bytes != bytes {
-            err.get_or_insert_with(|| mismatch(history, me, p, call, m.desc, m.bytes, bytes));
+            err.get_or_insert_with(|| mismatch(fault, me, p, call, m.desc, m.bytes, bytes));
         }
         sc.srcs.push((p, m.ptr, false));
     });
@@ -649,7 +634,7 @@ pub fn all_reduce_one_slot(ctx: &mut Ctx<'_>, call: &Call, count: usize) -> Resu
             let m = ctx.links.rx_ref(p, 0).message();
             if m.desc != call.desc || m.bytes != bytes {
                 sc.srcs.clear();
-                return Err(mismatch(ctx.history, me, p, call, m.desc, m.bytes, bytes));
+                return Err(mismatch(ctx.fault, me, p, call, m.desc, m.bytes, bytes));
             }
             sc.srcs.push((p, m.ptr, false));
         }
