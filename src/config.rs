@@ -111,11 +111,11 @@ impl Config {
     pub fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings> {
         let mut s = Settings::default();
         if let Some(v) = env("OXCCL_ALGO").filter(|v| !v.is_empty()) {
-            s.algo = AlgoChoice::parse(&v).map_err(|e| Error::InvalidArgument(format!("OXCCL_ALGO={v}: {e}")))?;
+            s.algo = AlgoChoice::parse(&v).map_err(|e| Error::invalid_argument(format!("OXCCL_ALGO={v}: {e}")))?;
         }
         if let Some(v) = env("OXCCL_TIMEOUT").filter(|v| !v.is_empty()) {
             let secs: f64 = v.parse().ok().filter(|x: &f64| x.is_finite() && *x >= 0.0).ok_or_else(|| {
-                Error::InvalidArgument(format!("OXCCL_TIMEOUT={v}: expected seconds (0 for no timeout)"))
+                Error::invalid_argument(format!("OXCCL_TIMEOUT={v}: expected seconds (0 for no timeout)"))
             })?;
             s.timeout = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
         }
@@ -123,7 +123,7 @@ impl Config {
             match env(k).filter(|v| !v.is_empty()) {
                 None => Ok(None),
                 Some(v) => parse_size(&v).map(Some).ok_or_else(|| {
-                    Error::InvalidArgument(format!("{k}={v}: expected a number of bytes (K, M, G suffixes allowed)"))
+                    Error::invalid_argument(format!("{k}={v}: expected a number of bytes (K, M, G suffixes allowed)"))
                 }),
             }
         };
@@ -147,7 +147,7 @@ impl Config {
         }
         if let Some(v) = num("OXCCL_NSOCKS")? {
             if !(1..=64).contains(&v) {
-                return Err(Error::InvalidArgument(format!("OXCCL_NSOCKS must be between 1 and 64, got {v}")));
+                return Err(Error::invalid_argument(format!("OXCCL_NSOCKS must be between 1 and 64, got {v}")));
             }
             s.nsocks = v as usize;
         }
@@ -158,7 +158,7 @@ impl Config {
             s.debug = matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "1");
         }
         if let Some(a) = &self.algo {
-            s.algo = AlgoChoice::parse(a).map_err(Error::InvalidArgument)?;
+            s.algo = AlgoChoice::parse(a).map_err(Error::invalid_argument)?;
         }
         if let Some(t) = self.timeout {
             s.timeout = t;
@@ -177,13 +177,13 @@ impl Config {
         }
         s.slot_bytes = s.slot_bytes.max(64).div_ceil(64) * 64;
         if !(2..=1024).contains(&s.nslots) || !s.nslots.is_power_of_two() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "OXCCL_NSLOTS must be a power of two between 2 and 1024, got {}",
                 s.nslots
             )));
         }
         if s.slot_bytes > 1 << 30 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "OXCCL_SLOT_BYTES must be at most 1 GiB, got {}",
                 s.slot_bytes
             )));

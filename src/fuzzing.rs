@@ -50,8 +50,8 @@ fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
 fn payload(kind: Kind, p: &[u8]) {
     match kind {
         Kind::Fault => {
-            if let Ok((class, origin, text)) = fault_msg::decode_fault(p) {
-                assert_eq!(fault_msg::encode_fault(class, origin, &text), p, "fault round trip");
+            if let Ok(n) = fault_msg::Notice::decode(p) {
+                assert_eq!(n.encode(), p, "fault round trip");
             }
         }
         Kind::Bye => {}
@@ -239,6 +239,11 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     block.u32(2).bytes(b"host-and-pid");
     let mut fail = Enc::new();
     fail.bytes(b"ranks disagree on the number of ranks");
+    let culprit = fault_msg::Culprit { rank: 3, host: Some("node7".into()), pid: Some(4242) };
+    let fault =
+        fault_msg::Notice { class: 4, origin: 1, text: "rank 3 (node7, pid 4242) died".into(), culprit: Some(culprit) };
+    let place =
+        fault_msg::Where { origin: 2, hops: 1, tag: 41, desc: [0x0001_0000_0400_0001, 1000 | 41 << 48], seq: 44 };
     let mut huge = frame(Kind::Block, b"");
     huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut stream = intro(Kind::Hello, &hello.0);
@@ -257,6 +262,13 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
         ("bootstrap_frames", "huge-length".into(), huge),
         ("bootstrap_frames", "bad-magic".into(), b"GET / HTTP/1.0\r\n\r\n".to_vec()),
         ("bootstrap_frames", "empty".into(), Vec::new()),
+        ("bootstrap_frames", "fault".into(), frame(Kind::Fault, &fault.encode())),
+        (
+            "bootstrap_frames",
+            "fault-no-culprit".into(),
+            frame(Kind::Fault, &fault_msg::Notice { culprit: None, ..fault.clone() }.encode()),
+        ),
+        ("bootstrap_frames", "where".into(), frame(Kind::Where, &place.encode())),
     ];
     for (name, kind, body) in [
         ("hello", Kind::Hello, &hello.0),

@@ -48,7 +48,7 @@ pub mod wire;
 pub use call::Algo;
 pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, Scope, Work};
 pub use config::{Config, Settings};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, NCCL_RESULTS, NcclResult, Result};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
 pub mod bootstrap;
 pub mod fault;

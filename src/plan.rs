@@ -87,7 +87,7 @@ pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> R
     let algo = match s.algo.forced(coll) {
         Some(a) => {
             if !a.applies_to(coll) {
-                return Err(Error::InvalidUsage(format!(
+                return Err(Error::invalid_usage(format!(
                     "algorithm '{}' is forced (OXCCL_ALGO or Config::algo) but cannot run {}; force it for the collectives it applies to, e.g. OXCCL_ALGO=all_reduce:{}",
                     a.name(),
                     coll.name(),
@@ -95,12 +95,12 @@ pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> R
                 )));
             }
             if a == Algo::Hier && !hierarchical {
-                return Err(Error::InvalidUsage(
-                    "algorithm 'hier' is forced, but the ranks are not spread over several hosts with several ranks on one of them".into(),
+                return Err(Error::invalid_usage(
+                    "algorithm 'hier' is forced, but the ranks are not spread over several hosts with several ranks on one of them",
                 ));
             }
             if a == Algo::Direct && !shared {
-                return Err(Error::InvalidUsage(format!(
+                return Err(Error::invalid_usage(format!(
                     "algorithm 'direct' is forced for {}, but it runs only between threads of one process, and not inside a group",
                     coll.name()
                 )));
@@ -165,6 +165,7 @@ fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::error::ErrorKind;
 
     #[test]
     fn forced_algorithms_apply_or_fail() {
@@ -184,7 +185,7 @@ mod tests {
             &s,
         )
         .unwrap_err();
-        assert!(matches!(e, Error::InvalidUsage(_)), "{e}");
+        assert!(e.kind() == ErrorKind::InvalidUsage, "{e}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl PeerInfo {
         let mut d = Dec::new(b, "peer info");
         let text = |b: &[u8], what: &str| {
             String::from_utf8(b.to_vec())
-                .map_err(|_| Error::Remote(format!("malformed peer info: {what} is not UTF-8")))
+                .map_err(|_| Error::remote(format!("malformed peer info: {what} is not UTF-8")))
         };
         let host_id = text(d.bytes(1024)?, "host id")?;
         let hostname = text(d.bytes(1024)?, "hostname")?;

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 
 const MAGIC: [u8; 4] = *b"OXBS";
 /// The version of the bootstrap protocol; peers of another version are refused.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The largest payload accepted (a table of a few thousand ranks fits easily).
 pub const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -72,7 +72,7 @@ impl Kind {
 }
 
 pub(crate) fn malformed(what: impl Into<String>) -> Error {
-    Error::Remote(format!("malformed message from a peer: {}", what.into()))
+    Error::remote(format!("malformed message from a peer: {}", what.into()))
 }
 
 /// Bytes in a frame header.
@@ -93,7 +93,7 @@ pub fn parse_head(head: &[u8; HEADER], limit: usize) -> Result<(Kind, usize)> {
     }
     let version = u16::from_le_bytes([head[4], head[5]]);
     if version != VERSION {
-        return Err(Error::InvalidUsage(format!(
+        return Err(Error::invalid_usage(format!(
             "bootstrap protocol version {version} from a peer, this oxccl speaks {VERSION}: mixed oxccl versions in one job"
         )));
     }
@@ -271,7 +271,9 @@ mod tests {
         assert!(matches!(recv(&mut &bad[..], 1 << 20), Err(Err(_))));
         let mut bad = buf.clone();
         bad[4] = 9;
-        assert!(matches!(recv(&mut &bad[..], 1 << 20), Err(Err(Error::InvalidUsage(_)))));
+        assert!(
+            matches!(recv(&mut &bad[..], 1 << 20), Err(Err(e)) if e.kind() == crate::error::ErrorKind::InvalidUsage)
+        );
         let mut bad = buf.clone();
         bad[6] = 99;
         assert!(matches!(recv(&mut &bad[..], 1 << 20), Err(Err(_))));

@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{matrix, procs};
-use oxccl::{Comm, Config, Error, ReduceOp};
+use oxccl::{Comm, Config, ErrorKind, ReduceOp};
 
 const CHILD: &str = "OXCCL_TEST_CHILD";
 
@@ -100,7 +100,7 @@ fn child() {
                 }
             };
             let m = match r {
-                Err(Error::Remote(m)) => m,
+                Err(e) if e.kind() == ErrorKind::Remote => e.message().to_string(),
                 other => panic!("rank {me}: expected a remote error, got {other:?}"),
             };
             eprintln!("DETECTED after {:?}: {m}", t0.elapsed());

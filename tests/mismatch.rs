@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{procs, run_ranks};
-use oxccl::{Comm, Config, Error, ReduceOp};
+use oxccl::{Comm, Config, ErrorKind, ReduceOp};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Far above how long detection takes: a mismatch that ends in a timeout fails the test.
@@ -214,7 +214,9 @@ fn check(name: &str, out: &[Seen], needles: [&str; 2]) -> Duration {
             }
         };
         match res {
-            Err(Error::InvalidUsage(m)) => {
+            Err(e) if e.kind() == ErrorKind::InvalidUsage => {
+                let m = e.message().to_string();
+                {}
                 assert!(
                     m.contains(needles[0]) && m.contains(needles[1]) && (m.contains("op #2") || m.contains("op #3")),
                     "{name}: rank {r}'s error does not name both calls ({needles:?}) and the op: {m}"

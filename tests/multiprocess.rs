@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{matrix, procs};
-use oxccl::{Comm, Config};
+use oxccl::{Comm, Config, ErrorKind};
 
 const CHILD: &str = "OXCCL_TEST_CHILD";
 
@@ -43,7 +43,7 @@ fn child() {
         }
         "init" => {}
         "die" => {
-            use oxccl::{Error, ReduceOp};
+            use oxccl::ReduceOp;
             let (me, n) = (comm.rank(), comm.size());
             let victim = n - 1;
             let during = std::env::var("OXCCL_TEST_DIE").as_deref() == Ok("during");
@@ -78,7 +78,14 @@ fn child() {
             };
             let took = t0.elapsed();
             let m = match r {
-                Err(Error::Remote(m)) => m,
+                Err(e) if e.kind() == ErrorKind::Remote => {
+                    // The error's fields name the victim and the call, for callers that
+                    // act on them without reading the text.
+                    assert_eq!(e.peer(), Some(victim), "{e:?}");
+                    assert!(e.pid().is_some() && e.host().is_some(), "{e:?}");
+                    assert_eq!((e.rank(), e.call()), (Some(me), Some("all_reduce")), "{e:?}");
+                    e.message().to_string()
+                }
                 other => panic!("rank {me}: expected a remote error, got {other:?}"),
             };
             // The rank that waits on the victim names it, or the victim's ring neighbours
@@ -95,7 +102,7 @@ fn child() {
             // Poisoned: the next call fails at once with the same cause.
             let t1 = std::time::Instant::now();
             match comm.barrier() {
-                Err(Error::Remote(m2)) => assert!(m2.contains(&m), "{m2}"),
+                Err(e) if e.kind() == ErrorKind::Remote => assert!(e.message().contains(&m), "{e}"),
                 other => panic!("rank {me}: expected the same remote error, got {other:?}"),
             }
             assert!(t1.elapsed() < std::time::Duration::from_millis(100));

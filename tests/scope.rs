@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::run_ranks;
-use oxccl::{Comm, Config, Error, ReduceOp};
+use oxccl::{Comm, Config, ErrorKind, ReduceOp};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -195,11 +195,14 @@ fn argument_errors_come_back_at_issue() {
     let (mut b, mut b2) = (vec![0f32; 11], vec![0f32; 11]);
     c.scope(|s| {
         match s.all_reduce(&a, &mut b, ReduceOp::Sum) {
-            Err(Error::InvalidArgument(m)) => assert!(m.contains("send buffer has 10 elements, recv buffer 11"), "{m}"),
+            Err(e) if e.kind() == ErrorKind::InvalidArgument => {
+                let m = e.message().to_string();
+                assert!(m.contains("send buffer has 10 elements, recv buffer 11"), "{m}")
+            }
             other => panic!("{:?}", other.map(|_| ())),
         }
-        assert!(matches!(s.reduce(&a, &mut b2, ReduceOp::Sum, 3), Err(Error::InvalidArgument(_))));
-        assert!(matches!(s.send(&a, 7), Err(Error::InvalidArgument(_))));
+        assert!(matches!(s.reduce(&a, &mut b2, ReduceOp::Sum, 3), Err(e) if e.kind() == ErrorKind::InvalidArgument));
+        assert!(matches!(s.send(&a, 7), Err(e) if e.kind() == ErrorKind::InvalidArgument));
         // Nothing was issued, so the scope ends at once.
     })
     .unwrap();
@@ -215,7 +218,7 @@ fn a_dropped_handles_failure_surfaces_at_scope_end() {
     let r = c.scope(|s| {
         let _ = s.all_reduce_in_place(&mut x, ReduceOp::Sum).unwrap();
     });
-    assert!(matches!(r, Err(Error::Aborted(_))), "{r:?}");
+    assert!(matches!(r, Err(ref e) if e.kind() == ErrorKind::Aborted), "{r:?}");
 }
 
 /// A panic in the scope's closure still waits for the issued operations (their buffers
@@ -265,7 +268,7 @@ fn abort_ends_a_wait_on_work_promptly() {
         })
         .and_then(|r| r);
     let took = waited.unwrap().duration_since(aborted_at.join().unwrap());
-    assert!(matches!(r, Err(Error::Aborted(_))), "{r:?}");
+    assert!(matches!(r, Err(ref e) if e.kind() == ErrorKind::Aborted), "{r:?}");
     assert!(took < std::time::Duration::from_millis(100), "the wait returned {took:?} after the abort");
     drop(comms);
 }

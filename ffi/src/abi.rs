@@ -7,23 +7,23 @@
 
 use std::ffi::{c_char, c_int, c_uint};
 
-use oxccl::{DataType, Error, Result};
+use oxccl::{DataType, Error, NCCL_RESULTS, Result};
 
 /// `ncclResult_t`: a C enum, `int`-sized.
 pub type NcclResult = c_int;
 
-/// `ncclSuccess`.
-pub const SUCCESS: NcclResult = 0;
+/// `ncclSuccess` (the codes come from the library's one table, [`oxccl::NCCL_RESULTS`]).
+pub const SUCCESS: NcclResult = NCCL_RESULTS[0].code;
 /// `ncclInternalError`.
-pub const INTERNAL_ERROR: NcclResult = 3;
+pub const INTERNAL_ERROR: NcclResult = NCCL_RESULTS[3].code;
 /// `ncclInvalidArgument`.
-pub const INVALID_ARGUMENT: NcclResult = 4;
+pub const INVALID_ARGUMENT: NcclResult = NCCL_RESULTS[4].code;
 /// `ncclInvalidUsage`.
-pub const INVALID_USAGE: NcclResult = 5;
+pub const INVALID_USAGE: NcclResult = NCCL_RESULTS[5].code;
 /// `ncclInProgress`.
-pub const IN_PROGRESS: NcclResult = 7;
+pub const IN_PROGRESS: NcclResult = NCCL_RESULTS[7].code;
 /// `ncclNumResults`: one past the last result code.
-pub const NUM_RESULTS: NcclResult = 9;
+pub const NUM_RESULTS: NcclResult = NCCL_RESULTS.len() as NcclResult;
 
 /// `ncclNumOps`: the first value of a custom reduction operation.
 pub const NUM_OPS: c_int = 5;
@@ -127,13 +127,13 @@ impl ConfigReader {
             )
         };
         if magic != API_MAGIC {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "config: magic is {magic:#x}, not NCCL_API_MAGIC ({API_MAGIC:#x}); initialize it with NCCL_CONFIG_INITIALIZER"
             )));
         }
         let header = std::mem::offset_of!(NcclConfig, blocking);
         if size < header {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "config: size {size} is smaller than its own header ({header} bytes); initialize it with NCCL_CONFIG_INITIALIZER"
             )));
         }
@@ -147,7 +147,7 @@ impl ConfigReader {
             Some(0) => out.blocking = Some(false),
             Some(1) => out.blocking = Some(true),
             Some(v) => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "config: blocking is {v}; it must be 0, 1 or NCCL_CONFIG_UNDEF_INT"
                 )));
             }
@@ -159,13 +159,13 @@ impl ConfigReader {
 /// The data type with NCCL's value `v`.
 pub fn data_type(v: c_int) -> Result<DataType> {
     DataType::from_i32(v).ok_or_else(|| {
-        Error::InvalidArgument(format!("unknown data type {v} (ncclDataType_t runs from 0, ncclInt8, to 11)"))
+        Error::invalid_argument(format!("unknown data type {v} (ncclDataType_t runs from 0, ncclInt8, to 11)"))
     })
 }
 
 /// A non-negative `int` as an index, e.g. a root, a peer or a rank.
 pub fn index(what: &str, v: c_int) -> Result<usize> {
-    usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} is negative")))
+    usize::try_from(v).map_err(|_| Error::invalid_argument(format!("{what} {v} is negative")))
 }
 
 #[cfg(test)]

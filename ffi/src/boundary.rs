@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
+use std::sync::OnceLock;
 
 use crate::abi::{INTERNAL_ERROR, NcclResult, SUCCESS};
 use oxccl::Error;
@@ -54,23 +55,16 @@ pub fn guard(what: &str, f: impl FnOnce() -> oxccl::Result<()>) -> NcclResult {
 
 /// `InvalidArgument` naming a NULL pointer argument.
 pub fn null(what: &str) -> Error {
-    Error::InvalidArgument(format!("{what} is NULL"))
+    Error::invalid_argument(format!("{what} is NULL"))
 }
 
-/// NCCL's description of a result code.
+/// NCCL's description of a result code, from the library's one table
+/// ([`oxccl::NCCL_RESULTS`]).
 pub fn error_string(code: NcclResult) -> &'static CStr {
-    match code {
-        0 => c"no error",
-        1 => c"unhandled cuda error (oxccl has no CUDA path yet)",
-        2 => c"unhandled system error (see ncclGetLastError for the call that failed)",
-        3 => c"internal error - please report this issue to the oxccl developers",
-        4 => c"invalid argument (see ncclGetLastError for details)",
-        5 => c"invalid usage (see ncclGetLastError for details)",
-        6 => c"remote process exited or there was a network error",
-        7 => c"operation in progress",
-        8 => c"operation timed out (see ncclGetLastError for the peers it waited for)",
-        _ => c"unknown result code",
-    }
+    static TEXTS: OnceLock<Vec<CString>> = OnceLock::new();
+    let texts =
+        TEXTS.get_or_init(|| oxccl::NCCL_RESULTS.iter().map(|r| CString::new(r.text).unwrap_or_default()).collect());
+    usize::try_from(code).ok().and_then(|i| texts.get(i)).map_or(c"unknown result code", |t| t.as_c_str())
 }
 
 #[cfg(test)]
@@ -80,7 +74,7 @@ mod tests {
     #[test]
     fn errors_and_panics_become_codes_and_one_line_reasons() {
         assert_eq!(guard("ok", || Ok(())), SUCCESS);
-        assert_eq!(guard("ncclX", || Err(Error::InvalidArgument("bad\nthing".into()))), 4);
+        assert_eq!(guard("ncclX", || Err(Error::invalid_argument("bad\nthing"))), 4);
         // SAFETY: last_error returns this thread's NUL-terminated string.
         let msg = unsafe { CStr::from_ptr(last_error()) }.to_str().unwrap().to_string();
         assert_eq!(msg, "ncclX: invalid argument: bad thing");
@@ -88,7 +82,7 @@ mod tests {
         // SAFETY: as above.
         let msg = unsafe { CStr::from_ptr(last_error()) }.to_str().unwrap().to_string();
         assert!(msg.contains("panic: boom"), "{msg}");
-        assert_eq!(guard("t", || Err(Error::Timeout { op: "x".into(), waited: Default::default(), peers: vec![] })), 8);
+        assert_eq!(guard("t", || Err(Error::timeout("x", Default::default(), vec![]))), 8);
         assert_eq!(error_string(99).to_str().unwrap(), "unknown result code");
     }
 }

@@ -43,7 +43,7 @@ fn place(what: &str, bufs: &[*const c_void], stream: cudaStream_t) -> Result<Pla
             return Ok(Place::Host);
         }
         if device != kinds.len() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{what}: one buffer is host memory and another device memory; both must be one or the other"
             )));
         }
@@ -65,7 +65,7 @@ pub fn run_at(c: &mut oxccl::Comm, batch: RawBatch, at: Place) -> Result<()> {
         // valid until the stream has passed the operation; the stream is live.
         Place::Device(stream) => unsafe { c.run_raw_device(batch, stream as _) },
         #[cfg(not(feature = "cuda"))]
-        Place::Device(_) => Err(Error::Internal("device buffers without the cuda feature".into())),
+        Place::Device(_) => Err(Error::internal("device buffers without the cuda feature")),
     }
 }
 

@@ -133,10 +133,9 @@ pub fn add_ops(
             }
         };
         if g.batches[i].2 != at {
-            return Err(Error::InvalidUsage(
+            return Err(Error::invalid_usage(
                 "a group's operations on one communicator must all be on host memory, or all on device memory \
-                 with the same stream"
-                    .into(),
+                 with the same stream",
             ));
         }
         f(&mut g.batches[i].1)
@@ -166,7 +165,7 @@ fn each<T: Send>(items: Vec<T>, f: impl Fn(T) -> Result<()> + Sync) -> Result<()
         std::thread::scope(|s| {
             let hs: Vec<_> = items.into_iter().map(|it| s.spawn(|| f(it))).collect();
             hs.into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Internal("a group worker panicked".into()))))
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::internal("a group worker panicked"))))
                 .collect()
         })
     };
@@ -177,7 +176,7 @@ fn each<T: Send>(items: Vec<T>, f: impl Fn(T) -> Result<()> + Sync) -> Result<()
 pub fn end() -> Result<()> {
     let state = with(|g| {
         if g.depth == 0 {
-            return Err(Error::InvalidUsage("ncclGroupEnd without a matching ncclGroupStart".into()));
+            return Err(Error::invalid_usage("ncclGroupEnd without a matching ncclGroupStart"));
         }
         g.depth -= 1;
         Ok((g.depth == 0).then(|| std::mem::take(g)))
@@ -191,8 +190,8 @@ pub fn end() -> Result<()> {
             }
         }
         return Err(match code {
-            4 => Error::InvalidArgument(why),
-            _ => Error::InvalidUsage(why),
+            4 => Error::invalid_argument(why),
+            _ => Error::invalid_usage(why),
         });
     }
 
@@ -231,7 +230,7 @@ pub fn end() -> Result<()> {
                 }
                 (Ok(None), None) => Ok(()),
                 (Ok(_), child) => {
-                    let e = Error::Internal("split returned a communicator where none was expected, or none".into());
+                    let e = Error::internal("split returned a communicator where none was expected, or none");
                     if let Some(child) = child {
                         handle(child)?.fill(Slot::Failed(e.nccl_code(), e.to_string()));
                     }

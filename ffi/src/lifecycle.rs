@@ -24,7 +24,7 @@ pub(crate) unsafe fn put<T>(p: *mut T, what: &str, v: T) -> Result<()> {
         return Err(null(what));
     }
     if !p.is_aligned() {
-        return Err(Error::InvalidArgument(format!("{what} {p:p} is not aligned for its type")));
+        return Err(Error::invalid_argument(format!("{what} {p:p} is not aligned for its type")));
     }
     // SAFETY: non-NULL, aligned, and valid for a write by the caller's contract.
     unsafe { p.write(v) };
@@ -34,10 +34,10 @@ pub(crate) unsafe fn put<T>(p: *mut T, what: &str, v: T) -> Result<()> {
 /// `nranks` and `rank` as sizes, checked.
 fn rank_of(nranks: c_int, rank: c_int) -> Result<(usize, usize)> {
     if nranks < 1 {
-        return Err(Error::InvalidArgument(format!("nranks {nranks} must be at least 1")));
+        return Err(Error::invalid_argument(format!("nranks {nranks} must be at least 1")));
     }
     if rank < 0 || rank >= nranks {
-        return Err(Error::InvalidArgument(format!("rank {rank} is out of range for {nranks} ranks")));
+        return Err(Error::invalid_argument(format!("rank {rank} is out of range for {nranks} ranks")));
     }
     Ok((rank as usize, nranks as usize))
 }
@@ -180,11 +180,11 @@ pub unsafe extern "C" fn ncclCommInitAll(comm: *mut ncclComm_t, ndev: c_int, dev
             return Err(null("comm"));
         }
         if ndev < 1 {
-            return Err(Error::InvalidArgument(format!("ndev {ndev} must be at least 1")));
+            return Err(Error::invalid_argument(format!("ndev {ndev} must be at least 1")));
         }
         let n = ndev as usize;
         if !comm.is_aligned() || (!devlist.is_null() && !devlist.is_aligned()) {
-            return Err(Error::InvalidArgument("comm or devlist is not aligned for its type".into()));
+            return Err(Error::invalid_argument("comm or devlist is not aligned for its type"));
         }
         let devices: Vec<c_int> = if devlist.is_null() {
             (0..ndev).collect()
@@ -225,7 +225,7 @@ pub unsafe extern "C" fn ncclCommSplit(
         let color = match color {
             SPLIT_NOCOLOR => None,
             c if c < 0 => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "color {c} is negative (NCCL_SPLIT_NOCOLOR, -1, is the only negative colour)"
                 )));
             }
@@ -264,7 +264,7 @@ pub unsafe extern "C" fn ncclCommFinalize(comm: ncclComm_t) -> NcclResult {
 
 fn not_in_group(comm: ncclComm_t, what: &str) -> Result<()> {
     if group::holds(comm) {
-        return Err(Error::InvalidUsage(format!(
+        return Err(Error::invalid_usage(format!(
             "the communicator has work recorded in this thread's group; call ncclGroupEnd before {what}"
         )));
     }

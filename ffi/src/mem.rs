@@ -32,7 +32,7 @@ pub unsafe extern "C" fn ncclMemAlloc(ptr: *mut *mut c_void, size: usize) -> Ncc
             return Err(null("ptr"));
         }
         if size == 0 {
-            return Err(Error::InvalidArgument("size is 0".into()));
+            return Err(Error::invalid_argument("size is 0"));
         }
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: posix_memalign writes one pointer to `p`; ALIGN is a power of two and a
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn ncclMemFree(ptr: *mut c_void) -> NcclResult {
             return Ok(());
         }
         if !allocations().remove(&(ptr as usize)) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "ptr {ptr:p} was not allocated by ncclMemAlloc (or was freed already)"
             )));
         }
@@ -90,7 +90,7 @@ pub unsafe extern "C" fn ncclCommRegister(
             return Err(null("buff"));
         }
         if (buff as usize).checked_add(size).is_none() {
-            return Err(Error::InvalidArgument(format!("{size} bytes at {buff:p} run past the address space")));
+            return Err(Error::invalid_argument(format!("{size} bytes at {buff:p} run past the address space")));
         }
         if handle.is_null() {
             return Err(null("handle"));

@@ -44,12 +44,12 @@ pub unsafe extern "C" fn ncclRedOpCreatePreMulSum(
                 // SAFETY: the caller's contract: one readable element of `t`.
                 unsafe { std::ptr::copy_nonoverlapping(scalar as *const u8, b.as_mut_ptr(), t.size()) };
                 CustomOp::Immediate(
-                    Scalar::from_bytes(t, &b).ok_or_else(|| Error::Internal("scalar of 8 bytes too short".into()))?,
+                    Scalar::from_bytes(t, &b).ok_or_else(|| Error::internal("scalar of 8 bytes too short"))?,
                 )
             }
             SCALAR_DEVICE => CustomOp::Deferred(scalar as usize, t),
             r => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "unknown scalar residence {r} (ncclScalarDevice 0 or ncclScalarHostImmediate 1)"
                 )));
             }

@@ -367,19 +367,15 @@ fn header_layout_and_values_match_the_library() {
         assert_eq!(get(name), *t as i64, "{name}");
     }
     assert_eq!(get("ncclNumTypes"), oxccl::DataType::ALL.len() as i64);
-    // The error enum's codes are the header's.
-    use oxccl::Error;
-    let errors: [(Error, &str); 6] = [
-        (Error::system("x", std::io::Error::other("y")), "ncclSystemError"),
-        (Error::Internal(String::new()), "ncclInternalError"),
-        (Error::InvalidArgument(String::new()), "ncclInvalidArgument"),
-        (Error::InvalidUsage(String::new()), "ncclInvalidUsage"),
-        (Error::Remote(String::new()), "ncclRemoteError"),
-        (Error::Timeout { op: String::new(), waited: Duration::ZERO, peers: vec![] }, "ncclTimeout"),
-    ];
-    for (e, name) in errors {
-        assert_eq!(get(name), e.nccl_code() as i64, "{name}");
+    // The library's one table of result codes is the header's, and every kind of error
+    // reports its row's code.
+    for r in oxccl::NCCL_RESULTS {
+        assert_eq!(get(r.name), r.code as i64, "{}", r.name);
+        for k in r.kinds {
+            assert_eq!(oxccl::Error::new(*k, "").nccl_code(), r.code, "{k:?}");
+        }
     }
+    assert_eq!(get("ncclNumResults"), oxccl::NCCL_RESULTS.len() as i64);
 }
 
 fn have(tool: &str) -> bool {

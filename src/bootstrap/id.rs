@@ -72,7 +72,7 @@ impl UniqueId {
 
     /// Parses the 128-byte form.
     pub fn from_bytes(b: &[u8]) -> Result<UniqueId> {
-        let bad = |why: &str| Error::InvalidArgument(format!("not an oxccl unique id: {why}"));
+        let bad = |why: &str| Error::invalid_argument(format!("not an oxccl unique id: {why}"));
         if b.len() != UNIQUE_ID_BYTES {
             return Err(bad(&format!("{} bytes instead of {UNIQUE_ID_BYTES}", b.len())));
         }
@@ -122,7 +122,7 @@ impl FromStr for UniqueId {
     fn from_str(s: &str) -> Result<UniqueId> {
         let s = s.trim();
         if s.len() != 2 * UNIQUE_ID_BYTES || !s.is_ascii() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "a unique id string has {} hexadecimal digits, got {} characters",
                 2 * UNIQUE_ID_BYTES,
                 s.len()
@@ -130,12 +130,12 @@ impl FromStr for UniqueId {
         }
         // Digits only (from_str_radix alone would also take a '+' sign).
         if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
-            return Err(Error::InvalidArgument(format!("unique id: {c:?} is not a hexadecimal digit")));
+            return Err(Error::invalid_argument(format!("unique id: {c:?} is not a hexadecimal digit")));
         }
         let mut b = [0u8; UNIQUE_ID_BYTES];
         for (i, x) in b.iter_mut().enumerate() {
             *x = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| {
-                Error::InvalidArgument(format!("unique id: '{}' is not hexadecimal", &s[2 * i..2 * i + 2]))
+                Error::invalid_argument(format!("unique id: '{}' is not hexadecimal", &s[2 * i..2 * i + 2]))
             })?;
         }
         UniqueId::from_bytes(&b)

@@ -45,11 +45,9 @@ pub struct Bootstrap {
 fn io_err(what: impl Into<String>, e: std::io::Error) -> Error {
     let what = what.into();
     match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            Error::Timeout { op: what, waited: Duration::ZERO, peers: vec![] }
-        }
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::timeout(what, Duration::ZERO, vec![]),
         ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
-            Error::Remote(format!("{what}: the peer closed the connection ({e})"))
+            Error::remote(format!("{what}: the peer closed the connection ({e})"))
         }
         _ => Error::system(what, e),
     }
@@ -86,11 +84,11 @@ pub fn connect_retry_with(
             }
             Err(e) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::Timeout {
-                        op: format!("{what}: could not connect to {addr} ({e})"),
-                        waited: Duration::ZERO,
-                        peers: vec![],
-                    });
+                    return Err(Error::timeout(
+                        format!("{what}: could not connect to {addr} ({e})"),
+                        Duration::ZERO,
+                        vec![],
+                    ));
                 }
                 meanwhile()?;
                 std::thread::sleep(nap);
@@ -157,7 +155,7 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
         for a in arrived.iter_mut() {
             let _ = wire::send(&mut a.conn, Kind::Fail, &fail_payload(msg));
         }
-        Error::InvalidUsage(msg.to_string())
+        Error::invalid_usage(msg.to_string())
     };
     loop {
         if nranks.is_some_and(|n| arrived.len() == n) {
@@ -282,10 +280,10 @@ fn root_news(root: &mut TcpStream, what: &str) -> Result<()> {
         return Ok(());
     }
     match recv_frame(root, what, 4096) {
-        Ok((Kind::Fail, p)) => Err(Error::Remote(format!("{what}: {}", fail_message(&p)))),
-        Ok((k, _)) => Err(Error::Remote(format!("{what}: unexpected {k:?} from the root"))),
-        Err(Error::Timeout { .. }) => Ok(()),
-        Err(_) => Err(Error::Remote(format!(
+        Ok((Kind::Fail, p)) => Err(Error::remote(format!("{what}: {}", fail_message(&p)))),
+        Ok((k, _)) => Err(Error::remote(format!("{what}: unexpected {k:?} from the root"))),
+        Err(e) if e.kind() == crate::error::ErrorKind::Timeout => Ok(()),
+        Err(_) => Err(Error::remote(format!(
             "{what}: the bootstrap root (in rank 0's process) went away during init (killed or crashed?)"
         ))),
     }
@@ -328,14 +326,14 @@ impl Bootstrap {
         root.set_read_timeout(timeout).map_err(|e| Error::system("setting a socket timeout", e))?;
         let next_addr = match recv_frame(&mut root, &what, 4096) {
             Ok((Kind::Next, p)) => msg::decode_next(&p)?,
-            Ok((Kind::Fail, p)) => return Err(Error::InvalidUsage(format!("{what}: {}", fail_message(&p)))),
-            Ok((k, _)) => return Err(Error::Remote(format!("{what}: unexpected {k:?} from the root"))),
-            Err(Error::Timeout { .. }) => {
-                return Err(Error::Timeout {
-                    op: format!("{what}: waiting for the other ranks at the bootstrap root"),
-                    waited: timeout.unwrap_or_default(),
-                    peers: vec![],
-                });
+            Ok((Kind::Fail, p)) => return Err(Error::invalid_usage(format!("{what}: {}", fail_message(&p)))),
+            Ok((k, _)) => return Err(Error::remote(format!("{what}: unexpected {k:?} from the root"))),
+            Err(e) if e.kind() == crate::error::ErrorKind::Timeout => {
+                return Err(Error::timeout(
+                    format!("{what}: waiting for the other ranks at the bootstrap root"),
+                    timeout.unwrap_or_default(),
+                    vec![],
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -371,11 +369,7 @@ impl Bootstrap {
                 let Some(h) = h else {
                     root_news(&mut root, &what)?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::Timeout {
-                            op: what,
-                            waited: timeout.unwrap_or_default(),
-                            peers: vec![prev_rank],
-                        });
+                        return Err(Error::timeout(what, timeout.unwrap_or_default(), vec![prev_rank]));
                     }
                     continue;
                 };
@@ -420,7 +414,7 @@ impl Bootstrap {
             return Ok(out);
         }
         let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
-            return Err(Error::Internal("bootstrap ring not connected".into()));
+            return Err(Error::internal("bootstrap ring not connected"));
         };
         let prev_rank = (rank + n - 1) % n;
         for step in 0..n - 1 {
@@ -434,12 +428,12 @@ impl Bootstrap {
             let (k, p) = recv_frame(prev, &what, wire::MAX_PAYLOAD)?;
             match k {
                 Kind::Block => {}
-                Kind::Fail => return Err(Error::Remote(format!("{what}: {}", fail_message(&p)))),
-                k => return Err(Error::Remote(format!("{what}: unexpected {k:?}"))),
+                Kind::Fail => return Err(Error::remote(format!("{what}: {}", fail_message(&p)))),
+                k => return Err(Error::remote(format!("{what}: unexpected {k:?}"))),
             }
             let (got, data) = msg::decode_block(&p)?;
             if got != want {
-                return Err(Error::Remote(format!("{what}: block of rank {got} where rank {want}'s was expected")));
+                return Err(Error::remote(format!("{what}: block of rank {got} where rank {want}'s was expected")));
             }
             out[want] = data.to_vec();
         }
@@ -587,7 +581,10 @@ mod tests {
         let out = join_all(id, vec![(0, 3), (2, 3)], t);
         for r in out {
             let e = r.unwrap_err();
-            assert!(matches!(e, Error::Timeout { .. } | Error::InvalidUsage(_)), "{e}");
+            assert!(
+                matches!(e.kind(), crate::error::ErrorKind::Timeout | crate::error::ErrorKind::InvalidUsage),
+                "{e}"
+            );
         }
     }
 }

@@ -15,7 +15,7 @@ pub(crate) struct Ranks {
 }
 
 fn invalid(msg: String) -> Error {
-    Error::InvalidArgument(msg)
+    Error::invalid_argument(msg)
 }
 
 fn spec<T: Element>(coll: Collective, op: Option<ReduceOp>, send: &[T], recv: &mut [T]) -> CallSpec {

@@ -312,8 +312,8 @@ impl Comm {
         }
         let dev = self.device.as_mut().expect("set above");
         if dev.ctx != ctx {
-            return Err(Error::InvalidUsage(
-                "a communicator's device operations must all use streams of one CUDA context (one device)".into(),
+            return Err(Error::invalid_usage(
+                "a communicator's device operations must all use streams of one CUDA context (one device)",
             ));
         }
         // SAFETY: the stream's live context.
@@ -433,7 +433,7 @@ impl Comm {
     ) -> Result<()> {
         let (n, m) = (send.len(), recv.len());
         if n != m {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "all_reduce_device: send buffer has {n} elements, recv buffer {m}; they must match"
             )));
         }
@@ -485,7 +485,7 @@ impl Comm {
         let (s, _r) = send.device_ptr(stream);
         let (d, _w) = recv.device_ptr_mut(stream);
         if self.rank == root && m != n {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "reduce_device: the root's recv buffer has {m} elements, send buffer {n}; they must match"
             )));
         }
@@ -504,7 +504,7 @@ impl Comm {
     ) -> Result<()> {
         let (n, m) = (send.len(), recv.len());
         if m != n * self.nranks {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "all_gather_device: recv buffer has {m} elements; it must hold {} ranks x {n}",
                 self.nranks
             )));
@@ -527,7 +527,7 @@ impl Comm {
     ) -> Result<()> {
         let (n, m) = (send.len(), recv.len());
         if n != m * self.nranks {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "reduce_scatter_device: send buffer has {n} elements; it must hold {} ranks x {m}",
                 self.nranks
             )));
@@ -548,7 +548,7 @@ impl Comm {
     ) -> Result<()> {
         let (n, m) = (send.len(), recv.len());
         if n != m || n % self.nranks != 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "all_to_all_device: send has {n} elements, recv {m}; both must be the same multiple of the {} ranks",
                 self.nranks
             )));

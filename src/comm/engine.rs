@@ -9,7 +9,7 @@ use super::CallSpec;
 use crate::algo::{self, Topo};
 use crate::call::{Algo, Collective, desc};
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{ErrorKind, Result};
 use crate::exec::{self, Call, Ctx, Stream};
 use crate::plan;
 use crate::reduce::Reducer;
@@ -102,28 +102,26 @@ impl Engine {
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
         let first = self.seq + 1;
         self.moving = false;
-        let r = match self.ensure_alive().and_then(|_| self.run_batch(specs)) {
-            // A broken connection usually means the peer failed and left: prefer the
-            // reason it announced.
-            Err(e @ (Error::Remote(_) | Error::System { .. })) if self.moving && !self.fault.tripped() => {
-                Err(exec::announced(&self.fault).unwrap_or(e))
-            }
-            r => r,
-        };
-        let r = match r {
-            // Name the operation: a peer's failure surfaces wherever the rank waited.
-            Err(Error::Remote(m)) => {
-                let ops: Vec<&str> = specs.iter().map(|s| s.coll.name()).collect();
-                Err(Error::Remote(format!("rank {}: {} #{first}: {m}", self.rank, ops.join("+"))))
-            }
-            r => r,
-        };
-        if let Err(e) = &r
-            && (self.moving || self.fault.tripped())
-        {
-            self.fault.fail(e);
+        let Err(mut e) = self.ensure_alive().and_then(|_| self.run_batch(specs)) else { return Ok(()) };
+        // A broken connection usually means the peer failed and left: prefer the reason
+        // it announced.
+        if matches!(e.kind(), ErrorKind::Remote | ErrorKind::System) && self.moving && !self.fault.tripped() {
+            e = exec::announced(&self.fault).unwrap_or(e);
         }
-        r
+        let ops: Vec<&str> = specs.iter().map(|s| s.coll.name()).collect();
+        let ops = ops.join("+");
+        // Name the operation: a peer's failure surfaces wherever the rank waited. An
+        // error that names its call already (the one that broke the communicator,
+        // returned again) keeps its text.
+        if e.kind() == ErrorKind::Remote && e.call().is_none() {
+            let m = format!("rank {}: {ops} #{first}: {}", self.rank, e.message());
+            e = e.with_message(m);
+        }
+        let e = e.with_rank(self.rank).with_call(&ops, first);
+        if self.moving || self.fault.tripped() {
+            self.fault.fail(&e);
+        }
+        Err(e)
     }
 
     /// Plans and runs a batch of calls (one call, or a group).

@@ -93,7 +93,7 @@ pub(super) fn pair_self_copies(me: usize, specs: Vec<CallSpec>) -> Result<Vec<Ca
         }
     }
     if self_sends.len() != self_recvs.len() {
-        return Err(Error::InvalidUsage(format!(
+        return Err(Error::invalid_usage(format!(
             "group has {} sends to self (rank {me}) but {} receives from self; they must pair up",
             self_sends.len(),
             self_recvs.len()
@@ -101,7 +101,7 @@ pub(super) fn pair_self_copies(me: usize, specs: Vec<CallSpec>) -> Result<Vec<Ca
     }
     for (s, r) in self_sends.into_iter().zip(self_recvs) {
         if s.send_len != r.recv_len || s.dtype != r.dtype {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "send to self of {} {} elements does not match the receive from self of {} {} elements",
                 s.send_len, s.dtype, r.recv_len, r.dtype
             )));

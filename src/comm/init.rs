@@ -71,7 +71,7 @@ pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<S
     let tcp = match d.u32()? {
         0 => None,
         1 => Some(d.addr()?),
-        f => return Err(Error::Remote(format!("malformed transport endpoints: flag {f}"))),
+        f => return Err(Error::remote(format!("malformed transport endpoints: flag {f}"))),
     };
     let name = d.bytes(64)?;
     d.end()?;
@@ -79,7 +79,7 @@ pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<S
         [] => None,
         n => {
             let n = std::str::from_utf8(n).ok().filter(|n| crate::sys::shmem::valid_name(n)).ok_or_else(|| {
-                Error::Remote(format!("malformed transport endpoints: segment name {:?}", String::from_utf8_lossy(n)))
+                Error::remote(format!("malformed transport endpoints: segment name {:?}", String::from_utf8_lossy(n)))
             })?;
             Some(n.to_string())
         }
@@ -119,7 +119,7 @@ impl Comm {
         settings: Arc<Settings>,
     ) -> Result<Comm> {
         if nranks == 0 || rank >= nranks {
-            return Err(Error::InvalidArgument(format!("rank {rank} is out of range for a job of {nranks} ranks")));
+            return Err(Error::invalid_argument(format!("rank {rank} is out of range for a job of {nranks} ranks")));
         }
         let timeout = settings.timeout;
         let ip = local_ip(id.root(), &settings)?;
@@ -328,7 +328,7 @@ impl Rendezvous {
                     .trim()
                     .parse()
                     .map(Some)
-                    .map_err(|_| Error::InvalidArgument(format!("{k}={v} is not a non-negative integer"))),
+                    .map_err(|_| Error::invalid_argument(format!("{k}={v} is not a non-negative integer"))),
             }
         };
         let pairs = [
@@ -345,18 +345,18 @@ impl Rendezvous {
                     rank_size = Some((r, n, rk, sk));
                     break;
                 }
-                (Some(_), None) => return Err(Error::InvalidArgument(format!("{rk} is set but {sk} is not"))),
-                (None, Some(_)) => return Err(Error::InvalidArgument(format!("{sk} is set but {rk} is not"))),
+                (Some(_), None) => return Err(Error::invalid_argument(format!("{rk} is set but {sk} is not"))),
+                (None, Some(_)) => return Err(Error::invalid_argument(format!("{sk} is set but {rk} is not"))),
                 (None, None) => {}
             }
         }
         let Some((rank, nranks, rk, sk)) = rank_size else {
-            return Err(Error::InvalidArgument(
-                "Comm::from_env: no rank and size in the environment: set OXCCL_RANK and OXCCL_NRANKS (with OXCCL_COMM_ID=host:port), or RANK and WORLD_SIZE (with MASTER_ADDR and MASTER_PORT, as torchrun does), or run under mpirun or srun".into(),
+            return Err(Error::invalid_argument(
+                "Comm::from_env: no rank and size in the environment: set OXCCL_RANK and OXCCL_NRANKS (with OXCCL_COMM_ID=host:port), or RANK and WORLD_SIZE (with MASTER_ADDR and MASTER_PORT, as torchrun does), or run under mpirun or srun",
             ));
         };
         if rank >= nranks {
-            return Err(Error::InvalidArgument(format!("{rk}={rank} is out of range for {sk}={nranks}")));
+            return Err(Error::invalid_argument(format!("{rk}={rank} is out of range for {sk}={nranks}")));
         }
         if let Some(text) = get("OXCCL_UNIQUE_ID") {
             let id: UniqueId = text.parse()?;
@@ -368,13 +368,13 @@ impl Rendezvous {
             match (get("MASTER_ADDR"), get("MASTER_PORT")) {
                 (Some(a), Some(p)) => resolve(&format!("{a}:{p}"), "MASTER_ADDR:MASTER_PORT")?,
                 (Some(_), None) => {
-                    return Err(Error::InvalidArgument("MASTER_ADDR is set but MASTER_PORT is not".into()));
+                    return Err(Error::invalid_argument("MASTER_ADDR is set but MASTER_PORT is not"));
                 }
                 (None, Some(_)) => {
-                    return Err(Error::InvalidArgument("MASTER_PORT is set but MASTER_ADDR is not".into()));
+                    return Err(Error::invalid_argument("MASTER_PORT is set but MASTER_ADDR is not"));
                 }
                 (None, None) => {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "Comm::from_env: found the rank and size in {rk}/{sk} but no address of rank 0: set OXCCL_COMM_ID=host:port (or MASTER_ADDR and MASTER_PORT), the same on every rank"
                     )));
                 }
@@ -388,10 +388,10 @@ impl Rendezvous {
 fn resolve(hostport: &str, what: &str) -> Result<SocketAddr> {
     hostport
         .to_socket_addrs()
-        .map_err(|e| Error::InvalidArgument(format!("{what}={hostport}: cannot resolve ({e}); expected host:port")))?
+        .map_err(|e| Error::invalid_argument(format!("{what}={hostport}: cannot resolve ({e}); expected host:port")))?
         .find(|a| a.is_ipv4())
         .or_else(|| hostport.to_socket_addrs().ok().and_then(|mut i| i.next()))
-        .ok_or_else(|| Error::InvalidArgument(format!("{what}={hostport}: no address")))
+        .ok_or_else(|| Error::invalid_argument(format!("{what}={hostport}: no address")))
 }
 
 /// 32 bytes every rank derives alike from `OXCCL_SECRET` (or from the address alone).

@@ -244,7 +244,7 @@ impl Ipc {
 /// maps it and registers it with the driver for device access.
 fn map_flags(name: &str, words: usize) -> Result<Flags> {
     let len = (words * 4).next_multiple_of(4096);
-    let path = std::ffi::CString::new(format!("/{name}")).map_err(|_| Error::Internal("bad segment name".into()))?;
+    let path = std::ffi::CString::new(format!("/{name}")).map_err(|_| Error::internal("bad segment name"))?;
     // SAFETY: `path` is NUL-terminated; the descriptor is closed below.
     let fd = unsafe { libc::shm_open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600) };
     if fd < 0 {

@@ -135,7 +135,7 @@ impl Comm {
     /// As [`Comm::init_all`], with a configuration.
     pub fn init_all_with(nranks: usize, config: &Config) -> Result<Vec<Comm>> {
         if nranks == 0 {
-            return Err(Error::InvalidArgument("a communicator needs at least one rank, got 0".into()));
+            return Err(Error::invalid_argument("a communicator needs at least one rank, got 0"));
         }
         let settings = Arc::new(config.resolve()?);
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
@@ -206,7 +206,7 @@ impl Comm {
 
     /// The engine, for a call on this thread.
     fn engine(&self) -> Result<std::sync::MutexGuard<'_, Engine>> {
-        self.engine.lock().map_err(|_| Error::Internal("communicator state poisoned by a panic".into()))
+        self.engine.lock().map_err(|_| Error::internal("communicator state poisoned by a panic"))
     }
 
     fn log_topology(&self) {

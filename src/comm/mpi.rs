@@ -70,15 +70,15 @@ impl Comm {
     /// bootstrap root on rank 0 waits for the other ranks).
     pub fn from_mpi_with<C: Communicator + ?Sized>(mpi_comm: &C, config: &Config) -> Result<Comm> {
         if mpi_comm.test_inter() {
-            return Err(Error::InvalidArgument(
-                "Comm::from_mpi needs an intra-communicator (MPI_COMM_WORLD, a split or a duplicate), not an inter-communicator".into(),
+            return Err(Error::invalid_argument(
+                "Comm::from_mpi needs an intra-communicator (MPI_COMM_WORLD, a split or a duplicate), not an inter-communicator",
             ));
         }
         let (rank, nranks) = (mpi_comm.rank(), mpi_comm.size());
         let (rank, nranks) = match (usize::try_from(rank), usize::try_from(nranks)) {
             (Ok(r), Ok(n)) if r < n => (r, n),
             _ => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "Comm::from_mpi: the MPI communicator reports rank {rank} of {nranks}"
                 )));
             }
@@ -126,7 +126,7 @@ fn failure_bytes(msg: &str) -> [u8; UNIQUE_ID_BYTES] {
 fn decode(b: &[u8; UNIQUE_ID_BYTES]) -> Result<UniqueId> {
     if b.starts_with(FAILED) {
         let msg = String::from_utf8_lossy(&b[FAILED.len()..]);
-        return Err(Error::Remote(format!(
+        return Err(Error::remote(format!(
             "Comm::from_mpi: rank 0 of the MPI communicator could not create the unique id: {}",
             msg.trim_end_matches('\0')
         )));

@@ -69,9 +69,9 @@ fn encode(color: Option<u32>, key: i32) -> [i64; 2] {
 fn decode(v: &[i64]) -> Result<(Option<u32>, i32)> {
     let color = match v[0] {
         -1 => None,
-        c => Some(u32::try_from(c).map_err(|_| Error::Internal(format!("split: colour {c} out of range")))?),
+        c => Some(u32::try_from(c).map_err(|_| Error::internal(format!("split: colour {c} out of range")))?),
     };
-    let key = i32::try_from(v[1]).map_err(|_| Error::Internal(format!("split: key {} out of range", v[1])))?;
+    let key = i32::try_from(v[1]).map_err(|_| Error::internal(format!("split: key {} out of range", v[1])))?;
     Ok((color, key))
 }
 
@@ -116,7 +116,7 @@ impl Comm {
         let entries = all.chunks(2).map(decode).collect::<Result<Vec<_>>>()?;
         // Every rank sees every colour, so a bad one fails the split on all ranks alike.
         if let Some(r) = entries.iter().position(|e| e.0.is_some_and(|c| c > Self::MAX_COLOR)) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "split: rank {r} gave colour {}, out of range (0..={}, or None for no colour)",
                 entries[r].0.unwrap_or(0),
                 Self::MAX_COLOR
@@ -154,7 +154,7 @@ impl Comm {
     /// Joins (creating it if first) the in-process world of a split's group.
     fn join_thread_world(&self, key: Key, size: usize, new_rank: usize) -> Result<Comm> {
         let (world, family) = {
-            let mut t = pending().lock().map_err(|_| Error::Internal("split table poisoned".into()))?;
+            let mut t = pending().lock().map_err(|_| Error::internal("split table poisoned"))?;
             let p = match t.entry(key) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {

@@ -50,7 +50,7 @@ impl State {
     /// Waits at most `limit` (forever with `None`) for the operation: `None` while it
     /// is still pending, else its result (`Ok` if someone took it already).
     fn take(&self, limit: Option<Duration>) -> Option<Result<()>> {
-        let lost = || Some(Err(Error::Internal("the progress thread's state was poisoned".into())));
+        let lost = || Some(Err(Error::internal("the progress thread's state was poisoned")));
         let Ok(mut g) = self.outcome.lock() else { return lost() };
         let deadline = limit.map(|t| std::time::Instant::now() + t);
         while matches!(*g, Outcome::Pending) {
@@ -104,7 +104,7 @@ impl Drop for Job {
     /// (and, through its hooks, a stream waiting for it).
     fn drop(&mut self) {
         if !self.state.is_done() {
-            let e = Error::Internal("the progress thread ended before running an operation".into());
+            let e = Error::internal("the progress thread ended before running an operation");
             if let Some(h) = self.hooks.as_mut() {
                 h.after(&Err(e.duplicate()));
             }
@@ -120,7 +120,7 @@ impl Worker {
         let state = Arc::new(State::default());
         self.jobs
             .send(Job { specs, state: state.clone(), hooks: Some(hooks) })
-            .map_err(|_| Error::Internal("progress thread gone".into()))?;
+            .map_err(|_| Error::internal("progress thread gone"))?;
         Ok(Pending(state))
     }
 
@@ -164,10 +164,8 @@ impl Worker {
                     let ready = job.hooks.as_mut().map_or(Ok(()), |h| h.before());
                     let r = ready.and_then(|()| match engine.lock() {
                         Ok(mut e) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.run(&job.specs)))
-                            .unwrap_or_else(|_| {
-                                Err(Error::Internal("an operation panicked on the progress thread".into()))
-                            }),
-                        Err(_) => Err(Error::Internal("communicator state poisoned by a panic".into())),
+                            .unwrap_or_else(|_| Err(Error::internal("an operation panicked on the progress thread"))),
+                        Err(_) => Err(Error::internal("communicator state poisoned by a panic")),
                     });
                     if let Some(h) = job.hooks.as_mut() {
                         h.after(&r);
@@ -300,11 +298,11 @@ impl<'scope, 'env> Scope<'scope, 'env> {
     /// gives back.
     fn submit<B: Lent>(&self, specs: Vec<CallSpec>, parts: (*mut u8, usize)) -> Result<Work<'scope, B>> {
         let state = Arc::new(State::default());
-        let worker = self.comm.worker.as_ref().ok_or_else(|| Error::Internal("no progress thread".into()))?;
+        let worker = self.comm.worker.as_ref().ok_or_else(|| Error::internal("no progress thread"))?;
         worker
             .jobs
             .send(Job { specs, state: state.clone(), hooks: None })
-            .map_err(|_| Error::Internal("progress thread gone".into()))?;
+            .map_err(|_| Error::internal("progress thread gone"))?;
         self.issued.borrow_mut().push(state.clone());
         Ok(Work { state, parts, _buf: PhantomData, _scope: PhantomData })
     }

@@ -279,9 +279,10 @@ fn wait_on(
             let (_, peers) = timed_out(links);
             dead = peers.into_iter().find_map(|p| {
                 if let Some(info) = watch.and_then(|w| w.dead_peer(p)) {
-                    Some(format!("rank {p} ({}) died", info.describe()))
+                    let e = Error::remote(format!("rank {p} ({}) died", info.describe()));
+                    Some(e.with_peer(p, Some(&info.hostname), Some(info.pid)))
                 } else {
-                    transport.peer_gone(p)
+                    transport.peer_gone(p).map(|why| Error::remote(why).with_peer(p, None, None))
                 }
             });
             dead.is_some()
@@ -295,7 +296,7 @@ fn wait_on(
     if let Some(e) = mismatched {
         return Err(e);
     }
-    if let Some(why) = dead {
+    if let Some(gone) = dead {
         // A peer that finished its part and exited is no failure: what it sent may still
         // wait in a socket or a FIFO. Take all of it before giving up.
         while transport.progress().map_err(|e| announced(fault).unwrap_or(e))? {}
@@ -306,11 +307,11 @@ fn wait_on(
             return Err(e);
         }
         // The engine names the operation.
-        return Err(Error::Remote(why));
+        return Err(gone);
     }
     match r {
         Ok(()) => Ok(()),
-        Err(WaitError::Stopped) => Err(Error::Internal("a wait stopped without a reason".into())),
+        Err(WaitError::Stopped) => Err(Error::internal("a wait stopped without a reason")),
         Err(WaitError::Aborted) => {
             // A fault elsewhere may race with the last messages of a call that is
             // complete here: take what arrived before failing.
@@ -320,15 +321,13 @@ fn wait_on(
                     return Ok(());
                 }
             }
-            Err(fault
-                .error()
-                .unwrap_or_else(|| Error::Internal("a wait ended for a fault that is not recorded".into())))
+            Err(fault.error().unwrap_or_else(|| Error::internal("a wait ended for a fault that is not recorded")))
         }
         Err(WaitError::Timeout) => {
             let (op, mut peers) = timed_out(links);
             peers.sort_unstable();
             peers.dedup();
-            Err(Error::Timeout { op, waited: ctx.timeout.unwrap_or_default(), peers })
+            Err(Error::timeout(op, ctx.timeout.unwrap_or_default(), peers))
         }
     }
 }
@@ -383,7 +382,7 @@ fn span_ptr(call: &Call, sp: Span, count: usize) -> Result<*mut u8> {
         Buf::Recv => (call.recv, call.recv_len),
     };
     if sp.offset.checked_add(count).is_none_or(|e| e > len) {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "schedule span {sp:?} of {count} elements exceeds a buffer of {len} elements"
         )));
     }
@@ -411,7 +410,7 @@ pub(crate) fn mismatch(
         return mismatched(me, fault.recent().by_tag_bits(theirs), current, peer, got, None);
     }
     if got == call.desc {
-        return Error::Internal(format!(
+        return Error::internal(format!(
             "rank {me}: message from rank {peer} holds {bytes} bytes, expected {want} in {} #{}",
             desc::describe(call.desc),
             call.seq
@@ -478,7 +477,7 @@ fn execute(ctx: &mut Ctx<'_>, call: &Call, step: &Step) -> Result<()> {
     if too_big {
         sc.srcs.clear();
         sc.dsts.clear();
-        return Err(Error::Internal(format!("a step of {bytes} bytes exceeds the slot size")));
+        return Err(Error::internal(format!("a step of {bytes} bytes exceeds the slot size")));
     }
     if step.count > 0 {
         // SAFETY: every source and destination holds `step.count` elements: outgoing
@@ -603,9 +602,9 @@ unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Option<*mut u
 pub fn all_reduce_one_slot(ctx: &mut Ctx<'_>, call: &Call, count: usize) -> Result<()> {
     let (me, n) = (ctx.me, ctx.n);
     let bytes = count * call.elem;
-    let r = call.reducer.as_ref().ok_or_else(|| Error::Internal("one-shot all-reduce without a reducer".into()))?;
+    let r = call.reducer.as_ref().ok_or_else(|| Error::internal("one-shot all-reduce without a reducer"))?;
     if bytes > ctx.links.tx_ref((me + 1) % n, 0).max_bytes() || call.send_len < count || call.recv_len < count {
-        return Err(Error::Internal(format!("one-slot all-reduce of {bytes} B does not fit")));
+        return Err(Error::internal(format!("one-slot all-reduce of {bytes} B does not fit")));
     }
     if !(0..n).filter(|&p| p != me).all(|p| ctx.links.tx_ref(p, 0).can_send()) {
         wait_for(ctx, call, &|l: &Links, p| l.tx_ref(p, 0).can_send())?;

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use super::msg::Where;
-use super::{Class, Fault, Herald};
+use super::{Fault, Herald};
 
 /// The fault states of the thread ranks of one in-process communicator.
 #[derive(Default)]
@@ -37,11 +37,11 @@ impl Board {
     }
 
     pub(super) fn announce(&self, from: &Fault) {
-        let Some((class, origin, text)) = from.to_announce() else { return };
+        let Some(notice) = from.to_announce() else { return };
         let members: Vec<Arc<Fault>> =
             self.members.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
         for m in members.iter().filter(|m| !std::ptr::eq(&***m, from)) {
-            m.receive(Class::from_u8(class), origin, &text);
+            m.receive(notice.clone());
         }
     }
 }
@@ -50,6 +50,7 @@ impl Board {
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::error::ErrorKind;
     use crate::sync::Doorbell;
 
     #[test]
@@ -60,21 +61,26 @@ mod tests {
             board.join(x);
         }
         assert!(f.iter().all(|x| !x.tripped() && x.error().is_none()));
-        f[1].fail(&Error::InvalidUsage("rank 1 called a; rank 0 called b".into()));
+        f[1].fail(&Error::invalid_usage("rank 1 called a; rank 0 called b"));
         // Rank 2's call reports the fault its own way, naming its call; that report is what
         // its later calls return. The fault stays rank 1's.
-        f[2].fail(&Error::Remote("rank 2: barrier #3: the fault".into()));
-        assert!(matches!(f[2].error(), Some(Error::Remote(m)) if m == "rank 2: barrier #3: the fault"));
+        f[2].fail(&Error::remote("rank 2: barrier #3: the fault"));
+        assert!(
+            matches!(f[2].error(), Some(e) if e.kind() == ErrorKind::Remote && { let m = e.message(); m == "rank 2: barrier #3: the fault" })
+        );
         for x in &f[..2] {
             assert!(x.tripped());
             assert_eq!(x.origin(), Some(1));
             match x.error() {
-                Some(Error::InvalidUsage(m)) => assert!(m.contains("rank 1 called a"), "{m}"),
+                Some(e) if e.kind() == ErrorKind::InvalidUsage => {
+                    let m = e.message().to_string();
+                    assert!(m.contains("rank 1 called a"), "{m}")
+                }
                 other => panic!("{other:?}"),
             }
         }
         f[0].abort();
-        assert!(matches!(f[0].error(), Some(Error::Aborted(_))));
+        assert!(matches!(f[0].error(), Some(e) if e.kind() == ErrorKind::Aborted));
     }
 
     #[test]
@@ -86,7 +92,10 @@ mod tests {
         }
         f[0].abort();
         match f[1].error() {
-            Some(Error::Remote(m)) => assert!(m.contains("rank 0") && m.contains("aborted"), "{m}"),
+            Some(e) if e.kind() == ErrorKind::Remote => {
+                let m = e.message().to_string();
+                assert!(m.contains("rank 0") && m.contains("aborted"), "{m}")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -35,7 +35,7 @@ pub fn mismatched(
 ) -> Error {
     let rule = "every rank must make the same calls in the same order";
     let their_op = their_seq.map_or(String::new(), |s| format!(" (its op #{s})"));
-    Error::InvalidUsage(match mine {
+    Error::invalid_usage(match mine {
         Some(m) => format!(
             "mismatched collective calls: rank {me} called {} as op #{}, but rank {peer} called {} as that op{their_op}; {rule}",
             desc::describe(m.desc),
@@ -49,6 +49,7 @@ pub fn mismatched(
             desc::describe(theirs)
         ),
     })
+    .with_peer(peer, None, None)
 }
 
 impl Fault {

@@ -30,10 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::call::Desc;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::sync::Doorbell;
 use crate::sys::eventfd::EventFd;
 use crate::topology::PeerInfo;
+use msg::{Culprit, Notice};
 
 /// What kind of failure a fault is; it decides the error class other ranks report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,10 +52,10 @@ pub enum Class {
 
 impl Class {
     fn of(e: &Error) -> Class {
-        match e {
-            Error::Aborted(_) => Class::Aborted,
-            Error::InvalidUsage(_) => Class::Mismatch,
-            Error::Timeout { .. } => Class::Timeout,
+        match e.kind() {
+            ErrorKind::Aborted => Class::Aborted,
+            ErrorKind::InvalidUsage => Class::Mismatch,
+            ErrorKind::Timeout => Class::Timeout,
             _ => Class::Failed,
         }
     }
@@ -71,13 +72,21 @@ impl Class {
 
 /// The first failure of a communicator.
 struct Reason {
-    class: Class,
-    /// The rank where it happened.
-    origin: usize,
-    /// What the user reads.
-    text: String,
+    /// What every rank learns of it.
+    notice: Notice,
     /// The error itself, where it happened on this rank.
     local: Option<Error>,
+}
+
+impl Reason {
+    fn class(&self) -> Class {
+        Class::from_u8(self.notice.class)
+    }
+}
+
+/// The rank an error names as its cause, if it names one.
+fn culprit(e: &Error) -> Option<Culprit> {
+    Some(Culprit { rank: e.peer()?, host: e.host().map(str::to_string), pid: e.pid() })
 }
 
 #[derive(Default)]
@@ -102,9 +111,9 @@ enum Herald {
 /// An error's message without the class prefix its display adds (the receiving rank
 /// adds its own).
 fn plain(e: &Error) -> String {
-    match e {
-        Error::InvalidUsage(m) | Error::Remote(m) | Error::Aborted(m) => m.clone(),
-        e => e.to_string(),
+    match e.kind() {
+        ErrorKind::InvalidUsage | ErrorKind::Remote | ErrorKind::Aborted => e.message().to_string(),
+        _ => e.to_string(),
     }
 }
 
@@ -114,6 +123,8 @@ pub struct Fault {
     rank: usize,
     /// This process's identity, named when this rank aborts.
     who: String,
+    /// This rank as the culprit of its own abort.
+    me: Culprit,
     tripped: AtomicBool,
     /// The recent collectives of this rank.
     recent: recent::Recent,
@@ -131,6 +142,7 @@ impl Fault {
         Arc::new(Fault {
             rank,
             who: me.describe(),
+            me: Culprit { rank, host: Some(me.hostname.clone()), pid: Some(me.pid) },
             tripped: AtomicBool::new(false),
             recent: recent::Recent::default(),
             stalled: AtomicBool::new(false),
@@ -157,13 +169,19 @@ impl Fault {
         }
         let g = self.lock();
         if g.aborted_here {
-            return Some(Error::Aborted(format!("rank {}: the communicator was aborted", self.rank)));
+            return Some(Error::aborted(format!("rank {}: the communicator was aborted", self.rank)));
         }
         let r = g.reason.as_ref()?;
-        Some(match (&r.local, r.class) {
-            (Some(e), _) => e.duplicate(),
-            (None, Class::Mismatch) => Error::InvalidUsage(r.text.clone()),
-            (None, _) => Error::Remote(r.text.clone()),
+        if let Some(e) = &r.local {
+            return Some(e.duplicate());
+        }
+        let e = match r.class() {
+            Class::Mismatch => Error::invalid_usage(r.notice.text.clone()),
+            _ => Error::remote(r.notice.text.clone()),
+        };
+        Some(match &r.notice.culprit {
+            Some(c) => e.with_peer(c.rank, c.host.as_deref(), c.pid),
+            None => e,
         })
     }
 
@@ -181,7 +199,7 @@ impl Fault {
 
     /// The rank where the first failure happened, if any.
     pub fn origin(&self) -> Option<usize> {
-        self.lock().reason.as_ref().map(|r| r.origin)
+        self.lock().reason.as_ref().map(|r| r.notice.origin)
     }
 
     /// Aborts the communicator on this rank: every pending and later call fails with
@@ -207,7 +225,9 @@ impl Fault {
             let mut g = self.lock();
             g.aborted_here = true;
             if g.reason.is_none() {
-                g.reason = Some(Reason { class: Class::Aborted, origin: self.rank, text, local: None });
+                let notice =
+                    Notice { class: Class::Aborted as u8, origin: self.rank, text, culprit: Some(self.me.clone()) };
+                g.reason = Some(Reason { notice, local: None });
             }
             self.tripped.store(true, Ordering::SeqCst);
             g.herald.as_ref().map(Herald::handle)
@@ -231,8 +251,8 @@ impl Fault {
                 }
                 return;
             }
-            g.reason =
-                Some(Reason { class: Class::of(e), origin: self.rank, text: plain(e), local: Some(e.duplicate()) });
+            let notice = Notice { class: Class::of(e) as u8, origin: self.rank, text: plain(e), culprit: culprit(e) };
+            g.reason = Some(Reason { notice, local: Some(e.duplicate()) });
             self.tripped.store(true, Ordering::SeqCst);
             g.herald.as_ref().map(Herald::handle)
         };
@@ -244,27 +264,26 @@ impl Fault {
 
     /// Records a fault another rank announced; returns whether it is the first (the
     /// sentinel then passes it on).
-    fn receive(&self, class: Class, origin: usize, text: &str) -> bool {
+    fn receive(&self, notice: Notice) -> bool {
         {
             let mut g = self.lock();
             if g.reason.is_some() {
                 return false;
             }
-            g.reason = Some(Reason { class, origin, text: text.to_string(), local: None });
+            g.reason = Some(Reason { notice, local: None });
             self.tripped.store(true, Ordering::SeqCst);
         }
         self.bell.wake();
         true
     }
 
-    /// The fault to send to the neighbours: (class, origin, text), once.
-    fn to_announce(&self) -> Option<(u8, usize, String)> {
+    /// The fault to send to the other ranks, once.
+    fn to_announce(&self) -> Option<Notice> {
         let mut g = self.lock();
         if g.announced {
             return None;
         }
-        let r = g.reason.as_ref()?;
-        let out = (r.class as u8, r.origin, r.text.clone());
+        let out = g.reason.as_ref()?.notice.clone();
         g.announced = true;
         Some(out)
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::msg::{FAULT_TEXT, Where, decode_fault, encode_fault};
+use super::msg::{Culprit, FAULT_TEXT, Notice, Where};
 use super::{Class, Fault, Herald};
 use crate::error::{Error, Result};
 use crate::sys::eventfd::EventFd;
@@ -94,8 +94,8 @@ fn watch(fault: &Fault, nranks: usize, mut sides: Vec<Neighbour>, wake: &EventFd
                 let _ = wire::send(&mut s.sock, Kind::Where, &body);
             }
         }
-        if let Some((class, origin, text)) = fault.to_announce() {
-            let body = encode_fault(class, origin, &text);
+        if let Some(notice) = fault.to_announce() {
+            let body = notice.encode();
             for s in &mut sides {
                 let _ = wire::send(&mut s.sock, Kind::Fault, &body);
             }
@@ -172,25 +172,31 @@ fn hear(fault: &Fault, nranks: usize, side: &mut Neighbour, spoke: bool) -> (boo
 
 type Frame = std::result::Result<(Kind, Vec<u8>), std::result::Result<std::io::Error, Error>>;
 
+/// A failure this rank saw of neighbour `side` (the culprit when `its_fault`: it died,
+/// rather than sent something wrong).
+fn failed(side: &Neighbour, text: String, its_fault: bool) -> Notice {
+    let culprit = Culprit { rank: side.rank, host: Some(side.info.hostname.clone()), pid: Some(side.info.pid) };
+    Notice { class: Class::Failed as u8, origin: side.rank, text, culprit: its_fault.then_some(culprit) }
+}
+
 /// What a frame other than a position report means.
 fn heard(fault: &Fault, side: &mut Neighbour, spoke: bool, frame: Frame) -> (bool, bool) {
     let who = format!("rank {} ({})", side.rank, side.info.describe());
     match frame {
         Ok((Kind::Fault, p)) => {
-            let (class, origin, text) = decode_fault(&p).unwrap_or_else(|e| {
-                (Class::Failed as u8, side.rank, format!("{who} sent a malformed fault message: {e}"))
-            });
+            let notice = Notice::decode(&p)
+                .unwrap_or_else(|e| failed(side, format!("{who} sent a malformed fault message: {e}"), false));
             // Passing it on happens at the top of the loop (to_announce).
-            fault.receive(Class::from_u8(class), origin, &text);
+            fault.receive(notice);
             (false, true)
         }
         Ok((Kind::Bye, _)) => (true, false),
         Ok((k, _)) => {
-            fault.receive(Class::Failed, side.rank, &format!("{who} sent an unexpected {k:?} on the bootstrap ring"));
+            fault.receive(failed(side, format!("{who} sent an unexpected {k:?} on the bootstrap ring"), false));
             (true, true)
         }
         Err(Err(e)) => {
-            fault.receive(Class::Failed, side.rank, &format!("{who} sent a malformed message: {e}"));
+            fault.receive(failed(side, format!("{who} sent a malformed message: {e}"), false));
             (true, true)
         }
         Err(Ok(e)) => {
@@ -201,7 +207,7 @@ fn heard(fault: &Fault, side: &mut Neighbour, spoke: bool, frame: Frame) -> (boo
                     }
                     _ => format!("stopped answering on the bootstrap ring ({e})"),
                 };
-                fault.receive(Class::Failed, side.rank, &format!("{who} {how}"));
+                fault.receive(failed(side, format!("{who} {how}"), true));
             }
             // Drain whatever else is queued; the socket is done either way.
             let mut sink = [0u8; 256];
@@ -216,6 +222,7 @@ fn heard(fault: &Fault, side: &mut Neighbour, spoke: bool, frame: Frame) -> (boo
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::error::ErrorKind;
     use crate::sync::Doorbell;
 
     fn pair() -> (TcpStream, TcpStream) {
@@ -253,11 +260,13 @@ mod tests {
         let f: Vec<Arc<Fault>> = (0..3).map(|r| Fault::new(r, Doorbell::new_private())).collect();
         let mut s: Vec<Sentinel> =
             ring(3).into_iter().enumerate().map(|(r, n)| Sentinel::start(f[r].clone(), 3, n).unwrap()).collect();
-        f[2].fail(&Error::Timeout { op: "x".into(), waited: Duration::ZERO, peers: vec![0] });
+        f[2].fail(&Error::timeout("x", Duration::ZERO, vec![0]));
         for x in &f[..2] {
             wait(x);
             assert_eq!(x.origin(), Some(2));
-            assert!(matches!(x.error(), Some(Error::Remote(m)) if m.contains("timeout")));
+            assert!(
+                matches!(x.error(), Some(e) if e.kind() == ErrorKind::Remote && { let m = e.message(); m.contains("timeout") })
+            );
         }
         s.clear();
 
@@ -272,6 +281,8 @@ mod tests {
         assert!(!f[1].tripped(), "a goodbye is not a fault: {:?}", f[1].error());
         drop(dying);
         wait(&f[1]);
-        assert!(matches!(f[1].error(), Some(Error::Remote(m)) if m.contains("rank 2") && m.contains("killed")));
+        assert!(
+            matches!(f[1].error(), Some(e) if e.kind() == ErrorKind::Remote && { let m = e.message(); m.contains("rank 2") && m.contains("killed") })
+        );
     }
 }

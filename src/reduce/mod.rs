@@ -273,7 +273,7 @@ impl Reducer {
             ReduceOp::Avg => (BinOp::Sum, None, Some(nranks as u64)),
             ReduceOp::PreMulSum(s) => {
                 if s.dtype() != dtype {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "PreMulSum scalar has type {}, but the call reduces {} (create the op with a {} scalar)",
                         s.dtype(),
                         dtype,

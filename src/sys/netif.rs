@@ -80,7 +80,7 @@ pub fn pick(spec: Option<&str>) -> Result<IfAddr> {
     let all = list()?;
     choose(&all, spec).ok_or_else(|| {
         let names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
-        Error::InvalidArgument(match spec {
+        Error::invalid_argument(match spec {
             Some(s) => format!("OXCCL_SOCKET_IFNAME={s} matches no interface that is up (interfaces: {names:?})"),
             None => format!("no usable network interface (interfaces: {names:?})"),
         })

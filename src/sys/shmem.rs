@@ -30,7 +30,7 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 fn cname(name: &str) -> Result<CString> {
-    CString::new(format!("/{name}")).map_err(|_| Error::InvalidArgument(format!("segment name {name:?} contains NUL")))
+    CString::new(format!("/{name}")).map_err(|_| Error::invalid_argument(format!("segment name {name:?} contains NUL")))
 }
 
 /// A fresh segment name, `oxccl-` and 32 hexadecimal digits from the kernel's random
@@ -124,14 +124,14 @@ impl Segment {
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };
         if st.st_uid != me || st.st_mode & 0o077 != 0 {
-            return refuse(Error::InvalidUsage(format!(
+            return refuse(Error::invalid_usage(format!(
                 "shared memory /dev/shm/{name} belongs to uid {} with mode {:o} (expected uid {me}, mode 0600): refusing to map it",
                 st.st_uid,
                 st.st_mode & 0o777
             )));
         }
         if (st.st_size as usize) < len.max(header) {
-            return refuse(Error::Remote(format!("shared memory /dev/shm/{name} is smaller than {len} bytes")));
+            return refuse(Error::remote(format!("shared memory /dev/shm/{name} is smaller than {len} bytes")));
         }
         if header > 0 {
             let mut h = vec![0u8; header];
@@ -265,7 +265,7 @@ mod tests {
         unsafe { a.as_ptr().write_bytes(7, 8) };
         let e = Segment::open_checked(&n1, 1 << 16, 8, &|h| {
             assert_eq!(h, [7u8; 8]);
-            Err(Error::InvalidUsage("not ours".into()))
+            Err(Error::invalid_usage("not ours"))
         });
         assert!(e.is_err_and(|e| e.to_string().contains("not ours")));
         assert!(Segment::open_checked(&n1, 1 << 16, 8, &|h| if h == [7u8; 8] { Ok(()) } else { panic!() }).is_ok());

@@ -60,13 +60,13 @@ impl FifoShape {
     /// Checks the shape is usable.
     pub fn validate(&self) -> Result<()> {
         if self.nslots < 2 || self.nslots > 1024 || !self.nslots.is_power_of_two() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "FIFO needs a power of two between 2 and 1024 slots, got {}",
                 self.nslots
             )));
         }
         if self.slot_bytes < 64 || !self.slot_bytes.is_multiple_of(64) || self.slot_bytes > (1 << 30) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "FIFO slot size must be a multiple of 64 bytes between 64 B and 1 GiB, got {}",
                 self.slot_bytes
             )));
@@ -107,7 +107,7 @@ impl Region {
     /// Zeroed, page-aligned heap memory of `len` bytes.
     pub fn heap(len: usize) -> Result<Region> {
         let layout = std::alloc::Layout::from_size_align(len.max(64), 4096)
-            .map_err(|e| Error::InvalidArgument(format!("region of {len} bytes: {e}")))?;
+            .map_err(|e| Error::invalid_argument(format!("region of {len} bytes: {e}")))?;
         // SAFETY: the layout has non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
@@ -195,7 +195,7 @@ impl Fifo {
         let (m, n, s) =
             (c.magic.load(Ordering::Acquire), c.nslots.load(Ordering::Relaxed), c.slot_bytes.load(Ordering::Relaxed));
         if m != MAGIC || n != shape.nslots as u64 || s != shape.slot_bytes as u64 {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "FIFO at offset {offset} is not initialised as expected (magic {m:#x}, {n} slots of {s} B; expected {} of {} B)",
                 shape.nslots, shape.slot_bytes
             )));
@@ -206,7 +206,7 @@ impl Fifo {
     fn at(region: Arc<Region>, offset: usize, shape: FifoShape) -> Result<Fifo> {
         shape.validate()?;
         if !offset.is_multiple_of(64) || offset.checked_add(shape.region_bytes()).is_none_or(|e| e > region.len()) {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "FIFO of {} B at offset {offset} does not fit a region of {} B",
                 shape.region_bytes(),
                 region.len()

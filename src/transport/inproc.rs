@@ -41,7 +41,7 @@ impl World {
     }
 
     fn fifo(&self, src: usize, dst: usize, ch: u8) -> Result<Fifo> {
-        let mut t = self.fifos.lock().map_err(|_| Error::Internal("in-process link table poisoned".into()))?;
+        let mut t = self.fifos.lock().map_err(|_| Error::internal("in-process link table poisoned"))?;
         if let Some(f) = t.get(&(src, dst, ch)) {
             return Ok(f.clone());
         }

@@ -141,7 +141,7 @@ impl Links {
         missing.dedup();
         for k in &missing {
             if k.peer >= self.tx.len() || k.peer == me {
-                return Err(Error::Internal(format!("rank {me} asked for a link to rank {}", k.peer)));
+                return Err(Error::internal(format!("rank {me} asked for a link to rank {}", k.peer)));
             }
         }
         let eps = t.connect(me, &missing, opener)?;
@@ -163,7 +163,7 @@ impl Links {
                     v[c] = Some(e);
                 }
                 _ => {
-                    return Err(Error::Internal(format!("transport returned the wrong end for {k:?}")));
+                    return Err(Error::internal(format!("transport returned the wrong end for {k:?}")));
                 }
             }
         }

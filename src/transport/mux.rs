@@ -38,7 +38,7 @@ impl Transport for Mux {
         }
         keys.iter()
             .zip(out)
-            .map(|(k, e)| e.ok_or_else(|| Error::Internal(format!("rank {me} has no route to rank {}", k.peer))))
+            .map(|(k, e)| e.ok_or_else(|| Error::internal(format!("rank {me} has no route to rank {}", k.peer))))
             .collect()
     }
 

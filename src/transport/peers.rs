@@ -63,12 +63,21 @@ impl NetPeers {
         }
     }
 
+    /// `e`, naming `peer` (with its host and process) as the rank at fault.
+    pub(crate) fn blame(&self, peer: usize, e: Error) -> Error {
+        match self.peers.get(peer) {
+            Some(p) => e.with_peer(peer, Some(&p.hostname), Some(p.pid)),
+            None => e.with_peer(peer, None, None),
+        }
+    }
+
     /// `peer` closed its `link` ("connection", "InfiniBand link") while `what`.
     pub(crate) fn closed(&self, peer: usize, link: &str, what: &str) -> Error {
-        match self.died(peer) {
-            Some(m) => Error::Remote(format!("{m} (its {link} closed while {what})")),
-            None => Error::Remote(format!("{} closed its {link} while {what}", self.who(peer))),
-        }
+        let e = match self.died(peer) {
+            Some(m) => Error::remote(format!("{m} (its {link} closed while {what})")),
+            None => Error::remote(format!("{} closed its {link} while {what}", self.who(peer))),
+        };
+        self.blame(peer, e)
     }
 
     /// Why `peer`'s closed link is no failure of ours to wait on (see
@@ -102,14 +111,10 @@ impl NetPeers {
         }
         let waiting = || format!("rank {me}: waiting for {} to connect (channel {})", self.who(k.peer), k.channel);
         if let Some((r, who)) = self.watch.as_ref().and_then(|w| w.dead()) {
-            return Err(Error::Remote(format!("{}: rank {r} ({}) died", waiting(), who.describe())));
+            return Err(Error::remote(format!("{}: rank {r} ({}) died", waiting(), who.describe())));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(Error::Timeout {
-                op: waiting(),
-                waited: self.timeout.unwrap_or_default(),
-                peers: vec![k.peer],
-            });
+            return Err(Error::timeout(waiting(), self.timeout.unwrap_or_default(), vec![k.peer]));
         }
         Ok(())
     }

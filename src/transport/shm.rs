@@ -119,8 +119,7 @@ impl Shm {
 
     fn create_named(name: &str, me: usize, local: Vec<usize>, shape: FifoShape, secret: &Secret) -> Result<Segment> {
         shape.validate()?;
-        let my_local =
-            local.iter().position(|&r| r == me).ok_or_else(|| Error::Internal("rank not on its host".into()))?;
+        let my_local = local.iter().position(|&r| r == me).ok_or_else(|| Error::internal("rank not on its host"))?;
         let n = local.len();
         let seg = Segment::create(name, seg_len(n, shape))?;
         let base = seg.as_ptr();
@@ -171,8 +170,7 @@ impl Shm {
         pids: &[u32],
         mine: Segment,
     ) -> Result<Shm> {
-        let my_local =
-            local.iter().position(|&r| r == me).ok_or_else(|| Error::Internal("rank not on its host".into()))?;
+        let my_local = local.iter().position(|&r| r == me).ok_or_else(|| Error::internal("rank not on its host"))?;
         let n = local.len();
         let len = seg_len(n, shape);
         let mut segs = Vec::with_capacity(n);
@@ -182,10 +180,10 @@ impl Shm {
                 mine.take().expect("own segment")
             } else {
                 let name = names.get(r).and_then(|n| n.as_deref()).ok_or_else(|| {
-                    Error::Remote(format!("rank {r} shares this host but published no shared-memory segment"))
+                    Error::remote(format!("rank {r} shares this host but published no shared-memory segment"))
                 })?;
                 if !shmem::valid_name(name) {
-                    return Err(Error::Remote(format!("rank {r} published a malformed segment name {name:?}")));
+                    return Err(Error::remote(format!("rank {r} published a malformed segment name {name:?}")));
                 }
                 let want = SegHeader {
                     magic: MAGIC,
@@ -197,7 +195,7 @@ impl Shm {
                     slot_bytes: shape.slot_bytes as u64,
                 };
                 let check = |b: &[u8]| -> Result<()> {
-                    let got = SegHeader::from_bytes(b).ok_or_else(|| Error::Internal("short header".into()))?;
+                    let got = SegHeader::from_bytes(b).ok_or_else(|| Error::internal("short header"))?;
                     Self::check_identity(name, r, &got, &want)
                 };
                 Segment::open_checked(name, len, std::mem::size_of::<SegHeader>(), &check)?
@@ -219,18 +217,18 @@ impl Shm {
     fn check_identity(name: &str, r: usize, got: &SegHeader, want: &SegHeader) -> Result<()> {
         let whose = format!("shared memory /dev/shm/{name}, published by rank {r}");
         if got.magic != want.magic || got.job != want.job {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "{whose}, is not a segment of this job (wrong magic or job digest): refusing to map it"
             )));
         }
         if got.owner != want.owner || got.pid != want.pid {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "{whose}, was created by rank {} pid {}, not by rank {r} pid {}: refusing to map it",
                 got.owner, got.pid, want.pid
             )));
         }
         if got.nlocal != want.nlocal || got.nslots != want.nslots || got.slot_bytes != want.slot_bytes {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "rank {r}'s shared memory does not match this rank's configuration ({} local ranks, slots {} x {} B vs {} local ranks, slots {} x {} B): set OXCCL_NSLOTS and OXCCL_SLOT_BYTES alike on every rank",
                 got.nlocal, got.nslots, got.slot_bytes, want.nlocal, want.nslots, want.slot_bytes
             )));
@@ -265,7 +263,7 @@ impl Shm {
         self.local
             .iter()
             .position(|&r| r == rank)
-            .ok_or_else(|| Error::Internal(format!("rank {rank} is not on rank {}'s host", self.me)))
+            .ok_or_else(|| Error::internal(format!("rank {rank} is not on rank {}'s host", self.me)))
     }
 }
 
@@ -280,7 +278,7 @@ impl Transport for Shm {
                 let peer = self.local_index(k.peer)?;
                 let ch = k.channel as usize;
                 if ch >= CHANNELS {
-                    return Err(Error::Internal(format!("channel {ch} has no shared-memory FIFO")));
+                    return Err(Error::internal(format!("channel {ch} has no shared-memory FIFO")));
                 }
                 let (seg, src) = match k.dir {
                     Dir::Send => (peer, self.my_local),

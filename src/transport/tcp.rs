@@ -246,7 +246,7 @@ impl Tcp {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Conns>> {
-        self.conns.lock().map_err(|_| Error::Internal("TCP transport state poisoned".into()))
+        self.conns.lock().map_err(|_| Error::internal("TCP transport state poisoned"))
     }
 
     /// Accepts pending connections and reads their introductions (never blocking: see
@@ -422,7 +422,7 @@ impl Tcp {
             }
             let (_, total, desc) = parse_header(&socks[0].header);
             if total > self.shape.slot_bytes {
-                return Err(Error::Remote(format!(
+                return Err(Error::remote(format!(
                     "{} sent a malformed message ({total} bytes, more than a slot of {}): different OXCCL_SLOT_BYTES on the two ranks?",
                     self.who(peer),
                     self.shape.slot_bytes
@@ -441,7 +441,7 @@ impl Tcp {
                 }
                 let (part, t, _) = parse_header(&s.header);
                 if part != len || t != total {
-                    return Err(Error::Remote(format!(
+                    return Err(Error::remote(format!(
                         "{} sent a malformed message: socket {i} carries {part} of {t} bytes, expected {len} of {total} (different OXCCL_NSOCKS on the two ranks?)",
                         self.who(peer)
                     )));
@@ -467,8 +467,8 @@ impl Tcp {
 
     fn broken(&self, peer: usize, what: &str, e: std::io::Error) -> Error {
         match self.peers.died(peer) {
-            Some(m) => Error::Remote(format!("{m} (connection error {what} it: {e})")),
-            None => Error::Remote(format!("connection error {what} {}: {e}", self.who(peer))),
+            Some(m) => Error::remote(format!("{m} (connection error {what} it: {e})")),
+            None => Error::remote(format!("connection error {what} {}: {e}", self.who(peer))),
         }
     }
 }
@@ -499,7 +499,7 @@ impl Transport for Tcp {
         // for the peers, so two ranks connecting to each other cannot deadlock.
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Send) {
             let addr =
-                *self.addrs.get(k.peer).ok_or_else(|| Error::Internal(format!("no address for rank {}", k.peer)))?;
+                *self.addrs.get(k.peer).ok_or_else(|| Error::internal(format!("no address for rank {}", k.peer)))?;
             let mut socks = Vec::with_capacity(self.nsocks);
             for idx in 0..self.nsocks {
                 // Keep accepting while connecting: peers connecting to us may be all
@@ -566,7 +566,7 @@ impl Transport for Tcp {
             });
             out[i] = Some(Endpoint::Rx(fifo.receiver(Doorbell::new_private())));
         }
-        out.into_iter().map(|e| e.ok_or_else(|| Error::Internal("unconnected TCP key".into()))).collect()
+        out.into_iter().map(|e| e.ok_or_else(|| Error::internal("unconnected TCP key"))).collect()
     }
 
     fn progress(&self) -> Result<bool> {

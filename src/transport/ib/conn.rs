@@ -71,23 +71,23 @@ impl Hello {
         let mut d = Dec::new(p, "InfiniBand connection");
         let version = d.u32()?;
         if version != VERSION {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "InfiniBand connection message version {version} from a peer, this oxccl speaks {VERSION}: mixed oxccl versions in one job"
             )));
         }
         let role = match d.u32()? {
             0 => Role::Sender,
             1 => Role::Receiver,
-            r => return Err(Error::Remote(format!("malformed InfiniBand connection message: role {r}"))),
+            r => return Err(Error::remote(format!("malformed InfiniBand connection message: role {r}"))),
         };
         let (nslots, slot_bytes, mtu, lid) = (d.u32()?, d.u64()?, d.u32()?, d.u32()?);
         if lid > u16::MAX as u32 || !(1..=5).contains(&mtu) {
-            return Err(Error::Remote(format!("malformed InfiniBand connection message: lid {lid}, mtu {mtu}")));
+            return Err(Error::remote(format!("malformed InfiniBand connection message: lid {lid}, mtu {mtu}")));
         }
         let gid: [u8; 16] = d.raw(16)?.try_into().expect("16 bytes");
         let n = d.u32()? as usize;
         if n == 0 || n > MAX_QPS {
-            return Err(Error::Remote(format!("malformed InfiniBand connection message: {n} queue pairs")));
+            return Err(Error::remote(format!("malformed InfiniBand connection message: {n} queue pairs")));
         }
         let qpns = (0..n).map(|_| d.u32()).collect::<Result<Vec<_>>>()?;
         let fifo = (d.u64()?, d.u32()?);

@@ -276,7 +276,7 @@ impl Ib {
         timeout: Option<Duration>,
     ) -> Result<Ib> {
         if shape.nslots as usize > 0xffff {
-            return Err(Error::InvalidArgument("InfiniBand links carry at most 65535 slots".into()));
+            return Err(Error::invalid_argument("InfiniBand links carry at most 65535 slots"));
         }
         let gate = Gate::new(listener, secret, Kind::ConnHello, 64, format!("rank {me}: IB connection listener"))?;
         let listener_fd = gate.listener_fd();
@@ -332,13 +332,13 @@ impl Ib {
             wc.status
         );
         match self.peers.died(peer) {
-            Some(m) => Error::Remote(format!("{m} ({base})")),
-            None => Error::Remote(base),
+            Some(m) => Error::remote(format!("{m} ({base})")),
+            None => Error::remote(base),
         }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Conns>> {
-        self.conns.lock().map_err(|_| Error::Internal("IB transport state poisoned".into()))
+        self.conns.lock().map_err(|_| Error::internal("IB transport state poisoned"))
     }
 
     fn accept_pending(&self, conns: &mut Conns) -> Result<()> {
@@ -389,7 +389,7 @@ impl Ib {
     /// Checks the peer's half and connects our queue pairs to its.
     fn join(&self, peer: usize, h: &Hello, want: Role, qps: &[Qp]) -> Result<()> {
         if h.role != want || h.nslots != self.shape.nslots || h.slot_bytes != self.shape.slot_bytes as u64 {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "{} connects with {} slots of {} B, this rank uses {} of {} (OXCCL_NSLOTS and OXCCL_SLOT_BYTES must match on every rank)",
                 self.who(peer),
                 h.nslots,
@@ -399,7 +399,7 @@ impl Ib {
             )));
         }
         if h.qpns.len() != qps.len() {
-            return Err(Error::InvalidUsage(format!(
+            return Err(Error::invalid_usage(format!(
                 "{} uses {} queue pairs per connection, this rank {} (OXCCL_IB_QPS_PER_CONNECTION must match on every rank)",
                 self.who(peer),
                 h.qpns.len(),
@@ -435,7 +435,7 @@ impl Ib {
                     if got == wire::HEADER {
                         let (kind, len) = wire::parse_head(&head, 4096)?;
                         if kind != Kind::IbConnect {
-                            return Err(Error::Remote(format!(
+                            return Err(Error::remote(format!(
                                 "{} sent {kind:?} where an InfiniBand connection message was expected",
                                 self.who(peer)
                             )));
@@ -450,14 +450,14 @@ impl Ib {
                     self.peers.broken_comm()?;
                     self.accept_pending(&mut *self.lock()?)?;
                     if let Some(m) = self.peers.died(peer) {
-                        return Err(Error::Remote(format!("{m} while connecting")));
+                        return Err(Error::remote(format!("{m} while connecting")));
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::Timeout {
-                            op: format!("connecting an InfiniBand link with {}", self.who(peer)),
-                            waited: self.peers.timeout.unwrap_or_default(),
-                            peers: vec![peer],
-                        });
+                        return Err(Error::timeout(
+                            format!("connecting an InfiniBand link with {}", self.who(peer)),
+                            self.peers.timeout.unwrap_or_default(),
+                            vec![peer],
+                        ));
                     }
                 }
                 Err(e) => return Err(self.closed(peer, &format!("connecting ({e})"))),
@@ -513,7 +513,7 @@ impl Ib {
         let base = s.w.region.as_ptr() as u64;
         let off = self.shape.data_offset(slot) as u64;
         if m.ptr as u64 != base + off {
-            return Err(Error::Internal(format!("IB send: message {k} is not in its slot of the registered FIFO")));
+            return Err(Error::internal(format!("IB send: message {k} is not in its slot of the registered FIFO")));
         }
         let parts: Vec<(usize, usize)> = stripes(m.bytes, self.nqps).filter(|p| p.1 > 0).collect();
         let lkey = s.w.mr.lkey();
@@ -556,12 +556,12 @@ impl Ib {
                 }
                 if wc.wr_id & RECV != 0 {
                     let imm = wc.imm.ok_or_else(|| {
-                        Error::Remote(format!("{} sent a credit without its count", self.who(s.w.peer)))
+                        Error::remote(format!("{} sent a credit without its count", self.who(s.w.peer)))
                     })?;
                     // The peer's consumed count (low 32 bits): it never passes what we wrote.
                     let credited = s.credited + u64::from(imm.wrapping_sub(s.credited as u32));
                     if credited > s.posted {
-                        return Err(Error::Remote(format!(
+                        return Err(Error::remote(format!(
                             "{} credited {credited} messages where {} were written",
                             self.who(s.w.peer),
                             s.posted
@@ -573,7 +573,7 @@ impl Ib {
                     let i = wc.wr_id.wrapping_sub(front) as usize;
                     match s.pending.get_mut(i) {
                         Some(p) if p.1 > 0 => p.1 -= 1,
-                        _ => return Err(Error::Internal(format!("IB: unexpected send completion {}", wc.wr_id))),
+                        _ => return Err(Error::internal(format!("IB: unexpected send completion {}", wc.wr_id))),
                     }
                 }
                 moved = true;
@@ -619,7 +619,7 @@ impl Ib {
                     let slot = k.map_or(0, |k| (k % nslots as u64) as usize);
                     let fits = r.arrived[slot] == 0 || r.parts[slot] == parts as u32;
                     if k.is_none() || parts == 0 || parts > self.nqps || !fits || r.arrived[slot] >= parts as u32 {
-                        return Err(Error::Remote(format!(
+                        return Err(Error::remote(format!(
                             "{} wrote out of turn: immediate {:?} (message {}, {parts} parts) where messages {}..{} may arrive (slot {slot}: {} of {} parts in)",
                             self.who(r.w.peer),
                             wc.imm,
@@ -675,21 +675,21 @@ impl Ib {
             }
             r.stale_since = None;
             if seq != r.next as u32 || bytes > self.shape.slot_bytes {
-                return Err(Error::Remote(format!(
+                return Err(Error::remote(format!(
                     "{} wrote a malformed message (number {seq}, {bytes} B; expected number {})",
                     self.who(r.w.peer),
                     r.next as u32
                 )));
             }
             if !r.fifo.can_send() {
-                return Err(Error::Internal("IB: a message arrived for a slot that is not free".into()));
+                return Err(Error::internal("IB: a message arrived for a slot that is not free"));
             }
             let dst = r.fifo.buffer(bytes);
             if bytes <= INLINE_BYTES {
                 // SAFETY: the slot is ours (can_send); its inline area holds 32 bytes.
                 unsafe { std::ptr::copy_nonoverlapping(rec.as_ptr().add(32), dst, bytes) };
             } else if dst as usize != base as usize + self.shape.data_offset(slot) {
-                return Err(Error::Internal("IB: the FIFO's data area is not where the peer wrote".into()));
+                return Err(Error::internal("IB: the FIFO's data area is not where the peer wrote"));
             }
             r.fifo.post(bytes, desc);
             r.arrived[slot] = 0;
@@ -816,7 +816,7 @@ impl Transport for Ib {
         let mut opening = Vec::new();
         for (i, k) in keys.iter().enumerate().filter(|(_, k)| k.dir == Dir::Send) {
             let addr =
-                *self.addrs.get(k.peer).ok_or_else(|| Error::Internal(format!("no address for rank {}", k.peer)))?;
+                *self.addrs.get(k.peer).ok_or_else(|| Error::internal(format!("no address for rank {}", k.peer)))?;
             let (chan, cq, qps) = self.verbs_for_link()?;
             let region = Arc::new(Region::heap(self.shape.region_bytes())?);
             let fifo = Fifo::init(region.clone(), 0, self.shape)?;
@@ -898,7 +898,7 @@ impl Transport for Ib {
             });
             out[i] = Some(Endpoint::Tx(fifo.sender(Doorbell::new_private())));
         }
-        out.into_iter().map(|e| e.ok_or_else(|| Error::Internal("unconnected IB key".into()))).collect()
+        out.into_iter().map(|e| e.ok_or_else(|| Error::internal("unconnected IB key"))).collect()
     }
 
     fn progress(&self) -> Result<bool> {

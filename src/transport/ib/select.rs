@@ -31,14 +31,14 @@ impl HcaFilter {
             let (name, port) = match item.split_once(':') {
                 Some((n, p)) => {
                     let port = p.trim().parse::<u8>().ok().filter(|&p| p > 0).ok_or_else(|| {
-                        Error::InvalidArgument(format!("OXCCL_IB_HCA: bad port '{p}' in '{item}' (want 1-255)"))
+                        Error::invalid_argument(format!("OXCCL_IB_HCA: bad port '{p}' in '{item}' (want 1-255)"))
                     })?;
                     (n.trim(), Some(port))
                 }
                 None => (item, None),
             };
             if name.is_empty() {
-                return Err(Error::InvalidArgument(format!("OXCCL_IB_HCA: empty device name in '{item}'")));
+                return Err(Error::invalid_argument(format!("OXCCL_IB_HCA: empty device name in '{item}'")));
             }
             f.items.push((name.to_string(), port));
         }
@@ -146,16 +146,16 @@ impl IbSettings {
         let get = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let num = |k: &str| -> Result<Option<u64>> {
             get(k)
-                .map(|v| v.parse::<u64>().map_err(|_| Error::InvalidArgument(format!("{k}={v}: not a number"))))
+                .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_argument(format!("{k}={v}: not a number"))))
                 .transpose()
         };
         let qps = num("OXCCL_IB_QPS_PER_CONNECTION")?.unwrap_or(1);
         if !(1..=64).contains(&qps) {
-            return Err(Error::InvalidArgument(format!("OXCCL_IB_QPS_PER_CONNECTION={qps}: want 1 to 64")));
+            return Err(Error::invalid_argument(format!("OXCCL_IB_QPS_PER_CONNECTION={qps}: want 1 to 64")));
         }
         let gid_index = num("OXCCL_IB_GID_INDEX")?;
         if gid_index.is_some_and(|g| g > 255) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "OXCCL_IB_GID_INDEX={}: want 0 to 255",
                 gid_index.unwrap_or(0)
             )));
@@ -165,7 +165,7 @@ impl IbSettings {
             match num(k)? {
                 None => Ok(default),
                 Some(v) if (lo..=hi).contains(&v) => Ok(v as u8),
-                Some(v) => Err(Error::InvalidArgument(format!("{k}={v}: want {lo} to {hi}"))),
+                Some(v) => Err(Error::invalid_argument(format!("{k}={v}: want {lo} to {hi}"))),
             }
         };
         let tuning = QpTuning {

@@ -107,7 +107,7 @@ impl Context {
         // SAFETY: freed once; an open context stays valid without the list.
         unsafe { ibv_free_device_list(list) };
         if ctx.is_null() {
-            return Err(Error::InvalidArgument(format!("no RDMA device named {name} (have: {:?})", device_names())));
+            return Err(Error::invalid_argument(format!("no RDMA device named {name} (have: {:?})", device_names())));
         }
         Ok(Arc::new(Context { ctx, name: name.to_string() }))
     }
@@ -382,7 +382,7 @@ impl Cq {
     /// at the timeout. An error if the queue has no channel.
     pub fn wait_event(&self, timeout: std::time::Duration) -> Result<bool> {
         let Some(ch) = &self.channel else {
-            return Err(Error::InvalidArgument("Cq::wait_event on a queue without a completion channel".into()));
+            return Err(Error::invalid_argument("Cq::wait_event on a queue without a completion channel"));
         };
         let mut pfd = libc::pollfd { fd: ch.fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
