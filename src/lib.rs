@@ -32,13 +32,13 @@
 pub mod algo;
 pub mod call;
 mod comm;
-pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
 pub mod exec;
 pub mod plan;
 pub mod reduce;
+pub mod settings;
 pub mod sync;
 pub mod sys;
 pub mod transport;
@@ -47,8 +47,8 @@ pub mod wire;
 
 pub use call::Algo;
 pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, Scope, Work};
-pub use config::{Config, Settings};
 pub use error::{Error, ErrorKind, NCCL_RESULTS, NcclResult, Result};
+pub use settings::{Config, Settings};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
 pub mod bootstrap;
 pub mod fault;
@@ -57,6 +57,8 @@ pub mod fault;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc(hidden)]
+pub mod internals;
 pub mod liveness;
 pub mod log;
 pub mod topology;

@@ -4,12 +4,9 @@
 
 use std::sync::OnceLock;
 
-/// Whether INFO lines are printed (read once from `OXCCL_DEBUG`).
+/// Whether INFO lines are printed (`OXCCL_DEBUG=INFO` in the process's settings).
 pub fn info_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("OXCCL_DEBUG").is_ok_and(|v| matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "1"))
-    })
+    crate::settings::process().debug
 }
 
 /// `host:pid`, computed once.
@@ -21,6 +18,15 @@ pub fn origin() -> &'static str {
 /// Prints a warning.
 pub fn warn(msg: &str) {
     eprintln!("{} oxccl WARN {msg}", origin());
+}
+
+/// Prints the effective settings, once per process, when INFO lines are on for `s`
+/// (`OXCCL_DEBUG=INFO`, or `Config::debug`).
+pub fn settings_once(s: &crate::settings::Settings) {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if (s.debug || info_enabled()) && !DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        info(true, &format!("settings (* differs from the default): {}", s.summary()));
+    }
 }
 
 /// Prints an INFO line when enabled (or when `force`).

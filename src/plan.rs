@@ -6,8 +6,8 @@
 
 use crate::algo::Chunking;
 use crate::call::{Algo, Collective};
-use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::settings::Settings;
 use crate::types::DataType;
 
 /// What a call will run.
@@ -164,8 +164,8 @@ fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::error::ErrorKind;
+    use crate::settings::Config;
 
     #[test]
     fn forced_algorithms_apply_or_fail() {

@@ -9,10 +9,8 @@ use crate::wire::{Dec, Enc};
 
 /// An identity of this host: `OXCCL_HOSTID` if set, else hostname + kernel boot id.
 pub fn host_id() -> String {
-    if let Ok(v) = std::env::var("OXCCL_HOSTID")
-        && !v.is_empty()
-    {
-        return v;
+    if let Some(v) = &crate::settings::process().host_id {
+        return v.clone();
     }
     format!("{}/{}", hostname(), boot_id())
 }

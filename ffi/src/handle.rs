@@ -201,7 +201,7 @@ impl Handle {
         }
     }
 
-    /// `ncclCommGetAsyncError`: success, in progress (still being created), or the error
+    /// `ncclCommGetAsyncError`: success, `ncclInProgress` (still being created), or the error
     /// that broke the communicator. Never waits for a running operation.
     pub fn async_error(&self) -> NcclResult {
         // A failure announced by another rank, or an abort, breaks the communicator

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use super::Comm;
 use crate::algo::Topo;
 use crate::bootstrap::{self, Bootstrap, UniqueId};
-use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::log;
+use crate::settings::{Config, Settings};
 use crate::sync::Doorbell;
 use crate::topology::{Link, PeerInfo, Topology};
 use crate::transport::Transport;
@@ -90,10 +90,9 @@ pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<S
 /// This rank's InfiniBand port and the `OXCCL_IB_*` settings it was chosen by, or `None`
 /// (with one INFO line saying why: TCP then).
 #[cfg(feature = "ib")]
-fn probe_ib(rank: usize) -> Result<Option<(crate::transport::ib::Device, crate::transport::ib::select::IbSettings)>> {
-    let s = crate::transport::ib::select::IbSettings::from_env(|k| std::env::var(k).ok())?;
-    match crate::transport::ib::Device::probe(&s) {
-        Ok(d) => Ok(Some((d, s))),
+fn probe_ib(rank: usize, s: &crate::settings::IbSettings) -> Result<Option<crate::transport::ib::Device>> {
+    match crate::transport::ib::Device::probe(s) {
+        Ok(d) => Ok(Some(d)),
         Err(why) => {
             log::info(false, &format!("rank {rank}: no usable RDMA device ({why}): TCP between hosts"));
             Ok(None)
@@ -121,6 +120,7 @@ impl Comm {
         if nranks == 0 || rank >= nranks {
             return Err(Error::invalid_argument(format!("rank {rank} is out of range for a job of {nranks} ranks")));
         }
+        log::settings_once(&settings);
         let timeout = settings.timeout;
         let ip = local_ip(id.root(), &settings)?;
         let mut boot = Bootstrap::join(id, rank, nranks, ip, timeout)?;
@@ -139,7 +139,7 @@ impl Comm {
         // every rank from what all report; the links still meet through the TCP listener).
         #[cfg(feature = "ib")]
         let ib_dev = {
-            let dev = if use_tcp { probe_ib(rank)? } else { None };
+            let dev = if use_tcp { probe_ib(rank, &settings.ib)? } else { None };
             let all = boot.all_gather(&[dev.is_some() as u8])?;
             let everyone = all.iter().all(|b| b.first() == Some(&1));
             if dev.is_some() && !everyone {
@@ -183,7 +183,8 @@ impl Comm {
         }
         #[cfg(feature = "ib")]
         let listener = match (listener, ib_dev) {
-            (Some(l), Some((dev, ib))) => {
+            (Some(l), Some(dev)) => {
+                let ib = &settings.ib;
                 let addrs =
                     endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
                 let t = ib.tuning;
@@ -201,7 +202,7 @@ impl Comm {
                         rank,
                         *id.secret(),
                         shape,
-                        &ib,
+                        ib,
                         dev,
                         l,
                         addrs,
@@ -291,7 +292,7 @@ impl Comm {
 
     /// As [`Comm::from_env`], with a configuration.
     pub fn from_env_with(config: &Config) -> Result<Comm> {
-        let r = Rendezvous::from_env(|k| std::env::var(k).ok())?;
+        let r = Rendezvous::from_env(crate::settings::env::var)?;
         if r.rank == 0 && r.start_root {
             start_fixed_root(&r.id, config)?;
         }

@@ -37,11 +37,6 @@ use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::types::{DataType, ReduceOp};
 
-/// Whether `OXCCL_CUDA_IPC=1` asks for this path.
-pub(crate) fn wanted() -> bool {
-    std::env::var("OXCCL_CUDA_IPC").is_ok_and(|v| v.trim() == "1")
-}
-
 /// The kernel op of a reduction this path runs (the others go through staging).
 pub(crate) fn kernel_op(op: ReduceOp) -> Option<KernelOp> {
     match op {
@@ -295,7 +290,7 @@ impl super::Comm {
         let crate::call::Collective::AllReduce { count } = s.coll else { return Ok(false) };
         let Some(op) = s.op.and_then(kernel_op) else { return Ok(false) };
         let one_host = self.topology.as_ref().is_some_and(|t| t.hosts.len() == 1);
-        if !wanted() || !one_host || count == 0 {
+        if !self.settings.cuda_ipc || !one_host || count == 0 {
             return Ok(false);
         }
         let bytes = count * s.dtype.size();

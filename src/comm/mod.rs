@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::algo::{self, Topo};
 use crate::call::Collective;
-use crate::config::{Config, Settings};
 use crate::error::{Error, Result};
 use crate::fault::{Fault, Sentinel};
+use crate::settings::{Config, Settings};
 use crate::sync::Doorbell;
 use crate::transport::Transport;
 use crate::transport::fifo::FifoShape;
@@ -138,6 +138,7 @@ impl Comm {
             return Err(Error::invalid_argument("a communicator needs at least one rank, got 0"));
         }
         let settings = Arc::new(config.resolve()?);
+        crate::log::settings_once(&settings);
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
         let world = World::new(nranks, shape)?;
         let order: Vec<usize> = (0..nranks).collect();

@@ -11,8 +11,8 @@ use ::mpi::traits::{Communicator, Root};
 use super::Comm;
 use crate::bootstrap::UniqueId;
 use crate::bootstrap::id::UNIQUE_ID_BYTES;
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::settings::Config;
 
 /// First bytes of the broadcast when rank 0 could not create the unique id; the rest is
 /// its error message (cut to fit), so every rank fails with the reason instead of waiting.
@@ -58,7 +58,8 @@ impl Comm {
     /// A program that uses MPI itself should call [`Comm::from_mpi`] instead (MPI can
     /// be initialised only once).
     pub fn from_env_or_mpi(config: &Config) -> Result<Comm> {
-        let named = ["OXCCL_COMM_ID", "OXCCL_UNIQUE_ID", "MASTER_ADDR"].iter().any(|k| std::env::var_os(k).is_some());
+        let named =
+            ["OXCCL_COMM_ID", "OXCCL_UNIQUE_ID", "MASTER_ADDR"].iter().any(|k| crate::settings::env::var(k).is_some());
         if !named && let Some(universe) = ::mpi::initialize() {
             // `universe` is dropped on return: MPI_Finalize, after the id went round.
             return Self::from_mpi_with(&universe.world(), config);

@@ -138,11 +138,11 @@ pub fn compile_options(sm: u32, include_dir: Option<&Path>, dtype: Option<DataTy
 /// `$CUDA_PATH/include`, `$CUDA_HOME/include` and `/usr/local/cuda/include`.
 pub fn find_include_dir() -> Option<PathBuf> {
     let mut bases: Vec<PathBuf> = Vec::new();
-    if let Some(v) = std::env::var_os("OXCCL_CUDA_INCLUDE") {
-        bases.extend(std::env::split_paths(&v));
+    if let Some(v) = &crate::settings::process().cuda_include {
+        bases.extend(std::env::split_paths(v));
     }
     for var in ["CUDA_PATH", "CUDA_HOME"] {
-        if let Some(v) = std::env::var_os(var) {
+        if let Some(v) = crate::settings::env::var_os(var) {
             bases.push(PathBuf::from(v).join("include"));
         }
     }
@@ -209,13 +209,13 @@ impl fmt::Display for CudaError {
 
 impl std::error::Error for CudaError {}
 
-impl From<CudaError> for crate::Error {
-    fn from(e: CudaError) -> crate::Error {
+impl From<CudaError> for crate::error::Error {
+    fn from(e: CudaError) -> crate::error::Error {
         let kind = match e {
             CudaError::NoDriver(_) | CudaError::NoDevice | CudaError::NoNvrtc(_) => std::io::ErrorKind::NotFound,
             _ => std::io::ErrorKind::Other,
         };
-        crate::Error::system("CUDA", std::io::Error::new(kind, e.to_string()))
+        crate::error::Error::system("CUDA", std::io::Error::new(kind, e.to_string()))
     }
 }
 
@@ -311,7 +311,7 @@ mod tests {
         // Without a GPU (CI), both are ordinary errors with a message.
         if let Err(e) = &p.driver {
             assert!(!e.to_string().is_empty());
-            let _: crate::Error = e.clone().into();
+            let _: crate::error::Error = e.clone().into();
         }
         if let Err(e) = &p.nvrtc {
             assert!(!e.to_string().is_empty());

@@ -75,8 +75,7 @@ impl Nvrtc {
     /// `$CUDA_PATH/lib64`, `$CUDA_HOME/lib64` and `/usr/local/cuda/lib64`.
     pub fn candidates() -> Vec<PathBuf> {
         let mut v = Vec::new();
-        if let Some(p) = std::env::var_os("OXCCL_NVRTC_LIB") {
-            let p = PathBuf::from(p);
+        if let Some(p) = crate::settings::process().nvrtc_lib.clone() {
             for major in ["12", "13"] {
                 v.push(p.join(format!("nvidia/cuda_nvrtc/lib/libnvrtc.so.{major}")));
                 v.push(p.join(format!("nvidia/cu{major}/lib/libnvrtc.so.{major}")));
@@ -88,7 +87,7 @@ impl Nvrtc {
         v.push("libnvrtc.so.13".into());
         v.push("libnvrtc.so".into());
         for var in ["CUDA_PATH", "CUDA_HOME"] {
-            if let Some(d) = std::env::var_os(var) {
+            if let Some(d) = crate::settings::env::var_os(var) {
                 v.push(PathBuf::from(d).join("lib64/libnvrtc.so"));
             }
         }

@@ -97,8 +97,7 @@ impl Level {
     pub fn selected() -> Level {
         static SELECTED: OnceLock<Level> = OnceLock::new();
         *SELECTED.get_or_init(|| {
-            let env = std::env::var("OXCCL_SIMD").ok();
-            resolve(env.as_deref(), Level::best()).unwrap_or_else(|e| {
+            resolve(crate::settings::process().simd.as_deref(), Level::best()).unwrap_or_else(|e| {
                 eprintln!("oxccl: {e}");
                 Level::best()
             })

@@ -24,7 +24,7 @@ fn membarrier(cmd: libc::c_int) -> bool {
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        std::env::var_os("OXCCL_NO_MEMBARRIER").is_none()
+        !crate::settings::process().no_membarrier
             && membarrier(CMD_REGISTER_PRIVATE_EXPEDITED)
             && membarrier(CMD_REGISTER_GLOBAL_EXPEDITED)
     })

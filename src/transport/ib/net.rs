@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::conn::{self, Hello, Role};
-use super::select::{self, IbSettings, QpTuning};
+use super::select;
 use super::verbs::{self, Address, CompChannel, Completion, Context, Cq, Mr, Pd, Qp, SendWr};
 use crate::bootstrap::connect_retry_with;
 use crate::bootstrap::gate::Gate;
@@ -57,6 +57,7 @@ use crate::call::Desc;
 use crate::error::{Error, Result};
 use crate::liveness::PeerWatch;
 use crate::log;
+use crate::settings::{IbSettings, QpTuning};
 use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 use crate::transport::fifo::{Fifo, FifoRx, FifoShape, FifoTx, INLINE_BYTES, Msg, Region};

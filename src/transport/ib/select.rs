@@ -1,62 +1,8 @@
-//! Which RDMA devices, ports and GID a rank uses: NCCL's `OXCCL_IB_HCA` syntax, the
-//! RoCE v2 GID found in sysfs, and the other `OXCCL_IB_*` settings. Pure parsing and
-//! choosing, testable without any RDMA device.
+//! Which RDMA devices, ports and GID a rank uses: the ports that the `OXCCL_IB_*`
+//! settings ([`IbSettings`]) allow, and the RoCE v2 GID found in sysfs. Pure choosing,
+//! testable without any RDMA device.
 
-use crate::error::{Error, Result};
-
-/// A parsed `OXCCL_IB_HCA`: `mlx5_0:1,mlx5_1` names devices (and optionally a port);
-/// a leading `^` excludes them instead, a leading `=` makes the names exact rather than
-/// prefixes (`^=mlx5_0` both). Empty: every device.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HcaFilter {
-    exclude: bool,
-    exact: bool,
-    items: Vec<(String, Option<u8>)>,
-}
-
-impl HcaFilter {
-    /// Parses NCCL's syntax; a port that is not a number 1-255 is an error.
-    pub fn parse(spec: &str) -> Result<HcaFilter> {
-        let mut s = spec.trim();
-        let mut f = HcaFilter::default();
-        if let Some(rest) = s.strip_prefix('^') {
-            f.exclude = true;
-            s = rest;
-        }
-        if let Some(rest) = s.strip_prefix('=') {
-            f.exact = true;
-            s = rest;
-        }
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (name, port) = match item.split_once(':') {
-                Some((n, p)) => {
-                    let port = p.trim().parse::<u8>().ok().filter(|&p| p > 0).ok_or_else(|| {
-                        Error::invalid_argument(format!("OXCCL_IB_HCA: bad port '{p}' in '{item}' (want 1-255)"))
-                    })?;
-                    (n.trim(), Some(port))
-                }
-                None => (item, None),
-            };
-            if name.is_empty() {
-                return Err(Error::invalid_argument(format!("OXCCL_IB_HCA: empty device name in '{item}'")));
-            }
-            f.items.push((name.to_string(), port));
-        }
-        Ok(f)
-    }
-
-    /// Whether port `port` of device `dev` may be used.
-    pub fn accepts(&self, dev: &str, port: u8) -> bool {
-        if self.items.is_empty() {
-            return true;
-        }
-        let listed = self.items.iter().any(|(name, p)| {
-            let name_ok = if self.exact { dev == name } else { dev.starts_with(name.as_str()) };
-            name_ok && p.is_none_or(|p| p == port)
-        });
-        listed != self.exclude
-    }
-}
+use crate::settings::IbSettings;
 
 /// One GID table entry as sysfs shows it: index, type (`IB/RoCE v1`, `RoCE v2`) and the
 /// GID in its colon-separated form.
@@ -101,90 +47,6 @@ pub fn sysfs_gids(dev: &str, port: u8) -> Vec<GidEntry> {
     v
 }
 
-/// The `OXCCL_IB_*` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IbSettings {
-    /// `OXCCL_IB_DISABLE=1`: never use RDMA.
-    pub disabled: bool,
-    /// `OXCCL_IB_HCA`.
-    pub hca: HcaFilter,
-    /// `OXCCL_IB_GID_INDEX`: forced GID index (else RoCE v2 is detected).
-    pub gid_index: Option<u32>,
-    /// `OXCCL_IB_QPS_PER_CONNECTION` (default 1).
-    pub qps_per_connection: usize,
-    /// `OXCCL_IB_TIMEOUT`, `OXCCL_IB_RETRY_CNT`, `OXCCL_IB_SL`, `OXCCL_IB_TC`.
-    pub tuning: QpTuning,
-}
-
-/// How a queue pair's packets travel and are retried (NCCL's `NCCL_IB_TIMEOUT`,
-/// `NCCL_IB_RETRY_CNT`, `NCCL_IB_SL`, `NCCL_IB_TC`, under `OXCCL_IB_*` names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QpTuning {
-    /// Local ACK timeout exponent: a retry after 4.096 µs × 2^timeout (1-31).
-    pub timeout: u8,
-    /// Transport retries before an error completion (0-7).
-    pub retry_cnt: u8,
-    /// InfiniBand service level (0-15).
-    pub service_level: u8,
-    /// Traffic class of the global route header (RoCE: DSCP << 2 | ECN), 0-255.
-    pub traffic_class: u8,
-}
-
-impl Default for QpTuning {
-    /// Timeout 14 (67 ms) and 6 retries: a peer whose queue pair is gone shows as an
-    /// error completion within about half a second. (NCCL uses 20 and 7, a minute and
-    /// more; Soft-RoCE was seen to retry forever with 7.) Service level and traffic
-    /// class 0.
-    fn default() -> QpTuning {
-        QpTuning { timeout: 14, retry_cnt: 6, service_level: 0, traffic_class: 0 }
-    }
-}
-
-impl IbSettings {
-    /// Reads the settings through `env` (a variable's value, if set).
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<IbSettings> {
-        let get = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let num = |k: &str| -> Result<Option<u64>> {
-            get(k)
-                .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_argument(format!("{k}={v}: not a number"))))
-                .transpose()
-        };
-        let qps = num("OXCCL_IB_QPS_PER_CONNECTION")?.unwrap_or(1);
-        if !(1..=64).contains(&qps) {
-            return Err(Error::invalid_argument(format!("OXCCL_IB_QPS_PER_CONNECTION={qps}: want 1 to 64")));
-        }
-        let gid_index = num("OXCCL_IB_GID_INDEX")?;
-        if gid_index.is_some_and(|g| g > 255) {
-            return Err(Error::invalid_argument(format!(
-                "OXCCL_IB_GID_INDEX={}: want 0 to 255",
-                gid_index.unwrap_or(0)
-            )));
-        }
-        let d = QpTuning::default();
-        let ranged = |k: &str, lo: u64, hi: u64, default: u8| -> Result<u8> {
-            match num(k)? {
-                None => Ok(default),
-                Some(v) if (lo..=hi).contains(&v) => Ok(v as u8),
-                Some(v) => Err(Error::invalid_argument(format!("{k}={v}: want {lo} to {hi}"))),
-            }
-        };
-        let tuning = QpTuning {
-            // (0 would be "wait forever" for an acknowledgement: a dead peer would hang.)
-            timeout: ranged("OXCCL_IB_TIMEOUT", 1, 31, d.timeout)?,
-            retry_cnt: ranged("OXCCL_IB_RETRY_CNT", 0, 7, d.retry_cnt)?,
-            service_level: ranged("OXCCL_IB_SL", 0, 15, d.service_level)?,
-            traffic_class: ranged("OXCCL_IB_TC", 0, 255, d.traffic_class)?,
-        };
-        Ok(IbSettings {
-            disabled: get("OXCCL_IB_DISABLE").is_some_and(|v| v != "0"),
-            hca: HcaFilter::parse(&get("OXCCL_IB_HCA").unwrap_or_default())?,
-            gid_index: gid_index.map(|g| g as u32),
-            qps_per_connection: qps as usize,
-            tuning,
-        })
-    }
-}
-
 impl IbSettings {
     /// The (device, port) pairs a rank may use, of `candidates` (every port of every
     /// device found, in the order found): none when `OXCCL_IB_DISABLE` is set, else the
@@ -210,36 +72,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hca_names_match_as_prefixes_with_optional_ports() {
-        let f = HcaFilter::parse("mlx5_0:1, mlx5_1").unwrap();
-        assert!(f.accepts("mlx5_0", 1));
-        assert!(!f.accepts("mlx5_0", 2));
-        assert!(f.accepts("mlx5_1", 2));
-        assert!(f.accepts("mlx5_10", 1), "prefix match, as NCCL");
-        assert!(!f.accepts("rxe0", 1));
-        let all = HcaFilter::parse("").unwrap();
-        assert!(all.accepts("anything", 7));
-    }
-
-    #[test]
-    fn caret_excludes_and_equals_is_exact() {
-        let f = HcaFilter::parse("^mlx5_0").unwrap();
-        assert!(!f.accepts("mlx5_0", 1) && !f.accepts("mlx5_01", 1));
-        assert!(f.accepts("rxe0", 1));
-        let f = HcaFilter::parse("=mlx5_1").unwrap();
-        assert!(f.accepts("mlx5_1", 1) && !f.accepts("mlx5_10", 1));
-        let f = HcaFilter::parse("^=rxe0:1").unwrap();
-        assert!(!f.accepts("rxe0", 1) && f.accepts("rxe0", 2) && f.accepts("rxe00", 1));
-    }
-
-    #[test]
-    fn bad_hca_specs_are_errors() {
-        for bad in ["mlx5_0:x", "mlx5_0:0", "mlx5_0:300", ":1"] {
-            assert!(HcaFilter::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn the_roce_v2_ipv4_gid_is_chosen() {
         let e = |index, kind: &str, gid: &str| GidEntry { index, kind: kind.into(), gid: gid.into() };
         let table = [
@@ -258,55 +90,6 @@ mod tests {
         assert_eq!(roce_v2_gid(&table[..1]), None);
     }
 
-    #[test]
-    fn settings_come_from_the_environment() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
-        let s = IbSettings::from_env(env(&[])).unwrap();
-        assert!(!s.disabled && s.gid_index.is_none() && s.qps_per_connection == 1);
-        let s = IbSettings::from_env(env(&[
-            ("OXCCL_IB_DISABLE", "1"),
-            ("OXCCL_IB_HCA", "=rxe1"),
-            ("OXCCL_IB_GID_INDEX", "3"),
-            ("OXCCL_IB_QPS_PER_CONNECTION", "4"),
-        ]))
-        .unwrap();
-        assert!(s.disabled && s.gid_index == Some(3) && s.qps_per_connection == 4 && s.hca.accepts("rxe1", 1));
-        assert!(IbSettings::from_env(env(&[("OXCCL_IB_QPS_PER_CONNECTION", "0")])).is_err());
-        assert!(IbSettings::from_env(env(&[("OXCCL_IB_GID_INDEX", "x")])).is_err());
-        assert!(IbSettings::from_env(env(&[("OXCCL_IB_GID_INDEX", "256")])).is_err());
-    }
-
-    #[test]
-    fn queue_pair_tuning_comes_from_the_environment_within_its_ranges() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
-        let d = IbSettings::from_env(env(&[])).unwrap().tuning;
-        assert_eq!(d, QpTuning { timeout: 14, retry_cnt: 6, service_level: 0, traffic_class: 0 });
-        let t = IbSettings::from_env(env(&[
-            ("OXCCL_IB_TIMEOUT", "20"),
-            ("OXCCL_IB_RETRY_CNT", "7"),
-            ("OXCCL_IB_SL", "3"),
-            ("OXCCL_IB_TC", "106"),
-        ]))
-        .unwrap()
-        .tuning;
-        assert_eq!(t, QpTuning { timeout: 20, retry_cnt: 7, service_level: 3, traffic_class: 106 });
-        for (k, v, want) in [
-            ("OXCCL_IB_TIMEOUT", "0", "OXCCL_IB_TIMEOUT=0: want 1 to 31"),
-            ("OXCCL_IB_TIMEOUT", "32", "want 1 to 31"),
-            ("OXCCL_IB_RETRY_CNT", "8", "OXCCL_IB_RETRY_CNT=8: want 0 to 7"),
-            ("OXCCL_IB_SL", "16", "want 0 to 15"),
-            ("OXCCL_IB_TC", "256", "want 0 to 255"),
-            ("OXCCL_IB_TC", "af41", "not a number"),
-        ] {
-            let e = IbSettings::from_env(move |n: &str| (n == k).then(|| v.to_string())).unwrap_err().to_string();
-            assert!(e.contains(want), "{k}={v}: {e}");
-        }
-    }
-
     fn cands(list: &[(&str, u8)]) -> Vec<(String, u8)> {
         list.iter().map(|(d, p)| (d.to_string(), *p)).collect()
     }
@@ -316,7 +99,9 @@ mod tests {
     }
 
     fn settings(pairs: &[(&str, &str)]) -> IbSettings {
-        IbSettings::from_env(|k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap()
+        crate::settings::Settings::from_env(|k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+            .unwrap()
+            .ib
     }
 
     #[test]
@@ -345,23 +130,6 @@ mod tests {
         assert!(settings(&[("OXCCL_IB_DISABLE", "1"), ("OXCCL_IB_HCA", "rxe0")]).pick(&c).is_empty());
         assert_eq!(settings(&[("OXCCL_IB_DISABLE", "0")]).pick(&c).len(), 2);
         assert_eq!(settings(&[("OXCCL_IB_DISABLE", "")]).pick(&c).len(), 2);
-    }
-
-    #[test]
-    fn hca_spec_edge_cases() {
-        // Whitespace around items and ports, empty items, and a `^` or `=` alone.
-        let f = HcaFilter::parse("  mlx5_0 : 1 , , mlx5_1 ").unwrap();
-        assert!(f.accepts("mlx5_0", 1) && !f.accepts("mlx5_0", 2) && f.accepts("mlx5_1", 3));
-        assert!(HcaFilter::parse("^").unwrap().accepts("rxe0", 1));
-        assert!(HcaFilter::parse("=").unwrap().accepts("rxe0", 1));
-        // `=` before `^` is not NCCL's syntax: `^` is then part of a name that matches nothing.
-        assert!(!HcaFilter::parse("=^rxe0").unwrap().accepts("rxe0", 1));
-        // Highest port, and a port given twice for one device.
-        let f = HcaFilter::parse("=rxe0:255,rxe0:2").unwrap();
-        assert!(f.accepts("rxe0", 255) && f.accepts("rxe0", 2) && !f.accepts("rxe0", 1));
-        for bad in ["rxe0:", "rxe0:1:2", "rxe0:-1", "^=:1", "rxe0:1,:2"] {
-            assert!(HcaFilter::parse(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use rdma_sys::*;
 
-pub use super::select::QpTuning;
 use crate::error::{Error, Result};
+pub use crate::settings::QpTuning;
 
 fn fail(call: &str, errno: i32) -> Error {
     Error::system(format!("verbs call {call}"), std::io::Error::from_raw_os_error(errno))

@@ -1,28 +1,24 @@
-//! Configuration, read in one place: defaults, then environment variables, then what the
-//! caller set in [`Config`]. The result is a [`Settings`], fixed for the communicator's
-//! life and printed once at init with `OXCCL_DEBUG=INFO`.
+//! Settings, read in one place: defaults, then environment variables (the table in
+//! [`vars`], read once per process through [`env`]), then what the caller set in a
+//! [`Config`]. The result is a [`Settings`], fixed for a communicator's life; with
+//! `OXCCL_DEBUG=INFO` the effective settings are printed once per process.
 //!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `OXCCL_ALGO` | force an algorithm for the ring/tree collectives: `ring`, `tree`, `oneshot`; or per collective, `all_reduce:tree,broadcast:ring` | cost model |
-//! | `OXCCL_TIMEOUT` | seconds an operation may wait without progress (`0`: forever) | 600 |
-//! | `OXCCL_SLOT_BYTES` | payload bytes per FIFO slot (the pipeline chunk) | 262144 |
-//! | `OXCCL_NSLOTS` | slots per FIFO | 8 |
-//! | `OXCCL_NT_THRESHOLD` | output bytes from which outputs use non-temporal stores | 33554432 |
-//! | `OXCCL_SPINS` | polls before a waiting rank yields its core | 4 when ranks outnumber cores, else 64 |
-//! | `OXCCL_YIELD_US` | microseconds of yielding before a waiting rank sleeps | 500, or 50 with sockets |
-//! | `OXCCL_SOCKET_IFNAME` | interfaces for bootstrap and TCP: prefixes, `^` excludes, `=` exact | first non-loopback |
-//! | `OXCCL_NSOCKS` | connections per TCP link; messages from 64 KiB are striped across them | 1 |
-//! | `OXCCL_SHM_DISABLE` | `1`: processes of one host talk over TCP instead of shared memory | 0 |
-//! | `OXCCL_HOSTID` | override the host identity (hostname + boot id) | unset |
-//! | `OXCCL_IB_DISABLE`, `OXCCL_IB_HCA`, `OXCCL_IB_GID_INDEX`, `OXCCL_IB_QPS_PER_CONNECTION`, `OXCCL_IB_TIMEOUT`, `OXCCL_IB_RETRY_CNT`, `OXCCL_IB_SL`, `OXCCL_IB_TC` | InfiniBand between hosts (feature `ib`; read by `transport::ib::select`, see the README) | IB when every rank has a port |
-//! | `OXCCL_SIMD` | force a kernel level: `scalar`, `avx2`, `avx512` | best available |
-//! | `OXCCL_DEBUG` | `INFO` prints the configuration, rings and trees at init | off |
+//! Settings of the whole process (`OXCCL_DEBUG`, `OXCCL_SIMD`, `OXCCL_HOSTID`, ...) come
+//! from [`process`]; a communicator's come from [`Config::resolve`].
 
+pub mod env;
+pub mod ib;
+pub mod vars;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::call::{Algo, Collective};
 use crate::error::{Error, Result};
+pub use ib::{HcaFilter, IbSettings, QpTuning};
+pub use vars::{Scope, VARS, Var};
 
 /// The default timeout: generous, so that slow but healthy jobs never trip it, and
 /// short enough that a hung job fails within minutes with a message naming the peers.
@@ -102,61 +98,19 @@ impl Config {
         self
     }
 
-    /// Resolves defaults, then environment, then the caller's settings.
+    /// Resolves defaults, then the process's environment, then the caller's settings.
     pub fn resolve(&self) -> Result<Settings> {
-        self.resolve_with(|k| std::env::var(k).ok())
+        let p = process_checked()?;
+        self.apply(p.clone())
     }
 
-    /// As [`Config::resolve`], reading variables through `env` (for tests).
+    /// As [`Config::resolve`], reading variables through `env` instead of the process's
+    /// environment (for tests).
     pub fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings> {
-        let mut s = Settings::default();
-        if let Some(v) = env("OXCCL_ALGO").filter(|v| !v.is_empty()) {
-            s.algo = AlgoChoice::parse(&v).map_err(|e| Error::invalid_argument(format!("OXCCL_ALGO={v}: {e}")))?;
-        }
-        if let Some(v) = env("OXCCL_TIMEOUT").filter(|v| !v.is_empty()) {
-            let secs: f64 = v.parse().ok().filter(|x: &f64| x.is_finite() && *x >= 0.0).ok_or_else(|| {
-                Error::invalid_argument(format!("OXCCL_TIMEOUT={v}: expected seconds (0 for no timeout)"))
-            })?;
-            s.timeout = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
-        }
-        let num = |k: &str| -> Result<Option<u64>> {
-            match env(k).filter(|v| !v.is_empty()) {
-                None => Ok(None),
-                Some(v) => parse_size(&v).map(Some).ok_or_else(|| {
-                    Error::invalid_argument(format!("{k}={v}: expected a number of bytes (K, M, G suffixes allowed)"))
-                }),
-            }
-        };
-        if let Some(v) = num("OXCCL_SLOT_BYTES")? {
-            s.slot_bytes = v as usize;
-        }
-        if let Some(v) = num("OXCCL_NSLOTS")? {
-            s.nslots = v.min(u32::MAX as u64) as u32;
-        }
-        if let Some(v) = num("OXCCL_NT_THRESHOLD")? {
-            s.nt_threshold = v as usize;
-        }
-        if let Some(v) = num("OXCCL_SPINS")? {
-            s.spins = Some(v.min(1 << 20) as u32);
-        }
-        if let Some(v) = num("OXCCL_YIELD_US")? {
-            s.yield_for = Some(Duration::from_micros(v));
-        }
-        if let Some(v) = env("OXCCL_SOCKET_IFNAME").filter(|v| !v.is_empty()) {
-            s.socket_ifname = Some(v);
-        }
-        if let Some(v) = num("OXCCL_NSOCKS")? {
-            if !(1..=64).contains(&v) {
-                return Err(Error::invalid_argument(format!("OXCCL_NSOCKS must be between 1 and 64, got {v}")));
-            }
-            s.nsocks = v as usize;
-        }
-        if let Some(v) = env("OXCCL_SHM_DISABLE") {
-            s.shm_disable = matches!(v.trim(), "1" | "true" | "yes");
-        }
-        if let Some(v) = env("OXCCL_DEBUG") {
-            s.debug = matches!(v.to_ascii_uppercase().as_str(), "INFO" | "TRACE" | "1");
-        }
+        self.apply(Settings::from_env(env)?)
+    }
+
+    fn apply(&self, mut s: Settings) -> Result<Settings> {
         if let Some(a) = &self.algo {
             s.algo = AlgoChoice::parse(a).map_err(Error::invalid_argument)?;
         }
@@ -175,32 +129,31 @@ impl Config {
         if let Some(d) = self.debug {
             s.debug = d;
         }
-        s.slot_bytes = s.slot_bytes.max(64).div_ceil(64) * 64;
-        if !(2..=1024).contains(&s.nslots) || !s.nslots.is_power_of_two() {
-            return Err(Error::invalid_argument(format!(
-                "OXCCL_NSLOTS must be a power of two between 2 and 1024, got {}",
-                s.nslots
-            )));
-        }
-        if s.slot_bytes > 1 << 30 {
-            return Err(Error::invalid_argument(format!(
-                "OXCCL_SLOT_BYTES must be at most 1 GiB, got {}",
-                s.slot_bytes
-            )));
-        }
+        s.check()?;
         Ok(s)
     }
 }
 
-fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (num, mul) = match v.as_bytes().last()? {
-        b'k' | b'K' => (&v[..v.len() - 1], 1u64 << 10),
-        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
-        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
-        _ => (v, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mul)
+/// The process's settings: defaults and the environment, read once. An invalid variable
+/// leaves the defaults in place here; [`Config::resolve`] reports it, so that the first
+/// communicator fails with a message naming the variable.
+pub fn process() -> &'static Settings {
+    match process_result() {
+        Ok(s) => s,
+        Err(_) => {
+            static DEFAULTS: OnceLock<Settings> = OnceLock::new();
+            DEFAULTS.get_or_init(Settings::default)
+        }
+    }
+}
+
+fn process_result() -> &'static std::result::Result<Settings, String> {
+    static PROCESS: OnceLock<std::result::Result<Settings, String>> = OnceLock::new();
+    PROCESS.get_or_init(|| Settings::from_env(env::var).map_err(|e| e.message().to_string()))
+}
+
+fn process_checked() -> Result<&'static Settings> {
+    process_result().as_ref().map_err(|e| Error::invalid_argument(e.clone()))
 }
 
 /// Forced algorithm choices.
@@ -229,7 +182,9 @@ impl AlgoChoice {
         let mut c = AlgoChoice::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let parse_algo = |a: &str| {
-                Algo::parse(a).ok_or_else(|| format!("'{a}' is not an algorithm (ring, tree, oneshot, direct)"))
+                Algo::parse(a).ok_or_else(|| {
+                    format!("'{a}' is not an algorithm (ring, tree, oneshot, doubling, hier, direct, p2p)")
+                })
             };
             match item.split_once(':') {
                 None => c.all = Some(parse_algo(item)?),
@@ -269,27 +224,45 @@ impl AlgoChoice {
     }
 }
 
-/// The resolved configuration of a communicator.
+impl fmt::Display for AlgoChoice {
+    /// `OXCCL_ALGO`'s syntax, or "cost model" when nothing is forced.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("cost model");
+        }
+        let items: Vec<String> = self
+            .all
+            .iter()
+            .map(|a| a.name().to_string())
+            .chain(self.per.iter().map(|(c, a)| format!("{c}:{}", a.name())))
+            .collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// The resolved settings of a communicator (and of the process).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Settings {
-    /// Forced algorithms.
+    /// Forced algorithms (`OXCCL_ALGO`).
     pub algo: AlgoChoice,
-    /// Longest wait without progress; `None` waits forever.
+    /// Longest wait without progress; `None` waits forever (`OXCCL_TIMEOUT`).
     pub timeout: Option<Duration>,
-    /// Payload bytes per FIFO slot.
+    /// Payload bytes per FIFO slot (`OXCCL_SLOT_BYTES`).
     pub slot_bytes: usize,
-    /// Slots per FIFO.
+    /// Slots per FIFO (`OXCCL_NSLOTS`).
     pub nslots: u32,
-    /// Output bytes from which outputs use non-temporal stores.
+    /// Output bytes from which outputs use non-temporal stores (`OXCCL_NT_THRESHOLD`).
     pub nt_threshold: usize,
-    /// Print configuration and topology at init.
+    /// Print configuration and topology at init (`OXCCL_DEBUG=INFO`).
     pub debug: bool,
     /// Polls (with a `pause` between them) before a waiting rank starts yielding its core;
     /// `None` picks by load: few when the host runs more ranks than it has cores (the
-    /// peer we wait for may need our core), more otherwise.
+    /// peer we wait for may need our core), more otherwise (`OXCCL_SPINS`).
     pub spins: Option<u32>,
     /// How long a waiting rank keeps yielding before it sleeps on its doorbell (or in a
-    /// socket wait); `None` picks by link: 500 µs, or 50 µs when some links are sockets.
+    /// socket wait); `None` picks by link: 500 µs, or 50 µs when some links are sockets
+    /// (`OXCCL_YIELD_US`).
     pub yield_for: Option<Duration>,
     /// Which interfaces to use (`OXCCL_SOCKET_IFNAME`, NCCL's syntax).
     pub socket_ifname: Option<String>,
@@ -298,6 +271,20 @@ pub struct Settings {
     /// Connections per TCP link; messages from 64 KiB are striped across them
     /// (`OXCCL_NSOCKS`).
     pub nsocks: usize,
+    /// InfiniBand between hosts (`OXCCL_IB_*`).
+    pub ib: IbSettings,
+    /// Device all-reduce through CUDA IPC (`OXCCL_CUDA_IPC=1`).
+    pub cuda_ipc: bool,
+    /// A forced kernel level (`OXCCL_SIMD`): `scalar`, `avx2` or `avx512`.
+    pub simd: Option<String>,
+    /// The host identity (`OXCCL_HOSTID`), instead of hostname and boot id.
+    pub host_id: Option<String>,
+    /// Fence sleeping waits without `membarrier(2)` (`OXCCL_NO_MEMBARRIER`).
+    pub no_membarrier: bool,
+    /// Where libnvrtc is (`OXCCL_NVRTC_LIB`).
+    pub nvrtc_lib: Option<PathBuf>,
+    /// Where CUDA's headers are, a path list (`OXCCL_CUDA_INCLUDE`).
+    pub cuda_include: Option<String>,
 }
 
 impl Default for Settings {
@@ -314,7 +301,64 @@ impl Default for Settings {
             socket_ifname: None,
             shm_disable: false,
             nsocks: 1,
+            ib: IbSettings::default(),
+            cuda_ipc: false,
+            simd: None,
+            host_id: None,
+            no_membarrier: false,
+            nvrtc_lib: None,
+            cuda_include: None,
         }
+    }
+}
+
+impl Settings {
+    /// Defaults, then every variable of [`VARS`] that `env` sets; an invalid value is an
+    /// `InvalidArgument` error naming the variable.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Settings> {
+        let mut s = Settings::default();
+        for v in VARS {
+            let (Some(apply), Some(value)) = (v.apply, env(v.name)) else { continue };
+            if value.trim().is_empty() && v.name != "OXCCL_NO_MEMBARRIER" {
+                continue;
+            }
+            apply(&mut s, &value).map_err(|e| Error::invalid_argument(format!("{}={value}: {e}", v.name)))?;
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Checks the values that depend on each other, and rounds the slot size.
+    fn check(&mut self) -> Result<()> {
+        self.slot_bytes = self.slot_bytes.max(64).div_ceil(64) * 64;
+        if !(2..=1024).contains(&self.nslots) || !self.nslots.is_power_of_two() {
+            return Err(Error::invalid_argument(format!(
+                "OXCCL_NSLOTS must be a power of two between 2 and 1024, got {}",
+                self.nslots
+            )));
+        }
+        if self.slot_bytes > 1 << 30 {
+            return Err(Error::invalid_argument(format!(
+                "OXCCL_SLOT_BYTES must be at most 1 GiB, got {}",
+                self.slot_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every variable kept in the settings with its effective value, as one line
+    /// (`OXCCL_TIMEOUT=600 OXCCL_SLOT_BYTES=262144 ...`); values that differ from the
+    /// defaults are marked with `*`.
+    pub fn summary(&self) -> String {
+        let d = Settings::default();
+        VARS.iter()
+            .filter_map(|v| {
+                let now = v.value(self)?;
+                let mark = if v.value(&d).as_deref() == Some(now.as_str()) { "" } else { "*" };
+                Some(format!("{}={now}{mark}", v.name))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -352,17 +396,70 @@ mod tests {
         assert_eq!(s.algo.forced(&Collective::AllReduce { count: 1 }), Some(Algo::Tree));
         assert_eq!(s.algo.forced(&Collective::Broadcast { count: 1, root: 0 }), Some(Algo::Ring));
         assert_eq!(s.algo.forced(&Collective::AllGather { count: 1 }), None);
+        assert_eq!(s.algo.to_string(), "all_reduce:tree,broadcast:ring");
     }
 
     #[test]
     fn bad_values_are_errors_that_name_the_variable() {
-        for (k, v) in
-            [("OXCCL_ALGO", "fastest"), ("OXCCL_TIMEOUT", "soon"), ("OXCCL_SLOT_BYTES", "lots"), ("OXCCL_NSLOTS", "1")]
-        {
+        for (k, v) in [
+            ("OXCCL_ALGO", "fastest"),
+            ("OXCCL_TIMEOUT", "soon"),
+            ("OXCCL_SLOT_BYTES", "lots"),
+            ("OXCCL_NSLOTS", "1"),
+            ("OXCCL_NSOCKS", "65"),
+            ("OXCCL_SIMD", "sse9"),
+            ("OXCCL_SHM_DISABLE", "maybe"),
+        ] {
             let e = Config::new().resolve_with(env(&[(k, v)])).unwrap_err().to_string();
-            assert!(e.contains(k) || e.contains("NSLOTS"), "{e}");
+            assert!(e.contains(k), "{e}");
         }
         assert!(Config::new().algo_spec("all_reduce:warp").resolve_with(env(&[])).is_err());
         assert!(Config::new().algo_spec("allscatter:ring").resolve_with(env(&[])).is_err());
+    }
+
+    #[test]
+    fn infiniband_settings_come_from_the_environment_within_their_ranges() {
+        let s = Settings::from_env(env(&[])).unwrap().ib;
+        assert!(!s.disabled && s.gid_index.is_none() && s.qps_per_connection == 1);
+        assert_eq!(s.tuning, QpTuning { timeout: 14, retry_cnt: 6, service_level: 0, traffic_class: 0 });
+        let s = Settings::from_env(env(&[
+            ("OXCCL_IB_DISABLE", "1"),
+            ("OXCCL_IB_HCA", "=rxe1"),
+            ("OXCCL_IB_GID_INDEX", "3"),
+            ("OXCCL_IB_QPS_PER_CONNECTION", "4"),
+            ("OXCCL_IB_TIMEOUT", "20"),
+            ("OXCCL_IB_RETRY_CNT", "7"),
+            ("OXCCL_IB_SL", "3"),
+            ("OXCCL_IB_TC", "106"),
+        ]))
+        .unwrap()
+        .ib;
+        assert!(s.disabled && s.gid_index == Some(3) && s.qps_per_connection == 4 && s.hca.accepts("rxe1", 1));
+        assert_eq!(s.tuning, QpTuning { timeout: 20, retry_cnt: 7, service_level: 3, traffic_class: 106 });
+        for (k, v, want) in [
+            ("OXCCL_IB_QPS_PER_CONNECTION", "0", "from 1 to 64"),
+            ("OXCCL_IB_GID_INDEX", "x", "OXCCL_IB_GID_INDEX=x"),
+            ("OXCCL_IB_GID_INDEX", "256", "from 0 to 255"),
+            ("OXCCL_IB_TIMEOUT", "0", "OXCCL_IB_TIMEOUT=0: want a whole number from 1 to 31"),
+            ("OXCCL_IB_RETRY_CNT", "8", "from 0 to 7"),
+            ("OXCCL_IB_SL", "16", "from 0 to 15"),
+            ("OXCCL_IB_TC", "256", "from 0 to 255"),
+            ("OXCCL_IB_HCA", "mlx5_0:0", "bad port"),
+        ] {
+            let e = Settings::from_env(env(&[(k, v)])).unwrap_err().to_string();
+            assert!(e.contains(want), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_summary_shows_every_kept_variable_and_marks_changes() {
+        let s = Settings::from_env(env(&[("OXCCL_NSOCKS", "4")])).unwrap();
+        let line = s.summary();
+        assert!(line.contains("OXCCL_NSOCKS=4*") && line.contains("OXCCL_TIMEOUT=600 "), "{line}");
+        let kept = VARS.iter().filter(|v| v.show.is_some()).count();
+        assert_eq!(line.matches("OXCCL_").count(), kept);
+        assert!(VARS.iter().all(|v| v.name.starts_with("OXCCL_") && !v.doc.is_empty()));
+        let names: std::collections::HashSet<&str> = VARS.iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), VARS.len(), "each variable once");
     }
 }
