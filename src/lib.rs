@@ -43,7 +43,7 @@ pub mod transport;
 pub mod types;
 
 pub use algo::Algo;
-pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, Scope, Work};
+pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, RawWork, Scope, Work};
 pub use config::{Config, Settings};
 pub use error::{Error, Result};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
