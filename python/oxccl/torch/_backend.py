@@ -442,16 +442,21 @@ class OxcclBackend(_CBackend):
             _check_list(output_tensors, 1, "gather's output list on the root")
             outs = output_tensors[0]
             _check_list(outs, self._size, "gather's output tensor list on the root")
-            for peer, o in enumerate(outs):
+            for o in outs:
                 _same(o, inp, "gather")
                 if o.numel() != inp.numel():
                     raise ValueError(f"oxccl: gather: every output needs {inp.numel()} elements, got {o.numel()}")
-                plan.add(RECV, 0, plan.dst(o, "gather output"), o.numel(), code, root=peer)
-            plan.add(SEND, s, 0, inp.numel(), code, root=root)
+            # The blocks land side by side, then go to the output tensors (one copy, as
+            # Gloo makes).
+            flat = inp.new_empty(inp.numel() * self._size)
+            d = plan.dst(flat, "gather output")
+            k = inp.numel()
+            plan.post.extend((o, flat[i * k : (i + 1) * k].view(o.shape)) for i, o in enumerate(outs))
         else:
             if output_tensors and any(len(x) for x in output_tensors):
                 raise ValueError("oxccl: gather: only the root passes output tensors")
-            plan.add(SEND, s, 0, inp.numel(), code, root=root)
+            d = 0
+        plan.add(GATHER, s, d, inp.numel(), code, root=root)
         return self._run(plan, getattr(opts, "asyncOp", True), output_tensors)
 
     def scatter(self, output_tensors, input_tensors, opts=None):
@@ -462,18 +467,20 @@ class OxcclBackend(_CBackend):
         code = _code(out, "scatter output")
         plan = _Plan()
         d = plan.dst(out, "scatter output")
+        s = 0
         if self._rank == root:
             _check_list(input_tensors, 1, "scatter's input list on the root")
             ins = input_tensors[0]
             _check_list(ins, self._size, "scatter's input tensor list on the root")
-            for peer, i in enumerate(ins):
+            for i in ins:
                 _same(out, i, "scatter")
                 if i.numel() != out.numel():
                     raise ValueError(f"oxccl: scatter: every input needs {out.numel()} elements, got {i.numel()}")
-                plan.add(SEND, plan.src(i, "scatter input"), 0, i.numel(), code, root=peer)
+            flat = torch.cat([i.reshape(-1) for i in ins]) if ins else out.new_empty(0)
+            s = plan.src(flat, "scatter input")
         elif input_tensors and any(len(x) for x in input_tensors):
             raise ValueError("oxccl: scatter: only the root passes input tensors")
-        plan.add(RECV, 0, d, out.numel(), code, root=root)
+        plan.add(SCATTER, s, d, out.numel(), code, root=root)
         return self._run(plan, getattr(opts, "asyncOp", True), output_tensors)
 
     def send(self, tensors, dst, tag=0):

@@ -6,6 +6,13 @@ import torch
 import torch.distributed as dist
 
 
+def _unwrap(fut):
+    exc, outputs = fut.value()
+    if exc is not None:
+        raise exc
+    return outputs
+
+
 class OxcclWork(dist._Work):
     """An oxccl operation as torch sees it.
 
@@ -37,7 +44,7 @@ class OxcclWork(dist._Work):
         self._error = exc
         self._flush = None
         if self._future is not None:
-            self._future.set_exception(exc)
+            self._future.set_result((exc, None))
 
     def _issue(self):
         if self._flush is not None:
@@ -85,10 +92,7 @@ class OxcclWork(dist._Work):
         outputs = self._outputs
 
         def done(exc):
-            if exc is None:
-                fut.set_result(outputs)
-            else:
-                fut.set_exception(exc)
+            fut.set_result((exc, outputs))
 
         if self._native is None:
             done(None)
@@ -96,15 +100,20 @@ class OxcclWork(dist._Work):
             self._native.on_complete(done)
 
     def get_future(self):
+        # The future torch gets is the `then` of one completed with (error, outputs):
+        # an error raised in a callback is recorded in the C++ future itself, so it
+        # reaches waiters in C++ (DDP's reducer) and in Python alike, whereas
+        # Future.set_exception only marks the Python wrapper at hand.
         if self._future is None:
             self._future = torch.futures.Future()
+            self._result = self._future.then(_unwrap)
             if self._error is not None:
-                self._future.set_exception(self._error)
+                self._future.set_result((self._error, None))
             elif self._flush is not None:
                 self._flush()  # arms the future through _bind or _fail
             else:
                 self._arm(self._future)
-        return self._future
+        return self._result
 
 
 class DoneWork(dist._Work):
