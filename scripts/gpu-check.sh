@@ -36,6 +36,10 @@ prepare() {
   take_test cuda_kernels
   take_test cuda_abi
   strip "$BIN"/*
+  # The Python package's wheel (abi3): the torch CUDA case below installs it there.
+  if command -v maturin >/dev/null 2>&1; then
+    (cd python && maturin build --release -q -o "../$BIN") || echo "no wheel: the torch CUDA case will skip"
+  fi
   du -sh "$BIN"
 }
 
@@ -102,6 +106,17 @@ for n in 2 4; do
   step "cuda_all_reduce_perf, $n processes, CUDA IPC, 8 B - 1 GiB" 50 \
     env OXCCL_CUDA_IPC=1 "$BIN/oxccl-run" -n "$n" -- "$BIN/cuda_all_reduce_perf" -b 8 -e 1G -f 2 -n 20 -w 5
 done
+
+# torch.distributed on oxccl with CUDA tensors (python/tests/test_torch.py's CUDA case:
+# 2 processes on the GPU, all_reduce and all_gather_into_tensor on the current stream),
+# where the machine has a torch with CUDA and the wheel was prepared.
+whl=$(ls "$BIN"/oxccl-*.whl 2>/dev/null | head -1)
+if [ -n "$whl" ] && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  step "torch backend: CUDA tensors (pytest -k cuda)" 120 bash -c \
+    "python3 -m pip install -q --no-deps --force-reinstall '$whl' && cd python/tests && python3 -m pytest -q -rs -k cuda test_torch.py"
+else
+  echo "=== SKIPPED: torch backend with CUDA tensors: no torch with CUDA here, or no prepared wheel in $BIN"
+fi
 
 echo
 echo "=== done in $(($(date +%s) - START)) s"

@@ -345,6 +345,14 @@ else
   printf '\nSKIPPED: tests/ib_verbs.rs and tests/ib.rs in the Soft-RoCE VM: the ib feature needs libibverbs-dev, librdmacm-dev and libclang\n' >&2
 fi
 
+# --- the Python package and the torch.distributed backend -----------------------------
+# scripts/python-test.sh: clippy of python/ (its own workspace), `pip install ./python`
+# into a cached virtual environment with a pinned torch from PyPI, then pytest
+# (python/tests: 2, 3 and 4 rank jobs with deadlines; about 4 minutes on 2 cores once
+# the environment is cached, plus the native module's release build).
+log "the Python package and the torch backend (scripts/python-test.sh)"
+nice -n 10 scripts/python-test.sh
+
 # --- fuzzing ---------------------------------------------------------------------------
 # Every decoder of a peer's or a user's bytes has a cargo-fuzz target (fuzz/). CI runs
 # each for FUZZ_SECONDS (20 s: with the nightly build of the targets, about 3-5 minutes on

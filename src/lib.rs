@@ -46,7 +46,7 @@ pub mod types;
 pub mod wire;
 
 pub use call::Algo;
-pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, Scope, Work};
+pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, RawWork, Scope, Work};
 pub use error::{Error, ErrorKind, NCCL_RESULTS, NcclResult, Result};
 pub use settings::{Config, Settings};
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};

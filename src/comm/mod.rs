@@ -17,10 +17,12 @@ mod ipc;
 mod mpi;
 mod raw;
 mod split;
+mod submit;
 mod work;
 
 pub use group::Group;
 pub use raw::RawBatch;
+pub use submit::RawWork;
 pub use work::{Lent, Scope, Work};
 
 use std::sync::{Arc, Mutex};

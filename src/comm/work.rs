@@ -28,28 +28,70 @@ enum Outcome {
     Taken,
 }
 
+/// A function to run once an operation completes, with its result.
+pub(super) type OnComplete = Box<dyn FnOnce(Result<()>) + Send>;
+
 /// Completion of one operation, shared between the progress thread and its handle.
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     outcome: Mutex<Outcome>,
     done: Condvar,
+    /// Run by `complete` (on the progress thread), after the waiters are woken. Locked
+    /// only while `outcome` is locked, so a function is either queued here before the
+    /// operation completes or run at once by `on_complete`.
+    then: Mutex<Vec<OnComplete>>,
 }
 
 impl State {
-    fn complete(&self, r: Result<()>) {
-        if let Ok(mut g) = self.outcome.lock() {
-            *g = Outcome::Done(r);
-        }
+    pub(super) fn complete(&self, r: Result<()>) {
+        let then: Vec<(OnComplete, Result<()>)> = match self.outcome.lock() {
+            Ok(mut g) => {
+                let then = self.then.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+                let copies: Vec<Result<()>> = then.iter().map(|_| dup(&r)).collect();
+                *g = Outcome::Done(r);
+                then.into_iter().zip(copies).collect()
+            }
+            Err(_) => Vec::new(),
+        };
         self.done.notify_all();
+        for (f, r) in then {
+            f(r);
+        }
     }
 
-    fn is_done(&self) -> bool {
-        self.outcome.lock().is_ok_and(|g| !matches!(*g, Outcome::Pending))
+    /// Runs `f` with the result once the operation completes: at once, on this thread,
+    /// if it has; else on the thread that completes it.
+    pub(super) fn on_complete(&self, f: OnComplete) {
+        let Ok(g) = self.outcome.lock() else {
+            return f(Err(Error::internal("the progress thread's state was poisoned")));
+        };
+        let now = match &*g {
+            Outcome::Pending => match self.then.lock() {
+                Ok(mut t) => {
+                    t.push(f);
+                    return;
+                }
+                Err(_) => Err(Error::internal("the progress thread's state was poisoned")),
+            },
+            Outcome::Done(r) => dup(r),
+            Outcome::Taken => Ok(()),
+        };
+        drop(g);
+        f(now)
     }
 
-    /// Waits at most `limit` (forever with `None`) for the operation: `None` while it
-    /// is still pending, else its result (`Ok` if someone took it already).
-    fn take(&self, limit: Option<Duration>) -> Option<Result<()>> {
+    /// Waits at most `limit` (forever with `None`): `None` while still pending, else a
+    /// copy of the result, which stays for the next caller (unlike [`State::take`]).
+    pub(super) fn result(&self, limit: Option<Duration>) -> Option<Result<()>> {
+        self.when_done(limit, |g| match &*g {
+            Outcome::Done(r) => dup(r),
+            _ => Ok(()),
+        })
+    }
+
+    /// Waits at most `limit` (forever with `None`) for the operation, then applies
+    /// `f` to its outcome: `None` while it is still pending.
+    fn when_done(&self, limit: Option<Duration>, f: impl FnOnce(&mut Outcome) -> Result<()>) -> Option<Result<()>> {
         let lost = || Some(Err(Error::internal("the progress thread's state was poisoned")));
         let Ok(mut g) = self.outcome.lock() else { return lost() };
         let deadline = limit.map(|t| std::time::Instant::now() + t);
@@ -71,10 +113,28 @@ impl State {
                 }
             };
         }
-        match std::mem::replace(&mut *g, Outcome::Taken) {
-            Outcome::Done(r) => Some(r),
-            _ => Some(Ok(())),
-        }
+        Some(f(&mut g))
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.outcome.lock().is_ok_and(|g| !matches!(*g, Outcome::Pending))
+    }
+
+    /// Waits at most `limit` (forever with `None`) for the operation: `None` while it
+    /// is still pending, else its result (`Ok` if someone took it already).
+    fn take(&self, limit: Option<Duration>) -> Option<Result<()>> {
+        self.when_done(limit, |g| match std::mem::replace(g, Outcome::Taken) {
+            Outcome::Done(r) => r,
+            _ => Ok(()),
+        })
+    }
+}
+
+/// A copy of a result.
+fn dup(r: &Result<()>) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.duplicate()),
     }
 }
 
@@ -145,6 +205,22 @@ impl Pending {
     /// it is not returned here).
     pub(crate) fn wait(&self) {
         let _ = self.0.take(None);
+    }
+}
+
+impl Worker {
+    /// Queues `specs` (without hooks); returns their completion.
+    pub(super) fn submit_plain(&self, specs: Vec<CallSpec>) -> Result<Arc<State>> {
+        let state = Arc::new(State::default());
+        self.jobs
+            .send(Job { specs, state: state.clone(), hooks: None })
+            .map_err(|_| Error::internal("progress thread gone"))?;
+        Ok(state)
+    }
+
+    /// Starts the progress thread of `engine` (any build).
+    pub(super) fn launch(engine: Arc<Mutex<Engine>>, rank: usize) -> Result<Worker> {
+        Worker::start(engine, rank)
     }
 }
 
