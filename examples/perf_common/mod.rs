@@ -23,10 +23,11 @@
 //! - `-c N`: N checks per measurement, with inputs whose reduction is exact in any order,
 //!   compared element by element with a host reference; `#wrong` is summed over ranks;
 //! - only rank 0 writes to standard output, and the `-J` and `--plot` files
-//!   ([`report`]); each row is flushed as soon as measured, and a progress note
-//!   (`[row 3/40, in-place]`) shows while a row runs only when standard output is a
-//!   terminal; with ranks as processes, every line on standard error starts with
-//!   `rank R: `;
+//!   ([`report`]); each row is written whole as soon as measured, so a file or a pipe
+//!   gets nccl-tests' bytes whatever the launcher; a progress note (`[row 3/40,
+//!   in-place]`) shows while a row runs only where a person watches (a terminal, no
+//!   launcher: [`shows_progress`]) or with `--progress 1`; with ranks as processes,
+//!   every line on standard error starts with `rank R: `;
 //! - exit status 0 when every value is right, 1 on wrong values or an oxccl error, 2 on a
 //!   bad command line; with ranks as processes, every rank exits with the same status
 //!   when the run completes (wrong values on any rank fail them all).
@@ -44,7 +45,6 @@ pub mod report;
 use std::alloc::{self, Layout as AllocLayout};
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -903,6 +903,9 @@ pub struct Opts {
     pub plot: Option<String>,
     /// `--plot-peer`: other results to draw beside ours, each `file[:label]`.
     pub plot_peers: Vec<String>,
+    /// `--progress`: show (1) or never show (0) progress notes; `None`: only where a
+    /// person watches ([`shows_progress`]).
+    pub progress: Option<bool>,
 }
 
 /// Why the command line does not start a run.
@@ -939,6 +942,8 @@ file.0, file.1, ... used instead)] \n\t\
 [--plot <file.svg> draw busbw against size into an SVG file (rank 0, at the end)] \n\t\
 [--plot-peer <file[:label]> add other results to the plot: CSV with size,busbw or \
 size,time_us,algbw,busbw columns (header optional), or JSON from -J; may be repeated] \n\t\
+[--progress <0/1> 1: a note after the row being measured, erased when it ends (default: only when \
+standard output is a terminal and no launcher started this process)] \n\t\
 [-h,--help]\n\
 Sizes take K, M, G suffixes (powers of 1024).\n\
 Under a launcher (oxccl-run, mpirun, srun, torchrun), each process is one rank: use -t 1.\n"
@@ -1000,6 +1005,7 @@ const FLAGS: &[(Option<char>, &str)] = &[
     (Some('J'), "output_file"),
     (None, "plot"),
     (None, "plot-peer"),
+    (None, "progress"),
 ];
 
 fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
@@ -1023,6 +1029,7 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
         json: None,
         plot: None,
         plot_peers: Vec::new(),
+        progress: None,
     };
     let bad = |m: String| CliError::Bad(m);
     let mut i = 0;
@@ -1128,6 +1135,7 @@ fn parse_args(args: &[String], default_ranks: usize) -> Result<Opts, CliError> {
             "output_file" => o.json = Some(path(name)?),
             "plot" => o.plot = Some(path(name)?),
             "plot-peer" => o.plot_peers.push(path(name)?),
+            "progress" => o.progress = Some(int(name, 0, 1)? == 1),
             _ => unreachable!("option {name} has no handler"),
         }
     }
@@ -1215,18 +1223,83 @@ fn float_str(v: f64, width: usize) -> String {
     format!("{s:>width$}")
 }
 
-/// Length of the progress note now at the end of the terminal's line (0: none).
-static PROGRESS_SHOWN: AtomicUsize = AtomicUsize::new(0);
+/// Rank 0's standard output: the table, written so that a file or a pipe receives exactly
+/// nccl-tests' bytes. Without progress notes every line is written whole, once complete
+/// (so a message on standard error, sent to the same file, never lands inside a row);
+/// with them, each piece is written as it comes and the note after it is erased with
+/// backspaces before the next.
+struct Stdout {
+    /// Progress notes are shown ([`set_progress`]).
+    live: bool,
+    /// Not live: the start of the current line, waiting for its end.
+    pending: String,
+    /// Live: characters of the note now at the end of the line (0: none).
+    shown: usize,
+}
 
-/// Writes `s` to standard output and flushes it, so the table streams row by row; a
-/// progress note on the terminal ([`progress`]) is erased first.
-fn out(s: &str) {
-    let shown = PROGRESS_SHOWN.swap(0, Ordering::Relaxed);
-    let mut s = std::borrow::Cow::Borrowed(s);
-    if shown > 0 {
-        let back = "\x08".repeat(shown);
-        s = format!("{back}{}{back}{s}", " ".repeat(shown)).into();
+impl Stdout {
+    const fn new() -> Stdout {
+        Stdout { live: false, pending: String::new(), shown: 0 }
     }
+
+    /// What to write now for `s`: at once with progress notes on (after erasing the note
+    /// shown), else up to its last newline (the rest waits for its line's end).
+    fn text(&mut self, s: &str) -> Option<String> {
+        if self.live {
+            let shown = std::mem::take(&mut self.shown);
+            let back = "\x08".repeat(shown);
+            return Some(format!("{back}{}{back}{s}", " ".repeat(shown)));
+        }
+        self.pending += s;
+        let end = self.pending.rfind('\n')?;
+        Some(self.pending.drain(..=end).collect())
+    }
+
+    /// What to write to show `note` (nothing when notes are off).
+    fn note(&mut self, note: &str) -> Option<String> {
+        if !self.live {
+            return None;
+        }
+        let text = self.text(note)?;
+        self.shown = note.chars().count();
+        Some(text)
+    }
+}
+
+static STDOUT: Mutex<Stdout> = Mutex::new(Stdout::new());
+
+/// Turns progress notes on or off (off until called); see [`shows_progress`].
+fn set_progress(on: bool) {
+    STDOUT.lock().unwrap_or_else(|e| e.into_inner()).live = on;
+}
+
+/// Writes `s` to standard output, flushed ([`Stdout::text`]).
+fn out(s: &str) {
+    let mut st = STDOUT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(text) = st.text(s) {
+        write_stdout(&text);
+    }
+}
+
+/// Shows `note` after the row being measured, until the next output replaces it; only
+/// when progress notes are on.
+fn progress(note: &str) {
+    let mut st = STDOUT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(text) = st.note(note) {
+        write_stdout(&text);
+    }
+}
+
+/// Writes what waits of an unfinished line (before an error ends the run, so the file
+/// shows where it stopped). Never blocks: from a panic in [`out`], nothing is written.
+fn flush_out() {
+    if let Ok(mut st) = STDOUT.try_lock() {
+        let rest = std::mem::take(&mut st.pending);
+        write_stdout(&rest);
+    }
+}
+
+fn write_stdout(s: &str) {
     let mut o = std::io::stdout().lock();
     if o.write_all(s.as_bytes()).and_then(|_| o.flush()).is_err() {
         // Nobody reads the results any more (a closed pipe): stop, as nccl-tests would
@@ -1235,14 +1308,20 @@ fn out(s: &str) {
     }
 }
 
-/// Shows `note` after the row being measured, until the next output replaces it; only
-/// when standard output is a terminal (into a file or a pipe the table stays clean).
-fn progress(note: &str) {
-    static TERMINAL: OnceLock<bool> = OnceLock::new();
-    if *TERMINAL.get_or_init(|| std::io::stdout().is_terminal()) {
-        out(note);
-        PROGRESS_SHOWN.store(note.chars().count(), Ordering::Relaxed);
-    }
+/// Whether rank 0 shows progress notes (`[row 3/40, in-place]`, erased with backspaces):
+/// as `--progress` says when given; otherwise only where a person watches, that is when
+/// standard output is a terminal and no launcher stands in between (`launched`: Open
+/// MPI's mpirun and `srun --pty` give each rank a pseudo-terminal whose other end is
+/// often a file or a pipe).
+pub fn shows_progress(flag: Option<bool>, terminal: bool, launched: bool) -> bool {
+    flag.unwrap_or(terminal && !launched)
+}
+
+/// Whether a launcher started this process: any variable of [`LAUNCHER_VARS`], or
+/// `OXCCL_COMM_ID`/`OXCCL_UNIQUE_ID`, is set, whatever the number of ranks it says.
+pub fn launched(env: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+    LAUNCHER_VARS.iter().any(|(r, n)| set(r) || set(n)) || set("OXCCL_COMM_ID") || set("OXCCL_UNIQUE_ID")
 }
 
 fn hostname() -> String {
@@ -1418,12 +1497,14 @@ pub fn main<C: Collective>(coll: C) -> ! {
     if job.is_none() {
         check_root::<C>(&opts, opts.nthreads);
     }
+    let env = |k: &str| std::env::var(k).ok();
+    set_progress(!quiet && shows_progress(opts.progress, std::io::stdout().is_terminal(), launched(env)));
 
     // A panicking rank would leave the others waiting for it: end the process instead.
     let default_hook = std::panic::take_hook();
     let processes = job.is_some();
     std::panic::set_hook(Box::new(move |info| {
-        let _ = std::io::stdout().flush();
+        flush_out();
         report::abort(&info.to_string());
         if processes {
             err(&info.to_string());
@@ -1669,7 +1750,7 @@ fn rank_main<C: Collective>(plan: &Plan<'_, C>, mut comm: Comm, send_cap: usize,
 /// Ends the process on an oxccl error, saying what the call was (rank 0 also writes
 /// what it has of the `-J` and `--plot` files).
 fn fail(e: oxccl::Error, what: &str) -> ! {
-    let _ = std::io::stdout().flush();
+    flush_out();
     err(&format!("oxccl error: {e}"));
     err(&format!("  (during {what})"));
     report::abort(&format!("oxccl error: {e} (during {what})"));
@@ -2098,6 +2179,52 @@ mod tests {
         all(&ReduceScatter);
         all(&AllToAll);
         all(&SendRecv);
+    }
+
+    /// Without progress notes a row leaves in one piece, when its line ends; with them,
+    /// each piece at once, the note before it erased.
+    #[test]
+    fn rows_are_written_whole_unless_progress_shows() {
+        let mut o = Stdout::new();
+        assert_eq!(o.text("# header\n"), Some("# header\n".into()));
+        assert_eq!(o.note("  [row 1/2, out-of-place]"), None);
+        assert_eq!(o.text("           8"), None);
+        assert_eq!(o.text("  1.0"), None);
+        assert_eq!(o.text("  2.0\n           16"), Some("           8  1.0  2.0\n".into()));
+        assert_eq!(o.pending, "           16");
+        let mut o = Stdout { live: true, ..Stdout::new() };
+        assert_eq!(o.text("           8"), Some("           8".into()));
+        assert_eq!(o.note(" [r]"), Some(" [r]".into()));
+        assert_eq!(o.text("  1.0"), Some("\x08\x08\x08\x08    \x08\x08\x08\x08  1.0".into()));
+        assert_eq!(o.text("\n"), Some("\n".into()));
+    }
+
+    #[test]
+    fn progress_only_where_a_person_watches() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        // Open MPI, MPICH, Slurm (one task too), oxccl-run, torchrun, an address alone.
+        for vars in [
+            &[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "2")][..],
+            &[("PMI_RANK", "1")],
+            &[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")],
+            &[("OXCCL_RANK", "0"), ("OXCCL_NRANKS", "4")],
+            &[("RANK", "0"), ("WORLD_SIZE", "2")],
+            &[("OXCCL_COMM_ID", "h:1")],
+        ] {
+            assert!(launched(env(vars)), "{vars:?}");
+            assert!(!shows_progress(None, true, launched(env(vars))), "{vars:?}");
+        }
+        assert!(!launched(env(&[("OXCCL_RANK", " "), ("HOME", "/root")])));
+        assert!(shows_progress(None, true, false));
+        assert!(!shows_progress(None, false, false));
+        assert!(shows_progress(Some(true), false, true));
+        assert!(!shows_progress(Some(false), true, false));
+        assert_eq!(parse("--progress 1").unwrap().progress, Some(true));
+        assert_eq!(parse("--progress=0").unwrap().progress, Some(false));
+        assert_eq!(parse("").unwrap().progress, None);
+        assert!(bad("--progress 2").contains("progress"));
     }
 
     #[test]
