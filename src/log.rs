@@ -1,7 +1,9 @@
 //! Messages for operators, on standard error: warnings always, `INFO` lines when
 //! `OXCCL_DEBUG=INFO` (or `Config::debug`). Each line names the host and process, as
-//! NCCL's do, so lines from many ranks can be told apart.
+//! NCCL's do, so lines from many ranks can be told apart, and is written in one piece, so
+//! lines from ranks that share a standard error (a file, mpirun's forwarding) never mix.
 
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 /// Whether INFO lines are printed (read once from `OXCCL_DEBUG`).
@@ -18,14 +20,21 @@ pub fn origin() -> &'static str {
     ORIGIN.get_or_init(|| format!("{}:{}", crate::topology::hostname(), std::process::id()))
 }
 
+/// Writes `host:pid oxccl LEVEL msg` and a newline to standard error with one write
+/// (`eprintln!` writes each formatted piece on its own).
+fn emit(level: &str, msg: &str) {
+    let line = format!("{} oxccl {level} {msg}\n", origin());
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Prints a warning.
 pub fn warn(msg: &str) {
-    eprintln!("{} oxccl WARN {msg}", origin());
+    emit("WARN", msg);
 }
 
 /// Prints an INFO line when enabled (or when `force`).
 pub fn info(force: bool, msg: &str) {
     if force || info_enabled() {
-        eprintln!("{} oxccl INFO {msg}", origin());
+        emit("INFO", msg);
     }
 }

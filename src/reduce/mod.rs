@@ -99,7 +99,7 @@ impl Level {
         *SELECTED.get_or_init(|| {
             let env = std::env::var("OXCCL_SIMD").ok();
             resolve(env.as_deref(), Level::best()).unwrap_or_else(|e| {
-                eprintln!("oxccl: {e}");
+                crate::log::warn(&e.to_string());
                 Level::best()
             })
         })
