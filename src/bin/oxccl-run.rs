@@ -9,11 +9,12 @@
 //! Each rank gets `OXCCL_COMM_ID=127.0.0.1:PORT` (a port found free by binding port 0 and
 //! letting it go; rank 0 listens there), `OXCCL_RANK`, `OXCCL_NRANKS`, `OXCCL_LOCAL_RANK` and
 //! `OXCCL_LOCAL_SIZE`, and inherits the rest of the environment. Its output comes back line
-//! by line, tagged `[rank] `. The first rank to fail (non-zero exit or death by a signal)
-//! stops the others: SIGTERM to each rank's process group, SIGKILL 2 s later, and the launcher
-//! exits with that rank's status (128+S for signal S). `--timeout` does the same and exits
-//! 124; SIGINT, SIGTERM and SIGHUP sent to the launcher are forwarded to the ranks and end the
-//! job with 128+S.
+//! by line, untouched as under mpirun and srun (so a rank's table reaches a file as the rank
+//! wrote it), or tagged `[rank] ` with `--tag-output`. The first rank to fail (non-zero exit
+//! or death by a signal) stops the others: SIGTERM to each rank's process group, SIGKILL 2 s
+//! later, and the launcher exits with that rank's status (128+S for signal S). `--timeout`
+//! does the same and exits 124; SIGINT, SIGTERM and SIGHUP sent to the launcher are forwarded
+//! to the ranks and end the job with 128+S.
 //!
 //! Each rank leads its own process group, so that stopping a rank also stops what it started,
 //! and terminal signals reach the ranks only through the launcher. On Linux a rank also gets
