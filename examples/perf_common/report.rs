@@ -17,6 +17,7 @@ use std::io::Write as _;
 use std::sync::Mutex;
 
 use super::args::Opts;
+use super::output::err;
 use super::plot::{self, Series};
 use super::ranks::Device;
 
@@ -177,8 +178,9 @@ pub fn abort(msg: &str) {
     };
     if let Some(mut r) = guard.take() {
         r.errors.push(msg.trim_end().to_string());
+        let prog = r.prog;
         for p in r.write("") {
-            eprintln!("{p}");
+            err(&format!("{prog}: {p}"));
         }
     }
 }
