@@ -479,9 +479,7 @@ fn rank_main(mut comm: Comm, o: Opts) -> Result<(), String> {
 
 /// Whether a launcher started this process as one rank of a job.
 fn launched() -> bool {
-    ["OXCCL_RANK", "OXCCL_UNIQUE_ID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "RANK"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some())
+    oxccl::internals::launcher::launched(|k| std::env::var(k).ok())
 }
 
 fn main() {

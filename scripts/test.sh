@@ -14,7 +14,8 @@
 # checked) and of the data_parallel training example; then jobs under mpirun, with 2 and
 # 4 ranks, under both Open MPI and MPICH: all_reduce_perf built without the `mpi` feature
 # (ranks from the launcher's environment, OXCCL_COMM_ID), and Comm::from_mpi (the `mpi`
-# feature, built once against each MPI); then every cargo-fuzz target for 30 s when a
+# feature, built once against each MPI); the perf examples' tables as they reach files
+# (scripts/perf-output-check.sh); then every cargo-fuzz target for 30 s when a
 # nightly toolchain is there (else a SKIPPED: fuzzing line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -276,8 +277,10 @@ if [ "${#MPIS[@]}" -gt 0 ]; then
   # Without the feature: the harness takes the rank and size from mpirun's environment
   # (Open MPI: OMPI_COMM_WORLD_RANK/SIZE; MPICH's hydra: PMI_RANK/PMI_SIZE) and rank 0's
   # address from OXCCL_COMM_ID, which mpirun passes on (-x, -env).
-  log "building all_reduce_perf without the mpi feature (target/nompi)"
-  CARGO_TARGET_DIR=target/nompi cargo build --example all_reduce_perf
+  log "building the perf examples without the mpi feature (target/nompi)"
+  CARGO_TARGET_DIR=target/nompi cargo build --example all_reduce_perf --example all_gather_perf \
+    --example reduce_scatter_perf --example broadcast_perf --example reduce_perf --example alltoall_perf \
+    --example sendrecv_perf
   perf=target/nompi/debug/examples/all_reduce_perf
   perf_args=(-b 8 -e 1M -f 32 -d float -o sum -n 2 -w 1 -c 1)
   for n in 2 4; do
@@ -312,6 +315,14 @@ if [ "$WITH_MPI" = 1 ] && [ -n "$MAIN_MPI" ]; then
   mpi_run "${mpirun_main[*]} data_parallel (mpi feature)" \
     "${mpirun_main[@]}" target/debug/examples/data_parallel "${dp_args[@]}"
 fi
+
+# The table each perf example leaves in a file is nccl-tests' bytes, whatever starts it
+# (Open MPI's mpirun with and without the feature, oxccl-run, a pseudo-terminal), and its
+# -J and --plot outputs agree with it; about 15 s.
+log "perf examples' output in files: mpirun, oxccl-run, pseudo-terminals (scripts/perf-output-check.sh)"
+PERF_MPI=$([ "$WITH_MPI" = 1 ] && [ "$MAIN_MPI" = openmpi ] && echo target/debug/examples || true) \
+  PERF_NOMPI=$([ "$HAVE_OPENMPI" = 1 ] && echo target/nompi/debug/examples || true) \
+  scripts/perf-output-check.sh
 
 # With the feature, against the other MPI: mpi-sys binds to one MPI per build, so build
 # the test again into its own target directory (tests/mpi.rs picks the matching mpirun).

@@ -6,3 +6,13 @@
 pub fn settings_markdown() -> String {
     crate::settings::vars::markdown()
 }
+
+/// The launchers' environment variables (one copy, shared with the library).
+pub mod launcher {
+    pub use crate::comm::launch::{
+        ADDRESS_VARS, COMM_ID, LOCAL_RANK, LOCAL_SIZE, NRANKS, RANK, RANK_SIZE_VARS, RankSize, launched, rank_and_size,
+    };
+}
+
+/// This machine's hostname.
+pub use crate::sys::hostname;

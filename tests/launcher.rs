@@ -195,6 +195,7 @@ fn take_lines(rx: &Receiver<String>, count: usize, until: Instant, child: &mut C
 #[test]
 fn each_rank_gets_its_environment() {
     let mut cmd = launcher(&[
+        "--tag-output",
         "-n",
         "3",
         "--",
@@ -224,7 +225,7 @@ fn each_rank_gets_its_environment() {
 
 #[test]
 fn comm_id_already_set_is_kept() {
-    let mut cmd = launcher(&["-n", "2", "--", "sh", "-c", "echo \"$OXCCL_COMM_ID\""]);
+    let mut cmd = launcher(&["--tag-output", "-n", "2", "--", "sh", "-c", "echo \"$OXCCL_COMM_ID\""]);
     cmd.env("OXCCL_COMM_ID", "10.1.2.3:4567");
     let run = run_cmd(cmd, QUICK);
     run.assert_code(0);
@@ -243,7 +244,7 @@ fn output_is_tagged_whole_lines() {
             printf "e%s-x" "$OXCCL_RANK" >&2; sleep 0.01; printf -- "-y%s\n" "$i" >&2
         done
         printf "tail%s" "$OXCCL_RANK""#;
-    let run = run(&["-n", "4", "--", "sh", "-c", script], QUICK);
+    let run = run(&["--tag-output", "-n", "4", "--", "sh", "-c", script], QUICK);
     run.assert_code(0);
     assert!(run.stdout.ends_with('\n'), "a tagged last line is terminated\n{}", run.dump());
     for (stream, text, mid) in [("stdout", &run.stdout, "-a-b"), ("stderr", &run.stderr, "-x-y")] {
@@ -270,12 +271,17 @@ fn output_is_tagged_whole_lines() {
     }
 }
 
+/// By default (as under mpirun and srun) and with `--no-tag-output`, a rank's bytes reach
+/// the launcher's output as written: a table stays a table, byte for byte.
 #[test]
-fn no_tag_output_forwards_untouched() {
+fn output_is_untouched_by_default() {
     let script = r#"if [ "$OXCCL_RANK" = 0 ]; then printf "  size  time\n  8 B  1 us\nend"; fi"#;
-    let run = run(&["--no-tag-output", "-n", "3", "--", "sh", "-c", script], QUICK);
-    run.assert_code(0);
-    assert_eq!(run.stdout, "  size  time\n  8 B  1 us\nend");
+    for flags in [&[][..], &["--no-tag-output"], &["--tag-output", "--no-tag-output"]] {
+        let args: Vec<&str> = flags.iter().copied().chain(["-n", "3", "--", "sh", "-c", script]).collect();
+        let run = run(&args, QUICK);
+        run.assert_code(0);
+        assert_eq!(run.stdout, "  size  time\n  8 B  1 us\nend", "{flags:?}");
+    }
 }
 
 #[test]
@@ -321,7 +327,7 @@ fn first_failure_stops_the_others() {
         sleep 30 &
         echo "grandchild $!"; echo "child $$"
         wait"#;
-    let run = run(&["-n", "3", "--", "sh", "-c", script], QUICK);
+    let run = run(&["--tag-output", "-n", "3", "--", "sh", "-c", script], QUICK);
     run.assert_code(3);
     assert!(run.elapsed < Duration::from_secs(3), "took {:?}\n{}", run.elapsed, run.dump());
     let message = run

@@ -256,3 +256,108 @@ impl Collective for SendRecv {
         vec![Segment::new(0, lay.count, Src::Input(from), 0)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::check::{CheckResult, OpKind, Tables};
+    use super::*;
+
+    #[test]
+    fn bus_factors_are_nccl_tests() {
+        for n in [2usize, 3, 4, 8] {
+            let nf = n as f64;
+            assert_eq!(AllReduce.bus_factor(n), 2.0 * (nf - 1.0) / nf);
+            assert_eq!(AllGather.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(ReduceScatter.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(AllToAll.bus_factor(n), (nf - 1.0) / nf);
+            assert_eq!(Broadcast.bus_factor(n), 1.0);
+            assert_eq!(Reduce.bus_factor(n), 1.0);
+            assert_eq!(SendRecv.bus_factor(n), 1.0);
+        }
+    }
+
+    #[test]
+    fn sizes_are_totals_for_the_gathering_collectives() {
+        // 1 MiB of floats over 4 ranks: 64Ki elements per rank, 1 MiB in all.
+        let (count, n, es) = ((1 << 20) / 4, 4, 4);
+        let ag = AllGather.layout(count, n, es);
+        assert_eq!((ag.send, ag.recv, ag.count, ag.size), (count / 4, count, count / 4, count));
+        let rs = ReduceScatter.layout(count, n, es);
+        assert_eq!((rs.send, rs.recv, rs.count, rs.size), (count, count / 4, count / 4, count));
+        let a2a = AllToAll.layout(count, n, es);
+        assert_eq!((a2a.send, a2a.recv, a2a.count, a2a.size), (count, count, count / 4, count));
+        assert_eq!(AllGather.alg_bytes(&ag, es, n), (1 << 20) as f64);
+        let ar = AllReduce.layout(count, n, es);
+        assert_eq!((ar.count, ar.size, AllReduce.alg_bytes(&ar, es, n)), (count, count, (1 << 20) as f64));
+        // Per-rank blocks of all-gather are whole 16-byte units, as in nccl-tests.
+        assert_eq!(AllGather.layout(100, 3, 4).count, 32);
+        assert_eq!(AllGather.layout(2, 3, 4).size, 0);
+        assert_eq!(AllToAll.layout(100, 3, 4).count, 33);
+    }
+
+    /// Every collective's outputs, built from its inputs by a host model of the call,
+    /// match what it declares: the segments tell the checker the truth.
+    #[test]
+    fn declared_outputs_follow_from_inputs() {
+        fn model<C: Collective>(c: &C, n: usize, root: usize, in_place: bool) {
+            let lay = c.layout(40 * n, n, 4);
+            let t = Tables::<i32>::new(if C::REDUCES { OpKind::Sum } else { OpKind::None }, n, 7);
+            let ctx = |rank| CallCtx { rank, nranks: n, root };
+            let len_in = if in_place { lay.in_place } else { lay.send };
+            let ins: Vec<Vec<i32>> = (0..n)
+                .map(|r| {
+                    let mut b = vec![0i32; len_in];
+                    for s in c.inputs(&lay, ctx(r), in_place) {
+                        t.fill(&mut b, &s);
+                    }
+                    b
+                })
+                .collect();
+            let per = lay.count;
+            for r in 0..n {
+                let out: Vec<i32> = match C::NAME {
+                    "all_reduce_perf" => {
+                        (0..per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add)).collect()
+                    }
+                    "reduce_perf" => (0..per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add)).collect(),
+                    "broadcast_perf" => ins[root].clone(),
+                    "all_gather_perf" => {
+                        let at = |q: usize| if in_place { q * per } else { 0 };
+                        (0..n).flat_map(|q| ins[q][at(q)..at(q) + per].to_vec()).collect()
+                    }
+                    "reduce_scatter_perf" => {
+                        let red = (r * per..(r + 1) * per).map(|j| ins.iter().map(|b| b[j]).fold(0, i32::wrapping_add));
+                        let mut o = if in_place { vec![0; lay.in_place] } else { Vec::new() };
+                        let at = if in_place { r * per } else { 0 };
+                        o.splice(at..at, red);
+                        o
+                    }
+                    "alltoall_perf" => (0..n).flat_map(|q| ins[q][r * per..(r + 1) * per].to_vec()).collect(),
+                    "sendrecv_perf" => ins[(r + n - 1) % n].clone(),
+                    other => panic!("no model of {other}"),
+                };
+                let mut res = CheckResult::default();
+                for s in c.outputs(&lay, ctx(r), in_place) {
+                    t.check(&out, &s, &mut res);
+                }
+                assert_eq!(res.wrong, 0, "{} rank {r} of {n}, in-place {in_place}: {:?}", C::NAME, res.first);
+            }
+        }
+        fn all<C: Collective>(c: &C) {
+            for n in [1, 2, 3, 4] {
+                for in_place in [false, true] {
+                    if !in_place || C::IN_PLACE {
+                        model(c, n, n - 1, in_place);
+                    }
+                }
+            }
+        }
+        all(&AllReduce);
+        all(&Reduce);
+        all(&Broadcast);
+        all(&AllGather);
+        all(&ReduceScatter);
+        all(&AllToAll);
+        all(&SendRecv);
+    }
+}

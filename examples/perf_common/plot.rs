@@ -14,7 +14,7 @@ use std::ops::Range;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::prelude::*;
 
-use super::parse_size;
+use super::args::parse_size;
 use super::report::Row;
 
 /// One line of the picture.

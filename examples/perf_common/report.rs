@@ -16,8 +16,10 @@ use std::fs::File;
 use std::io::Write as _;
 use std::sync::Mutex;
 
+use super::args::Opts;
+use super::output::err;
 use super::plot::{self, Series};
-use super::{Device, Opts};
+use super::ranks::Device;
 
 /// One half of a row: the out-of-place or the in-place measurement.
 #[derive(Clone, Copy, Debug)]
@@ -176,8 +178,9 @@ pub fn abort(msg: &str) {
     };
     if let Some(mut r) = guard.take() {
         r.errors.push(msg.trim_end().to_string());
+        let prog = r.prog;
         for p in r.write("") {
-            eprintln!("{p}");
+            err(&format!("{prog}: {p}"));
         }
     }
 }
@@ -360,7 +363,7 @@ mod tests {
         let path = dir.join("r.json");
         let _ = std::fs::remove_file(&path);
         let args: Vec<String> = ["-b", "8", "-J", path.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
-        let opts = super::super::parse_args(&args, 2).unwrap();
+        let opts = super::super::args::parse_args(&args, 2).unwrap();
         let devices = vec![
             Device { pid: 1, host: "h\"1".into(), dev: 0, what: "CPU thread, x".into() },
             Device { pid: 1, host: "h\"1".into(), dev: 1, what: "CPU thread, x".into() },

@@ -9,11 +9,12 @@
 //! Each rank gets `OXCCL_COMM_ID=127.0.0.1:PORT` (a port found free by binding port 0 and
 //! letting it go; rank 0 listens there), `OXCCL_RANK`, `OXCCL_NRANKS`, `OXCCL_LOCAL_RANK` and
 //! `OXCCL_LOCAL_SIZE`, and inherits the rest of the environment. Its output comes back line
-//! by line, tagged `[rank] `. The first rank to fail (non-zero exit or death by a signal)
-//! stops the others: SIGTERM to each rank's process group, SIGKILL 2 s later, and the launcher
-//! exits with that rank's status (128+S for signal S). `--timeout` does the same and exits
-//! 124; SIGINT, SIGTERM and SIGHUP sent to the launcher are forwarded to the ranks and end the
-//! job with 128+S.
+//! by line, untouched as under mpirun and srun (so a rank's table reaches a file as the rank
+//! wrote it), or tagged `[rank] ` with `--tag-output`. The first rank to fail (non-zero exit
+//! or death by a signal) stops the others: SIGTERM to each rank's process group, SIGKILL 2 s
+//! later, and the launcher exits with that rank's status (128+S for signal S). `--timeout`
+//! does the same and exits 124; SIGINT, SIGTERM and SIGHUP sent to the launcher are forwarded
+//! to the ranks and end the job with 128+S.
 //!
 //! Each rank leads its own process group, so that stopping a rank also stops what it started,
 //! and terminal signals reach the ranks only through the launcher. On Linux a rank also gets
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use args::{Options, Parsed};
 use output::Stream;
+use oxccl::internals::launcher;
 
 /// How long stopped ranks get between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
@@ -126,7 +128,7 @@ fn run(options: &Options) -> i32 {
         say!("cannot catch signals: {e}");
         return EXIT_LAUNCHER;
     }
-    let comm_id = match std::env::var_os("OXCCL_COMM_ID") {
+    let comm_id = match std::env::var_os(launcher::COMM_ID) {
         Some(id) if !id.is_empty() => None,
         _ => match free_port() {
             Ok(port) => Some(format!("127.0.0.1:{port}")),
@@ -146,16 +148,16 @@ fn run(options: &Options) -> i32 {
     for r in 0..options.nranks {
         let mut cmd = Command::new(&options.command[0]);
         cmd.args(&options.command[1..])
-            .env("OXCCL_RANK", r.to_string())
-            .env("OXCCL_NRANKS", options.nranks.to_string())
-            .env("OXCCL_LOCAL_RANK", r.to_string())
-            .env("OXCCL_LOCAL_SIZE", options.nranks.to_string())
+            .env(launcher::RANK, r.to_string())
+            .env(launcher::NRANKS, options.nranks.to_string())
+            .env(launcher::LOCAL_RANK, r.to_string())
+            .env(launcher::LOCAL_SIZE, options.nranks.to_string())
             .stdin(if r == 0 && stdin_to_rank0 { Stdio::inherit() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
         if let Some(id) = &comm_id {
-            cmd.env("OXCCL_COMM_ID", id);
+            cmd.env(launcher::COMM_ID, id);
         }
         sys::die_with_launcher(&mut cmd);
         // The `Child` handle is dropped once its pipes are taken (dropping neither waits nor

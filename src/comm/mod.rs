@@ -13,6 +13,7 @@ mod group;
 pub(crate) mod init;
 #[cfg(feature = "cuda")]
 mod ipc;
+pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod raw;
@@ -219,16 +220,19 @@ impl Comm {
             Some(t) => format!("{} ranks on {} host(s)", self.nranks, t.hosts.len()),
             None => format!("{} ranks (threads of pid {})", self.nranks, std::process::id()),
         };
-        eprintln!(
-            "oxccl INFO: {ranks}, transport {}, slots {} x {} B, timeout {:?}, forced algo {:?}, kernels {:?}",
-            engine.transport.name(),
-            s.nslots,
-            s.slot_bytes,
-            s.timeout,
-            s.algo,
-            crate::reduce::Level::selected()
+        crate::log::info(
+            true,
+            &format!(
+                "{ranks}, transport {}, slots {} x {} B, timeout {:?}, forced algo {:?}, kernels {:?}",
+                engine.transport.name(),
+                s.nslots,
+                s.slot_bytes,
+                s.timeout,
+                s.algo,
+                crate::reduce::Level::selected()
+            ),
         );
-        eprintln!("oxccl INFO: ring {:?}", engine.topo.ring);
+        crate::log::info(true, &format!("ring {:?}", engine.topo.ring));
         for t in 0..2 {
             let nodes: Vec<String> = (0..self.nranks)
                 .map(|r| {
@@ -236,7 +240,7 @@ impl Comm {
                     format!("{}<-{:?}", r, node.parent)
                 })
                 .collect();
-            eprintln!("oxccl INFO: tree {t} (rank<-parent) {}", nodes.join(" "));
+            crate::log::info(true, &format!("tree {t} (rank<-parent) {}", nodes.join(" ")));
         }
     }
 

@@ -58,8 +58,7 @@ impl Comm {
     /// A program that uses MPI itself should call [`Comm::from_mpi`] instead (MPI can
     /// be initialised only once).
     pub fn from_env_or_mpi(config: &Config) -> Result<Comm> {
-        let named =
-            ["OXCCL_COMM_ID", "OXCCL_UNIQUE_ID", "MASTER_ADDR"].iter().any(|k| crate::settings::env::var(k).is_some());
+        let named = super::launch::ADDRESS_VARS.iter().any(|k| crate::settings::env::var(k).is_some());
         if !named && let Some(universe) = ::mpi::initialize() {
             // `universe` is dropped on return: MPI_Finalize, after the id went round.
             return Self::from_mpi_with(&universe.world(), config);

@@ -98,7 +98,7 @@ impl Level {
         static SELECTED: OnceLock<Level> = OnceLock::new();
         *SELECTED.get_or_init(|| {
             resolve(crate::settings::process().simd.as_deref(), Level::best()).unwrap_or_else(|e| {
-                eprintln!("oxccl: {e}");
+                crate::log::warn(&e.to_string());
                 Level::best()
             })
         })

@@ -18,8 +18,9 @@ environment too.
 options:
   -n, --nranks N     number of ranks to start (at least 1)
   --timeout SECS     stop the job after SECS seconds (decimals allowed), exit 124
-  --tag-output       prefix each line of output with its rank, \"[0] ...\" (default)
-  --no-tag-output    forward output untouched (still whole lines, never interleaved)
+  --tag-output       prefix each line of output with its rank, \"[0] ...\"
+  --no-tag-output    forward output untouched, as mpirun and srun do (default; still
+                     whole lines, never interleaved)
   --hosts H1,H2,...  reserved: only this host (localhost, 127.0.0.1, ::1, its name)
   -h, --help         print this help
 
@@ -76,7 +77,7 @@ pub fn parse(
     let mut args = args.into_iter();
     let mut nranks = None;
     let mut timeout = None;
-    let mut tag_output = true;
+    let mut tag_output = false;
     let mut command = Vec::new();
     while let Some(arg) = args.next() {
         let bytes = arg.as_encoded_bytes();
@@ -199,16 +200,17 @@ mod tests {
     fn forms_of_options() {
         let o = run(&["-n", "4", "--", "prog", "-x", "--y"]);
         assert_eq!(o.nranks, 4);
-        assert!(o.tag_output);
+        assert!(!o.tag_output);
         assert_eq!(o.timeout, None);
         assert_eq!(o.command, ["prog", "-x", "--y"]);
         assert_eq!(run(&["-n2", "prog"]).nranks, 2);
         assert_eq!(run(&["--nranks=3", "prog", "-n", "9"]).command, ["prog", "-n", "9"]);
-        let o = run(&["--timeout=1.5", "--no-tag-output", "--nranks", "1", "--", "--odd"]);
+        let o = run(&["--timeout=1.5", "--tag-output", "--nranks", "1", "--", "--odd"]);
         assert_eq!(o.timeout, Some((Duration::from_millis(1500), "1.5".to_string())));
-        assert!(!o.tag_output);
+        assert!(o.tag_output);
         assert_eq!(o.command, ["--odd"]);
         assert!(run(&["--no-tag-output", "--tag-output", "-n", "1", "x"]).tag_output);
+        assert!(!run(&["--tag-output", "--no-tag-output", "-n", "1", "x"]).tag_output);
         assert_eq!(p(&["-n", "1", "--help"]), Ok(Parsed::Help));
         assert_eq!(p(&["-h"]), Ok(Parsed::Help));
     }

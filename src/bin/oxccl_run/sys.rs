@@ -97,16 +97,7 @@ pub fn group_exists(pgid: u32) -> bool {
 
 /// This machine's host name, if the system tells it.
 pub fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and `gethostname` writes at most
-    // that many.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
-    (!name.is_empty()).then_some(name)
+    Some(oxccl::internals::hostname()).filter(|h| !h.is_empty() && h != "unknown-host")
 }
 
 /// Makes the rank started by `cmd` receive SIGKILL if the launcher dies without stopping it
