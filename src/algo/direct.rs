@@ -165,3 +165,29 @@ impl Iterator for P2p {
         Some(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_sends_to_and_hears_from_every_other_rank_once_per_chunk() {
+        let steps: Vec<Step> = Exchange::new(ExchangeKind::AllReduce, 10, 4, 0).collect();
+        let with_peers: Vec<&Step> =
+            steps.iter().filter(|s| s.send == Peers::Others || s.recv == Peers::Others).collect();
+        assert!(!with_peers.is_empty());
+        assert!(steps.iter().all(|s| s.count <= 4));
+        let total: usize = steps.iter().filter(|s| s.send == Peers::Others).map(|s| s.count).sum();
+        assert_eq!(total, 10, "every element sent once: {steps:?}");
+    }
+
+    #[test]
+    fn point_to_point_moves_the_count_in_chunks() {
+        let steps: Vec<Step> = P2p::new(P2pKind::Send(3), 0, 0, 10, 4, 2).collect();
+        assert_eq!(steps.iter().map(|s| s.count).collect::<Vec<_>>(), [4, 4, 2]);
+        assert!(steps.iter().all(|s| s.send == Peers::One(3) && s.channel == 2));
+        let mut links = Vec::new();
+        P2p::new(P2pKind::Recv(1), 0, 0, 10, 4, 2).links(&mut |p, c, send| links.push((p, c, send)));
+        assert_eq!(links, [(1, 2, false)]);
+    }
+}

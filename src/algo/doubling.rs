@@ -135,3 +135,33 @@ impl Iterator for Doubling {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partners(me: Rank, n: usize) -> Vec<Rank> {
+        let mut v = Vec::new();
+        Doubling::new(me, n, 10, 4, 0).links(&mut |p, _, send| {
+            if send {
+                v.push(p)
+            }
+        });
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn ranks_exchange_with_log2_partners() {
+        assert_eq!(partners(0, 8), [1, 2, 4]);
+        assert_eq!(partners(5, 8), [1, 4, 7]);
+    }
+
+    #[test]
+    fn ranks_past_the_power_of_two_fold_into_a_partner_first() {
+        // 6 ranks: 4 and 5 hand their data to 0 and 1, which hand the result back.
+        assert_eq!(partners(4, 6), [0]);
+        assert_eq!(partners(0, 6), [1, 2, 4]);
+        assert_eq!(partners(3, 6), [1, 2]);
+    }
+}

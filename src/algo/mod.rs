@@ -453,4 +453,59 @@ fn hierarchical(count: usize, topo: &Topo, chunking: Chunking) -> Schedule {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_the_count_once_on_aligned_cuts() {
+        for (count, n, align) in [(0, 3, 1), (10, 3, 1), (1000, 4, 16), (7, 8, 4), (1 << 20, 6, 16)] {
+            let mut next = 0;
+            for r in 0..n {
+                let (lo, hi) = block(count, n, r, align);
+                assert_eq!(lo, next, "{count} {n} {align}: blocks touch");
+                assert!(lo == count || lo % align == 0, "aligned start");
+                next = hi;
+            }
+            assert_eq!(next, count, "{count} {n} {align}: every element once");
+        }
+    }
+
+    #[test]
+    fn chunking_splits_evenly_within_a_slot() {
+        let c = Chunking { chunk: 64, align: 16 };
+        assert_eq!(c.part(100, 2), 64, "at most a slot");
+        assert_eq!(c.part(40, 2), 32, "aligned halves");
+        assert_eq!(c.part(10, 4), 16, "rounded up to the alignment");
+        assert_eq!(c.part(0, 3), 1, "never empty");
+    }
+
+    #[test]
+    fn peers_visit_in_order_and_skip_this_rank() {
+        let mut seen = Vec::new();
+        Peers::Others.for_each(2, 5, |p| seen.push(p));
+        assert_eq!(seen, [0, 1, 3, 4]);
+        assert_eq!(Peers::from_opts(None, Some(3)), Peers::One(3));
+        assert!(Peers::Others.is_empty(1) && !Peers::Two(0, 1).is_empty(2));
+        assert!(!Peers::Two(1, 4).all(0, 5, |p| p < 3));
+    }
+
+    #[test]
+    fn one_rank_copies_locally_and_point_to_point_uses_its_own_channel() {
+        let topo = Topo::new(0, vec![0]);
+        let mut out = Vec::new();
+        let c = Chunking { chunk: 8, align: 1 };
+        schedules(&Collective::AllReduce { count: 20 }, Algo::Ring, &topo, c, &mut out);
+        let mut links = 0;
+        out[0].links(0, 1, &mut |_, _, _| links += 1);
+        assert_eq!((out.len(), links), (1, 0), "no link with one rank");
+        let topo = Topo::new(1, vec![0, 1, 2]);
+        out.clear();
+        schedules(&Collective::Send { count: 20, peer: 2 }, Algo::P2p, &topo, c, &mut out);
+        let mut chans = Vec::new();
+        out[0].links(1, 3, &mut |p, ch, send| chans.push((p, ch, send)));
+        assert_eq!(chans, [(2, P2P_CHANNEL, true)]);
+    }
+}
+
+#[cfg(test)]
 pub(crate) mod sim;

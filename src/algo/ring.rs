@@ -275,3 +275,31 @@ impl Iterator for Ring {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(kind: RingKind, n: usize, pos: usize, count: usize) -> Ring {
+        let order: Arc<[Rank]> = (0..n).collect::<Vec<_>>().into();
+        Ring::new(kind, order, pos, count, Chunking { chunk: 4, align: 1 }, 0)
+    }
+
+    #[test]
+    fn a_ring_talks_only_to_its_neighbours() {
+        let mut links = Vec::new();
+        ring(RingKind::AllReduce, 5, 2, 40).links(&mut |p, ch, send| links.push((p, ch, send)));
+        links.sort();
+        assert_eq!(links, [(1, 0, false), (3, 0, true)]);
+    }
+
+    #[test]
+    fn an_all_reduce_takes_two_n_minus_one_message_steps_per_chunk_round() {
+        // 4 ranks, 16 elements, chunks of 4: one round of 4 blocks of 4.
+        let steps: Vec<Step> = ring(RingKind::AllReduce, 4, 0, 16).collect();
+        let sends = steps.iter().filter(|s| !s.send.is_empty(4)).count();
+        let recvs = steps.iter().filter(|s| !s.recv.is_empty(4)).count();
+        assert_eq!((sends, recvs), (6, 6), "2 (n - 1) sends and receives: {steps:?}");
+        assert!(steps.iter().all(|s| s.count <= 4));
+    }
+}

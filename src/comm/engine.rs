@@ -6,16 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::CallSpec;
-use crate::algo::{self, Topo};
+use crate::algo::Topo;
 use crate::call::{Algo, Collective, desc};
 use crate::error::{ErrorKind, Result};
-use crate::exec::{self, Call, Ctx, Stream};
+use crate::exec::{self, Ctx};
 use crate::plan;
-use crate::reduce::Reducer;
 use crate::settings::Settings;
 use crate::sync::{BackoffConfig, Doorbell};
 use crate::transport::{Links, Transport};
-use crate::types::{DataType, ReduceOp};
 
 /// Everything a call needs, for one rank.
 pub(crate) struct Engine {
@@ -30,7 +28,12 @@ pub(crate) struct Engine {
     pub fault: Arc<crate::fault::Fault>,
     pub seq: u64,
     pub backoff: BackoffConfig,
-    scratch: Scratch,
+    /// The plans of recent calls.
+    plans: plan::cache::Cache,
+    /// The calls of the batch being run (empty between batches).
+    calls: Vec<exec::Call>,
+    /// The executor's reused vectors.
+    scratch: exec::Scratch,
     /// Some links are sockets: calls end by flushing them.
     pub sockets: bool,
     /// This host's peer processes, watched for exit.
@@ -41,20 +44,10 @@ pub(crate) struct Engine {
     moving: bool,
 }
 
-/// Vectors reused from call to call, so a call does not allocate.
-#[derive(Default)]
-struct Scratch {
-    calls: Vec<Call>,
-    streams: Vec<Stream>,
-    scheds: Vec<algo::Schedule>,
-    exec: exec::Scratch,
-    prepared: Vec<Prepared>,
-}
-
-// SAFETY: `Call` holds raw pointers into the caller's buffers only while a call runs;
-// between calls the vectors are empty, so moving the engine to another thread moves no
+// SAFETY: `exec::Call` holds raw pointers into the caller's buffers only while a call
+// runs; between calls `calls` is empty, so moving the engine to another thread moves no
 // live pointer.
-unsafe impl Send for Scratch {}
+unsafe impl Send for Engine {}
 
 impl Engine {
     /// An engine over connected parts; `local_ranks` ranks share this host.
@@ -80,7 +73,9 @@ impl Engine {
             bell,
             fault,
             seq: 0,
-            scratch: Scratch::default(),
+            plans: plan::cache::Cache::default(),
+            calls: Vec::new(),
+            scratch: exec::Scratch::default(),
             sockets: false,
             watch: None,
             moving: false,
@@ -126,12 +121,20 @@ impl Engine {
 
     /// Plans and runs a batch of calls (one call, or a group).
     fn run_batch(&mut self, specs: &[CallSpec]) -> Result<()> {
-        let sc = &mut self.scratch;
-        let mut all_connected = true;
-        let mut path = Path::Streams;
-        // Direct algorithms synchronise the whole call with their peers; inside a group
-        // they could wait on a peer that waits on another member of the group.
-        let shared = self.transport.shares_address_space() && specs.len() == 1;
+        let alone = specs.len() == 1;
+        let shape = plan::Shape {
+            n: self.nranks,
+            // Direct algorithms synchronise the whole call with their peers; inside a
+            // group they could wait on a peer that waits on another member of the group.
+            shared: self.transport.shares_address_space() && alone,
+            hierarchical: self.topo.hierarchical(),
+            network: self.sockets,
+            alone,
+            slot_bytes: self.settings.slot_bytes,
+        };
+        let mut connected = true;
+        let mut calls = std::mem::take(&mut self.calls);
+        calls.clear();
         for s in specs {
             self.seq += 1;
             let p2p = matches!(s.coll, Collective::Send { .. } | Collective::Recv { .. });
@@ -141,52 +144,22 @@ impl Engine {
                 if !p2p {
                     self.tag += 1;
                     let d = desc::encode(&s.coll, s.dtype, s.op.as_ref(), Algo::Ring);
-                    let d = desc::with_tag(d, self.tag);
-                    self.fault.enter(self.tag, d, self.seq);
+                    self.fault.enter(self.tag, desc::with_tag(d, self.tag), self.seq);
                 }
                 continue;
             }
-            let prep = match sc.prepared.iter().position(|p| p.matches(s, shared)) {
-                Some(i) => sc.prepared[i],
-                None => {
-                    let shape = plan::Shape {
-                        n: self.nranks,
-                        shared,
-                        hierarchical: self.topo.hierarchical(),
-                        network: self.sockets,
-                    };
-                    let p = Prepared::new(s, shape, &self.settings)?;
-                    if sc.prepared.len() == PREPARED_CACHE {
-                        sc.prepared.remove(0);
-                    }
-                    sc.prepared.push(p);
-                    p
-                }
-            };
-            all_connected &= prep.connected;
-            if specs.len() == 1 {
-                path = match prep.plan.algo {
-                    Algo::Direct => Path::Direct,
-                    Algo::OneShot
-                        if prep.connected
-                            && self.nranks > 1
-                            && s.send_len * s.dtype.size() <= self.settings.slot_bytes =>
-                    {
-                        Path::OneSlot
-                    }
-                    _ => Path::Streams,
-                };
-            }
+            let prep = *self.plans.get(s.coll, s.dtype, s.op, shape, &self.settings)?;
+            connected &= prep.connected;
+            // Point-to-point calls carry no tag: a send and its receive may sit at
+            // different places among a group's collectives on the two ranks.
             if !p2p {
                 self.tag += 1;
             }
-            // Point-to-point calls carry no tag: a send and its receive may sit at
-            // different places among a group's collectives on the two ranks.
             let desc = desc::with_tag(prep.desc, if p2p { 0 } else { self.tag });
             if !p2p {
                 self.fault.enter(self.tag, desc, self.seq);
             }
-            sc.calls.push(Call {
+            calls.push(exec::Call {
                 send: s.send,
                 send_len: s.send_len,
                 recv: s.recv,
@@ -197,18 +170,17 @@ impl Engine {
                 nt: prep.plan.nt,
                 seq: self.seq,
                 by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p),
+                coll: s.coll,
+                algo: prep.plan.algo,
+                chunking: prep.plan.chunking,
+                path: prep.plan.path,
             });
-            let call = sc.calls.len() - 1;
-            if path != Path::Streams {
-                continue;
-            }
-            algo::schedules(&s.coll, prep.plan.algo, &self.topo, prep.plan.chunking, &mut sc.scheds);
-            sc.streams.extend(sc.scheds.drain(..).map(|sched| Stream::new(sched, call)));
         }
         self.moving = true;
         let mut ctx = Ctx {
             me: self.rank,
             n: self.nranks,
+            topo: &self.topo,
             links: &mut self.links,
             transport: &*self.transport,
             bell: &self.bell,
@@ -216,27 +188,22 @@ impl Engine {
             timeout: self.settings.timeout,
             fault: &self.fault,
             watch: self.watch.as_deref(),
-            scratch: &mut sc.exec,
+            scratch: &mut self.scratch,
         };
-        let mut r = match (path, specs, &sc.calls[..]) {
-            (Path::Direct, [s], [call]) => exec::direct::run(&mut ctx, call, &s.coll),
-            (Path::OneSlot, [s], [call]) => exec::all_reduce_one_slot(&mut ctx, call, s.coll.count()),
-            _ if sc.streams.is_empty() => Ok(()),
-            _ => exec::run(&mut ctx, &sc.calls, &mut sc.streams, !all_connected),
-        };
+        let mut r = exec::run(&mut ctx, &calls, connected);
         if r.is_ok() && self.sockets {
             let what = specs.first().map_or("call", |s| s.coll.name());
             r = exec::flush(&mut ctx, what);
         }
-        if r.is_ok() && !all_connected {
-            for s in specs {
-                if let Some(p) = sc.prepared.iter_mut().find(|p| p.matches(s, shared)) {
+        if r.is_ok() && !connected {
+            for s in specs.iter().filter(|s| s.coll.count() > 0 || s.coll == Collective::Barrier) {
+                if let Ok(p) = self.plans.get(s.coll, s.dtype, s.op, shape, &self.settings) {
                     p.connected = true;
                 }
             }
         }
-        sc.calls.clear();
-        sc.streams.clear();
+        calls.clear();
+        self.calls = calls;
         r
     }
 }
@@ -246,50 +213,4 @@ fn backoff(s: &Settings, local_ranks: usize) -> BackoffConfig {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let spins = s.spins.unwrap_or(if local_ranks > cores { 4 } else { 64 });
     BackoffConfig { spins, yield_for: s.yield_for.unwrap_or(Duration::from_micros(500)), ..BackoffConfig::default() }
-}
-
-/// How a batch runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// Schedules over FIFOs, through the general executor.
-    Streams,
-    /// Directly in the peers' buffers (threads of one process).
-    Direct,
-    /// The one-slot one-shot all-reduce fast path.
-    OneSlot,
-}
-
-/// How many distinct calls keep their plan cached.
-const PREPARED_CACHE: usize = 16;
-
-/// Everything about a call that depends only on its shape, cached so repeated calls
-/// (the common case in training loops and benchmarks) skip planning.
-#[derive(Clone, Copy)]
-struct Prepared {
-    coll: Collective,
-    dtype: DataType,
-    op: Option<ReduceOp>,
-    shared: bool,
-    plan: plan::Plan,
-    reducer: Option<Reducer>,
-    desc: crate::call::Desc,
-    /// The links this call uses are known to be connected.
-    connected: bool,
-}
-
-impl Prepared {
-    fn new(s: &CallSpec, shape: plan::Shape, settings: &Settings) -> Result<Prepared> {
-        let (nranks, shared) = (shape.n, shape.shared);
-        let plan = plan::plan(&s.coll, s.dtype, shape, settings)?;
-        let reducer = match (&s.op, s.coll.reduces()) {
-            (Some(op), true) => Some(Reducer::new(s.dtype, *op, nranks)?),
-            _ => None,
-        };
-        let desc = desc::encode(&s.coll, s.dtype, s.op.as_ref(), plan.algo);
-        Ok(Prepared { coll: s.coll, dtype: s.dtype, op: s.op, shared, plan, reducer, desc, connected: false })
-    }
-
-    fn matches(&self, s: &CallSpec, shared: bool) -> bool {
-        self.coll == s.coll && self.dtype == s.dtype && self.op == s.op && self.shared == shared
-    }
 }

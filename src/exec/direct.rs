@@ -11,7 +11,8 @@
 //! and makes in-place calls safe (every input of a piece is read before any output of it
 //! is written).
 
-use super::{Call, Ctx, mismatch, wait_for};
+use super::wait::{mismatch, wait_for};
+use super::{Call, Ctx};
 use crate::algo::block;
 use crate::call::{Collective, Rank};
 use crate::error::Result;
@@ -23,9 +24,10 @@ pub const CHANNEL: u8 = 3;
 /// Bytes per piece: small enough that the accumulator stays in L1/L2.
 const PIECE_BYTES: usize = 32 << 10;
 
-/// Runs `coll` (all-reduce, reduce, broadcast, all-gather or reduce-scatter) directly in
-/// the peers' buffers.
-pub fn run(ctx: &mut Ctx<'_>, call: &Call, coll: &Collective) -> Result<()> {
+/// Runs the call (all-reduce, reduce, broadcast, all-gather or reduce-scatter) directly
+/// in the peers' buffers.
+pub fn run(ctx: &mut Ctx<'_>, call: &Call) -> Result<()> {
+    let coll = &call.coll;
     let (me, n) = (ctx.me, ctx.n);
     let keys: Vec<LinkKey> = (0..n)
         .filter(|&p| p != me)
@@ -195,5 +197,44 @@ unsafe fn fold(r: &Reducer, acc: *mut u8, mut srcs: impl Iterator<Item = *const 
         if r.has_post() {
             r.finalize(acc, acc, len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Path;
+    use super::super::testing::{input, ranks, sum};
+    use crate::call::{Algo, Collective};
+
+    #[test]
+    fn each_rank_reduces_its_block_in_the_peers_buffers() {
+        for n in [2, 3] {
+            let len = 20_000; // more than one piece per block
+            let out = ranks(n, |r| {
+                let mut buf = input(r.me, len);
+                let send = buf.clone();
+                let c = r.call(Collective::AllReduce { count: len }, Algo::Direct, Path::Direct, &send, &mut buf);
+                r.run(&[c]).unwrap();
+                buf
+            });
+            assert!(out.iter().all(|o| *o == sum(n, len)), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn broadcast_and_all_gather_copy_from_the_right_ranks() {
+        let n = 3;
+        let out = ranks(n, |r| {
+            let send = input(r.me, 500);
+            let mut b = vec![0f32; 500];
+            let c = r.call(Collective::Broadcast { count: 500, root: 2 }, Algo::Direct, Path::Direct, &send, &mut b);
+            r.run(&[c]).unwrap();
+            let mut g = vec![0f32; 500 * n];
+            let c = r.call(Collective::AllGather { count: 500 }, Algo::Direct, Path::Direct, &send, &mut g);
+            r.run(&[c]).unwrap();
+            (b, g)
+        });
+        let gathered: Vec<f32> = (0..n).flat_map(|p| input(p, 500)).collect();
+        assert!(out.iter().all(|(b, g)| *b == input(2, 500) && *g == gathered));
     }
 }

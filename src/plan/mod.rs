@@ -1,12 +1,17 @@
-//! Chooses, per call, the algorithm and the chunking: a cost model
-//! `time = latency + bytes / bandwidth` per algorithm, overridden by `OXCCL_ALGO`.
-//!
-//! The constants were calibrated on a 2-core x86 VM with ranks as threads (see the
-//! `all_reduce_perf` example); they only need to rank the algorithms correctly.
+//! Chooses, per call, the algorithm, the chunking and the executor's path: measured
+//! crossovers and a cost model ([`cost`]) rank the algorithms, `OXCCL_ALGO` (or
+//! `Config::algo`) overrides them. [`cache`] keeps the plans of recent calls, so
+//! repeated calls (training loops, benchmarks) skip planning.
+
+pub mod cache;
+pub mod cost;
+
+pub use cost::all_reduce_cost;
 
 use crate::algo::Chunking;
 use crate::call::{Algo, Collective};
 use crate::error::{Error, Result};
+use crate::exec::Path;
 use crate::settings::Settings;
 use crate::types::DataType;
 
@@ -19,40 +24,8 @@ pub struct Plan {
     pub chunking: Chunking,
     /// Write outputs with non-temporal stores.
     pub nt: bool,
-}
-
-/// Latency of one step (a message hop), in microseconds.
-const STEP_US: f64 = 0.35;
-/// Bandwidth of one link in bytes per microsecond (≈ GB/s × 1000).
-const LINK_BPUS: f64 = 8_000.0;
-/// Reduction throughput of one rank (bytes of input per microsecond).
-const REDUCE_BPUS: f64 = 10_000.0;
-
-/// Estimated microseconds for an all-reduce of `bytes` among `n` ranks.
-pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -> f64 {
-    let (b, nf) = (bytes as f64, n as f64);
-    let pipeline = |steps: f64, per_step: f64| {
-        // Steps of the first chunk, then one step per further chunk.
-        let chunks = (per_step / chunk_bytes as f64).ceil().max(1.0);
-        (steps + chunks - 1.0) * STEP_US + per_step * steps.min(chunks) / LINK_BPUS
-    };
-    match algo {
-        Algo::Ring => {
-            let part = b / nf;
-            pipeline(2.0 * (nf - 1.0), part) + 2.0 * (nf - 1.0) * part / LINK_BPUS
-        }
-        Algo::Tree => {
-            let depth = (nf.log2().ceil()).max(1.0);
-            pipeline(2.0 * depth, b / 2.0) + b / LINK_BPUS + b / REDUCE_BPUS
-        }
-        Algo::OneShot => STEP_US + (nf - 1.0) * b / LINK_BPUS + nf * b / REDUCE_BPUS,
-        Algo::Direct => 2.0 * STEP_US + 2.0 * b / REDUCE_BPUS,
-        Algo::Doubling => {
-            let rounds = nf.log2().ceil().max(1.0);
-            rounds * (STEP_US + b / LINK_BPUS + b / REDUCE_BPUS)
-        }
-        Algo::Hier | Algo::P2p => f64::INFINITY,
-    }
+    /// How the executor runs it.
+    pub path: Path,
 }
 
 /// What the plan needs to know about the communicator.
@@ -60,12 +33,17 @@ pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -
 pub struct Shape {
     /// Number of ranks.
     pub n: usize,
-    /// The ranks share an address space (direct algorithms need it).
+    /// The call runs alone (not in a group), in ranks that share an address space
+    /// (direct algorithms need both).
     pub shared: bool,
     /// Several hosts, one with several ranks (hierarchical all-reduce applies).
     pub hierarchical: bool,
     /// Some links are network sockets (messages cost microseconds each).
     pub network: bool,
+    /// The call runs alone, not in a group (the executor's fast paths need it).
+    pub alone: bool,
+    /// Payload bytes of one FIFO slot (the one-slot path needs the call to fit).
+    pub slot_bytes: usize,
 }
 
 /// The plan for `coll` on `dtype` in a communicator of `shape`.
@@ -109,7 +87,12 @@ pub fn plan(coll: &Collective, dtype: DataType, shape: Shape, s: &Settings) -> R
         }
         None => choose(coll, elem, shape, s),
     };
-    Ok(Plan { algo, chunking, nt })
+    let path = match algo {
+        Algo::Direct => Path::Direct,
+        Algo::OneShot if shape.alone && n > 1 && coll.count().saturating_mul(elem) <= shape.slot_bytes => Path::OneSlot,
+        _ => Path::Streams,
+    };
+    Ok(Plan { algo, chunking, nt, path })
 }
 
 /// Chunk size on communicators with network links.
@@ -123,7 +106,7 @@ const DIRECT_MIN_BYTES: usize = 8 << 10;
 const HIER_MIN_BYTES: usize = 256 << 10;
 
 fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
-    let Shape { n, shared, hierarchical, network } = shape;
+    let Shape { n, shared, hierarchical, network, .. } = shape;
     let bytes = coll.count() * elem;
     if shared && n > 1 && Algo::Direct.applies_to(coll) && bytes >= DIRECT_MIN_BYTES {
         return Algo::Direct;
@@ -173,7 +156,7 @@ mod tests {
         let p = plan(
             &Collective::AllReduce { count: 10 },
             DataType::Float32,
-            Shape { n: 4, shared: true, hierarchical: false, network: false },
+            Shape { n: 4, shared: true, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
             &s,
         )
         .unwrap();
@@ -181,7 +164,7 @@ mod tests {
         let e = plan(
             &Collective::Broadcast { count: 10, root: 0 },
             DataType::Float32,
-            Shape { n: 4, shared: true, hierarchical: false, network: false },
+            Shape { n: 4, shared: true, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
             &s,
         )
         .unwrap_err();
@@ -195,7 +178,7 @@ mod tests {
             plan(
                 &Collective::AllReduce { count: bytes / 4 },
                 DataType::Float32,
-                Shape { n, shared: false, hierarchical: false, network: false },
+                Shape { n, shared: false, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
                 &s,
             )
             .unwrap()
@@ -206,7 +189,7 @@ mod tests {
             plan(
                 &Collective::AllReduce { count: 2 },
                 DataType::Float32,
-                Shape { n: 4, shared: false, hierarchical: false, network: false },
+                Shape { n: 4, shared: false, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
                 &s
             )
             .unwrap()
@@ -218,7 +201,7 @@ mod tests {
             plan(
                 &Collective::AllToAll { count: 5 },
                 DataType::Int8,
-                Shape { n: 4, shared: false, hierarchical: false, network: false },
+                Shape { n: 4, shared: false, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
                 &s
             )
             .unwrap()
@@ -228,7 +211,7 @@ mod tests {
         let shared = plan(
             &Collective::AllReduce { count: 1 << 20 },
             DataType::Float32,
-            Shape { n: 4, shared: true, hierarchical: false, network: false },
+            Shape { n: 4, shared: true, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
             &s,
         )
         .unwrap();
@@ -238,7 +221,7 @@ mod tests {
             plan(
                 &Collective::AllReduce { count: 8 },
                 DataType::Float32,
-                Shape { n: 2, shared: false, hierarchical: false, network: false },
+                Shape { n: 2, shared: false, hierarchical: false, network: false, alone: true, slot_bytes: 1 << 18 },
                 &s
             )
             .is_err()
