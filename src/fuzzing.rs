@@ -212,8 +212,11 @@ pub fn peer_info(data: &[u8]) {
     if let Ok(p) = PeerInfo::decode(data) {
         assert_eq!(PeerInfo::decode(&p.encode()).ok(), Some(p));
     }
-    if let Ok((tcp, shm)) = crate::comm::init::decode_endpoints(data) {
-        assert_eq!(crate::comm::init::encode_endpoints(tcp, shm.as_deref()), data, "endpoints round trip");
+    if let Ok(table) = crate::transport::setup::decode(data) {
+        assert_eq!(crate::transport::setup::encode(&table), data, "transport addresses round trip");
+        for (_, a) in &table {
+            let _ = crate::transport::tcp::listener_addrs(&[a]);
+        }
     }
 }
 
@@ -290,9 +293,15 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let info = PeerInfo { host_id: "node7/0b1c-boot-id".into(), hostname: "node7".into(), pid: 4242 };
     out.push(("peer_info", "peer-info".into(), info.encode()));
     let name = "oxccl-0123456789abcdef0123456789abcdef";
-    out.push(("peer_info", "endpoints-both".into(), crate::comm::init::encode_endpoints(Some(v4), Some(name))));
-    out.push(("peer_info", "endpoints-tcp6".into(), crate::comm::init::encode_endpoints(Some(v6), None)));
-    out.push(("peer_info", "endpoints-none".into(), crate::comm::init::encode_endpoints(None, None)));
+    let tcp = |a: &SocketAddr| {
+        let mut e = Enc::new();
+        e.addr(a);
+        e.0
+    };
+    let both = [("shm", name.as_bytes().to_vec()), ("tcp", tcp(&v4))];
+    out.push(("peer_info", "endpoints-both".into(), crate::transport::setup::encode(&both)));
+    out.push(("peer_info", "endpoints-tcp6".into(), crate::transport::setup::encode(&[("tcp", tcp(&v6))])));
+    out.push(("peer_info", "endpoints-none".into(), crate::transport::setup::encode::<&str>(&[])));
     out
 }
 

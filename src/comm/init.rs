@@ -12,14 +12,10 @@ use crate::bootstrap::{self, Bootstrap, UniqueId};
 use crate::error::{Error, Result};
 use crate::log;
 use crate::settings::{Config, Settings};
-use crate::sync::Doorbell;
 use crate::topology::{Link, PeerInfo, Topology};
 use crate::transport::Transport;
 use crate::transport::fifo::FifoShape;
-use crate::transport::mux::Mux;
-use crate::transport::shm::Shm;
-use crate::transport::tcp::Tcp;
-use crate::wire::{Dec, Enc};
+use crate::transport::setup::{self, Env};
 
 impl UniqueId {
     /// Creates a unique id and starts its bootstrap root in this process (like
@@ -50,57 +46,6 @@ fn local_ip(root: SocketAddr, s: &Settings) -> Result<IpAddr> {
     Ok(crate::sys::netif::pick(s.socket_ifname.as_deref())?.ip)
 }
 
-/// What a rank tells its peers after creating its transports: its TCP data listener and
-/// the name of its shared-memory segment, either absent.
-pub(crate) fn encode_endpoints(tcp: Option<SocketAddr>, shm: Option<&str>) -> Vec<u8> {
-    let mut e = Enc::new();
-    match tcp {
-        Some(a) => {
-            e.u32(1).addr(&a);
-        }
-        None => {
-            e.u32(0);
-        }
-    }
-    e.bytes(shm.unwrap_or("").as_bytes());
-    e.0
-}
-
-/// Decodes what [`encode_endpoints`] wrote (from a peer: every field is checked).
-pub(crate) fn decode_endpoints(b: &[u8]) -> Result<(Option<SocketAddr>, Option<String>)> {
-    let mut d = Dec::new(b, "transport endpoints");
-    let tcp = match d.u32()? {
-        0 => None,
-        1 => Some(d.addr()?),
-        f => return Err(Error::remote(format!("malformed transport endpoints: flag {f}"))),
-    };
-    let name = d.bytes(64)?;
-    d.end()?;
-    let shm = match name {
-        [] => None,
-        n => {
-            let n = std::str::from_utf8(n).ok().filter(|n| crate::sys::shmem::valid_name(n)).ok_or_else(|| {
-                Error::remote(format!("malformed transport endpoints: segment name {:?}", String::from_utf8_lossy(n)))
-            })?;
-            Some(n.to_string())
-        }
-    };
-    Ok((tcp, shm))
-}
-
-/// This rank's InfiniBand port and the `OXCCL_IB_*` settings it was chosen by, or `None`
-/// (with one INFO line saying why: TCP then).
-#[cfg(feature = "ib")]
-fn probe_ib(rank: usize, s: &crate::settings::IbSettings) -> Result<Option<crate::transport::ib::Device>> {
-    match crate::transport::ib::Device::probe(s) {
-        Ok(d) => Ok(Some(d)),
-        Err(why) => {
-            log::info(false, &format!("rank {rank}: no usable RDMA device ({why}): TCP between hosts"));
-            Ok(None)
-        }
-    }
-}
-
 impl Comm {
     /// Joins the job described by `id` as `rank` of `nranks` (like `ncclCommInitRank`).
     /// Every rank calls it with the same id and `nranks`; it returns once all ranks have
@@ -127,123 +72,26 @@ impl Comm {
         let mut boot = Bootstrap::join(id, rank, nranks, ip, timeout)?;
         let infos = boot.all_gather(&PeerInfo::local().encode())?;
         let peers = infos.iter().map(|b| PeerInfo::decode(b)).collect::<Result<Vec<_>>>()?;
-        let topology = Topology::new(rank, peers.clone(), !settings.shm_disable);
+        let topology = Topology::new(rank, peers, !settings.shm_disable);
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
-
-        // Shared memory among the ranks of this host.
-        let local: Vec<usize> = topology.local_ranks().to_vec();
-        let use_shm = topology.links.contains(&Link::SharedMemory);
-        let seg = if use_shm { Some(Shm::create(rank, local.clone(), shape, id.secret())?) } else { None };
-        // TCP listeners, where some peer is another host.
-        let use_tcp = topology.links.contains(&Link::Tcp);
-        // InfiniBand between hosts, where every rank has a usable port (decided alike on
-        // every rank from what all report; the links still meet through the TCP listener).
-        #[cfg(feature = "ib")]
-        let ib_dev = {
-            let dev = if use_tcp { probe_ib(rank, &settings.ib)? } else { None };
-            let all = boot.all_gather(&[dev.is_some() as u8])?;
-            let everyone = all.iter().all(|b| b.first() == Some(&1));
-            if dev.is_some() && !everyone {
-                log::info(false, &format!("rank {rank}: some ranks have no usable RDMA device: TCP between hosts"));
-            }
-            dev.filter(|_| everyone)
-        };
-        let listener = if use_tcp { Some(Tcp::listen(ip)?) } else { None };
-        let my_addr = match &listener {
-            Some(l) => Some(l.local_addr().map_err(|e| Error::system("reading the TCP listener address", e))?),
-            None => None,
-        };
-        let mine = encode_endpoints(my_addr, seg.as_ref().map(|s| s.name()));
-        let endpoints = boot.all_gather(&mine)?; // also: every segment exists now
-        let endpoints = endpoints.iter().map(|b| decode_endpoints(b)).collect::<Result<Vec<_>>>()?;
-        let shm = match seg {
-            Some(seg) => {
-                let names: Vec<Option<String>> = endpoints.iter().map(|(_, n)| n.clone()).collect();
-                let pids: Vec<u32> = peers.iter().map(|p| p.pid).collect();
-                Some(Shm::attach(rank, local.clone(), shape, id.secret(), &names, &pids, seg)?)
-            }
-            None => None,
-        };
-        boot.barrier()?; // every local peer has mapped our segment
-        if let Some(s) = &shm {
-            s.unlink();
-        }
-        let bell = shm.as_ref().map_or_else(Doorbell::new_private, |s| s.my_bell());
-        let fault = crate::fault::Fault::new(rank, bell.clone());
-        // This host's peer processes, watched so that waits end when one dies.
-        let watch = Arc::new(crate::liveness::PeerWatch::new(local.iter().map(|&r| (r, topology.peers[r].clone()))));
-        let mut transports: Vec<Box<dyn Transport>> = Vec::new();
-        let mut route = vec![None; nranks];
-        if let Some(s) = shm {
-            transports.push(Box::new(s));
-            for (r, l) in topology.links.iter().enumerate() {
-                if *l == Link::SharedMemory {
-                    route[r] = Some(transports.len() - 1);
-                }
-            }
-        }
-        #[cfg(feature = "ib")]
-        let listener = match (listener, ib_dev) {
-            (Some(l), Some(dev)) => {
-                let ib = &settings.ib;
-                let addrs =
-                    endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
-                let t = ib.tuning;
-                let tuned = if t == Default::default() {
-                    String::new()
-                } else {
-                    format!(
-                        "; traffic class {}, service level {}, ACK timeout {}, {} retries",
-                        t.traffic_class, t.service_level, t.timeout, t.retry_cnt
-                    )
-                };
-                log::info(false, &format!("rank {rank}: InfiniBand to other hosts through {}{tuned}", dev.describe()));
-                transports.push(Box::new(
-                    crate::transport::ib::Ib::new(
-                        rank,
-                        *id.secret(),
-                        shape,
-                        ib,
-                        dev,
-                        l,
-                        addrs,
-                        peers.clone(),
-                        bell.clone(),
-                        timeout,
-                    )?
-                    .with_watch(watch.clone())
-                    .with_fault(fault.clone()),
-                ));
-                for (r, l) in topology.links.iter().enumerate() {
-                    if *l == Link::Tcp {
-                        route[r] = Some(transports.len() - 1);
-                    }
-                }
-                None
-            }
-            (l, _) => l,
-        };
-        if let Some(l) = listener {
-            let addrs =
-                endpoints.iter().map(|(a, _)| a.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
-            transports.push(Box::new(
-                Tcp::new(rank, *id.secret(), shape, settings.nsocks, l, addrs, peers, bell.clone(), timeout)?
-                    .with_watch(watch.clone())
-                    .with_fault(fault.clone()),
-            ));
-            for (r, l) in topology.links.iter().enumerate() {
-                if *l == Link::Tcp {
-                    route[r] = Some(transports.len() - 1);
-                }
-            }
-        }
-        let transport = Mux::new(transports, route);
+        let env = Env { rank, nranks, settings: &settings, topology: &topology, secret: id.secret(), ip, shape };
+        let (transport, shared) = setup::wire_up(&env, &mut boot)?;
+        let local = topology.local_ranks().to_vec();
         let sockets = transport.has_sockets();
         if settings.debug || log::info_enabled() {
             log::info(true, &format!("rank {rank}/{nranks}: {}", topology.describe()));
         }
         let topo = Topo::with_hosts(rank, topology.ring.clone(), topology.hosts.clone());
-        let mut comm = Comm::assemble_with(rank, nranks, settings, topo, Box::new(transport), bell, local.len(), fault);
+        let mut comm = Comm::assemble_with(
+            rank,
+            nranks,
+            settings,
+            topo,
+            Box::new(transport),
+            shared.bell,
+            local.len(),
+            shared.fault,
+        );
         {
             let mut e = comm.engine()?;
             e.sockets = sockets;

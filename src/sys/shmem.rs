@@ -45,6 +45,15 @@ pub fn random_name() -> Result<String> {
 }
 
 /// Whether `name` could be one of [`random_name`]'s (a name from a peer is checked before
+/// Removes the segment name `name` from /dev/shm (mappings of it stay). Removing a name
+/// that is gone already is harmless.
+pub fn unlink(name: &str) {
+    if let Ok(c) = cname(name) {
+        // SAFETY: `c` is a valid C string; unlinking only touches the name.
+        unsafe { libc::shm_unlink(c.as_ptr()) };
+    }
+}
+
 /// it reaches `shm_open`).
 pub fn valid_name(name: &str) -> bool {
     name.len() == 38
@@ -170,10 +179,7 @@ impl Segment {
     /// Removes the name (the memory stays while mapped). Idempotent.
     pub fn unlink(&mut self) {
         if self.owner {
-            if let Ok(c) = cname(&self.name) {
-                // SAFETY: `c` is a valid C string.
-                unsafe { libc::shm_unlink(c.as_ptr()) };
-            }
+            unlink(&self.name);
             self.owner = false;
         }
     }

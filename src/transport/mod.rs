@@ -12,6 +12,7 @@ pub mod ib;
 pub mod inproc;
 pub mod mux;
 mod peers;
+pub(crate) mod setup;
 pub mod shm;
 pub mod tcp;
 

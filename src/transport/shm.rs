@@ -168,7 +168,7 @@ impl Shm {
         secret: &Secret,
         names: &[Option<String>],
         pids: &[u32],
-        mine: Segment,
+        mine: Arc<Segment>,
     ) -> Result<Shm> {
         let my_local = local.iter().position(|&r| r == me).ok_or_else(|| Error::internal("rank not on its host"))?;
         let n = local.len();
@@ -177,7 +177,8 @@ impl Shm {
         let mut mine = Some(mine);
         for (i, &r) in local.iter().enumerate() {
             let seg = if i == my_local {
-                mine.take().expect("own segment")
+                segs.push(mine.take().expect("own segment"));
+                continue;
             } else {
                 let name = names.get(r).and_then(|n| n.as_deref()).ok_or_else(|| {
                     Error::remote(format!("rank {r} shares this host but published no shared-memory segment"))
@@ -238,25 +239,25 @@ impl Shm {
 
     /// Removes this rank's segment name (every peer has mapped it).
     pub fn unlink(&self) {
-        // The segment is shared through an Arc; unlinking only touches the name.
-        let s = &self.segs[self.my_local];
-        if let Ok(c) = std::ffi::CString::new(format!("/{}", s.name())) {
-            // SAFETY: `c` is a valid C string; unlinking a name is harmless if already gone.
-            unsafe { libc::shm_unlink(c.as_ptr()) };
-        }
+        shmem::unlink(self.segs[self.my_local].name());
     }
 
     /// The doorbell of local rank `i` (in its segment).
     fn bell(&self, i: usize) -> Doorbell {
-        let keep: Arc<dyn Send + Sync> = self.segs[i].clone();
-        // SAFETY: BELL_OFFSET is 64-byte aligned inside the segment's header page, which
-        // is zero-initialised (a valid BellWords) and mapped while `keep` lives.
-        unsafe { Doorbell::from_raw(self.segs[i].as_ptr().add(BELL_OFFSET) as *const BellWords, true, keep) }
+        Self::bell_in(&self.segs[i])
     }
 
     /// This rank's doorbell, on which it waits for its local peers.
     pub fn my_bell(&self) -> Doorbell {
         self.bell(self.my_local)
+    }
+
+    /// The doorbell in segment `seg` (peers ring it after publishing to its owner).
+    fn bell_in(seg: &Arc<Segment>) -> Doorbell {
+        let keep: Arc<dyn Send + Sync> = seg.clone();
+        // SAFETY: BELL_OFFSET is 64-byte aligned inside the segment's header page, which
+        // is zero-initialised (a valid BellWords) and mapped while `keep` lives.
+        unsafe { Doorbell::from_raw(seg.as_ptr().add(BELL_OFFSET) as *const BellWords, true, keep) }
     }
 
     fn local_index(&self, rank: usize) -> Result<usize> {
@@ -310,7 +311,7 @@ mod tests {
         let names_for = |n: &str| vec![None, Some(n.to_string())];
         let attach0 = |secret: &Secret, names: &[Option<String>], pids: &[u32]| {
             let mine = Shm::create(0, vec![0, 1], shape, secret).unwrap();
-            Shm::attach(0, vec![0, 1], shape, secret, names, pids, mine).map(|_| ())
+            Shm::attach(0, vec![0, 1], shape, secret, names, pids, Arc::new(mine)).map(|_| ())
         };
         // Rank 1's segment, of the job `secret`.
         let seg1 = Shm::create(1, vec![0, 1], shape, &secret).unwrap();
@@ -332,7 +333,7 @@ mod tests {
             &secret,
             &names_for(&name),
             &[pid, pid],
-            mine,
+            Arc::new(mine),
         );
         assert!(e.is_err());
         // A malformed or missing name never reaches shm_open.
@@ -340,5 +341,69 @@ mod tests {
         assert!(e.contains("malformed segment name"), "{e}");
         assert!(attach0(&secret, &[None, None], &[pid, pid]).is_err());
         drop(seg1);
+    }
+}
+
+/// Setting up shared memory among the ranks of this host (see [`super::setup`]): this
+/// rank's segment is created at once and its name is the address; the peers' segments
+/// are mapped when every name is known; once every rank has mapped, the name goes.
+pub(crate) struct ShmSetup {
+    me: usize,
+    local: Vec<usize>,
+    peers: Vec<usize>,
+    shape: FifoShape,
+    secret: Secret,
+    seg: Arc<Segment>,
+    attached: bool,
+}
+
+impl ShmSetup {
+    /// This rank's side, if it shares memory with a peer.
+    pub(crate) fn new(env: &super::setup::Env<'_>) -> Result<Option<ShmSetup>> {
+        let peers = env.peers_by(crate::topology::Link::SharedMemory);
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        let local = env.topology.local_ranks().to_vec();
+        let seg = Arc::new(Shm::create(env.rank, local.clone(), env.shape, env.secret)?);
+        Ok(Some(ShmSetup { me: env.rank, local, peers, shape: env.shape, secret: *env.secret, seg, attached: false }))
+    }
+}
+
+impl super::setup::Setup for ShmSetup {
+    fn name(&self) -> &'static str {
+        "shm"
+    }
+
+    fn peers(&self) -> &[usize] {
+        &self.peers
+    }
+
+    fn address(&self) -> Vec<u8> {
+        self.seg.name().as_bytes().to_vec()
+    }
+
+    fn bell(&self) -> Option<Doorbell> {
+        Some(Shm::bell_in(&self.seg))
+    }
+
+    fn connect(
+        &mut self,
+        env: &super::setup::Env<'_>,
+        addrs: &[&[u8]],
+        _shared: &super::setup::Shared,
+    ) -> Result<Box<dyn Transport>> {
+        let names: Vec<Option<String>> =
+            addrs.iter().map(|a| std::str::from_utf8(a).ok().filter(|n| !n.is_empty()).map(str::to_string)).collect();
+        let pids: Vec<u32> = env.topology.peers.iter().map(|p| p.pid).collect();
+        let shm = Shm::attach(self.me, self.local.clone(), self.shape, &self.secret, &names, &pids, self.seg.clone())?;
+        self.attached = true;
+        Ok(Box::new(shm))
+    }
+
+    fn ready(&mut self) {
+        if self.attached {
+            shmem::unlink(self.seg.name());
+        }
     }
 }

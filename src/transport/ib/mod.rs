@@ -13,4 +13,9 @@ pub mod select;
 pub mod verbs;
 
 #[cfg(feature = "ib")]
+mod setup;
+
+#[cfg(feature = "ib")]
 pub use net::{Device, Ib};
+#[cfg(feature = "ib")]
+pub(crate) use setup::IbSetup;
