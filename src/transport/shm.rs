@@ -298,52 +298,6 @@ impl Transport for Shm {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_segment_with_the_wrong_identity_is_refused_before_mapping() {
-        let shape = FifoShape { nslots: 2, slot_bytes: 4096 };
-        let (secret, other) = ([1u8; 32], [2u8; 32]);
-        assert_ne!(job_digest(&secret), job_digest(&other));
-        let pid = std::process::id();
-        let names_for = |n: &str| vec![None, Some(n.to_string())];
-        let attach0 = |secret: &Secret, names: &[Option<String>], pids: &[u32]| {
-            let mine = Shm::create(0, vec![0, 1], shape, secret).unwrap();
-            Shm::attach(0, vec![0, 1], shape, secret, names, pids, Arc::new(mine)).map(|_| ())
-        };
-        // Rank 1's segment, of the job `secret`.
-        let seg1 = Shm::create(1, vec![0, 1], shape, &secret).unwrap();
-        let name = seg1.name().to_string();
-        let mode = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
-        attach0(&secret, &names_for(&name), &[pid, pid]).unwrap();
-        // Another job's rank 0 is refused, and so is a segment claiming another pid.
-        let e = attach0(&other, &names_for(&name), &[pid, pid]).unwrap_err().to_string();
-        assert!(e.contains(&name) && e.contains("is not a segment of this job"), "{e}");
-        let e = attach0(&secret, &names_for(&name), &[pid, pid + 1]).unwrap_err().to_string();
-        assert!(e.contains("was created by rank 1 pid") && e.contains("refusing to map it"), "{e}");
-        // A different shape says what to set.
-        let mine = Shm::create(0, vec![0, 1], FifoShape { nslots: 4, slot_bytes: 4096 }, &secret).unwrap();
-        let e = Shm::attach(
-            0,
-            vec![0, 1],
-            FifoShape { nslots: 4, slot_bytes: 4096 },
-            &secret,
-            &names_for(&name),
-            &[pid, pid],
-            Arc::new(mine),
-        );
-        assert!(e.is_err());
-        // A malformed or missing name never reaches shm_open.
-        let e = attach0(&secret, &names_for("../../etc/passwd"), &[pid, pid]).unwrap_err().to_string();
-        assert!(e.contains("malformed segment name"), "{e}");
-        assert!(attach0(&secret, &[None, None], &[pid, pid]).is_err());
-        drop(seg1);
-    }
-}
-
 /// Setting up shared memory among the ranks of this host (see [`super::setup`]): this
 /// rank's segment is created at once and its name is the address; the peers' segments
 /// are mapped when every name is known; once every rank has mapped, the name goes.
@@ -405,5 +359,51 @@ impl super::setup::Setup for ShmSetup {
         if self.attached {
             shmem::unlink(self.seg.name());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_with_the_wrong_identity_is_refused_before_mapping() {
+        let shape = FifoShape { nslots: 2, slot_bytes: 4096 };
+        let (secret, other) = ([1u8; 32], [2u8; 32]);
+        assert_ne!(job_digest(&secret), job_digest(&other));
+        let pid = std::process::id();
+        let names_for = |n: &str| vec![None, Some(n.to_string())];
+        let attach0 = |secret: &Secret, names: &[Option<String>], pids: &[u32]| {
+            let mine = Shm::create(0, vec![0, 1], shape, secret).unwrap();
+            Shm::attach(0, vec![0, 1], shape, secret, names, pids, Arc::new(mine)).map(|_| ())
+        };
+        // Rank 1's segment, of the job `secret`.
+        let seg1 = Shm::create(1, vec![0, 1], shape, &secret).unwrap();
+        let name = seg1.name().to_string();
+        let mode = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        attach0(&secret, &names_for(&name), &[pid, pid]).unwrap();
+        // Another job's rank 0 is refused, and so is a segment claiming another pid.
+        let e = attach0(&other, &names_for(&name), &[pid, pid]).unwrap_err().to_string();
+        assert!(e.contains(&name) && e.contains("is not a segment of this job"), "{e}");
+        let e = attach0(&secret, &names_for(&name), &[pid, pid + 1]).unwrap_err().to_string();
+        assert!(e.contains("was created by rank 1 pid") && e.contains("refusing to map it"), "{e}");
+        // A different shape says what to set.
+        let mine = Shm::create(0, vec![0, 1], FifoShape { nslots: 4, slot_bytes: 4096 }, &secret).unwrap();
+        let e = Shm::attach(
+            0,
+            vec![0, 1],
+            FifoShape { nslots: 4, slot_bytes: 4096 },
+            &secret,
+            &names_for(&name),
+            &[pid, pid],
+            Arc::new(mine),
+        );
+        assert!(e.is_err());
+        // A malformed or missing name never reaches shm_open.
+        let e = attach0(&secret, &names_for("../../etc/passwd"), &[pid, pid]).unwrap_err().to_string();
+        assert!(e.contains("malformed segment name"), "{e}");
+        assert!(attach0(&secret, &[None, None], &[pid, pid]).is_err());
+        drop(seg1);
     }
 }

@@ -11,13 +11,20 @@
 //! through the kernel's socket buffers.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::fifo::{Fifo, FifoRx, FifoShape, FifoTx, Region};
+mod frame;
+mod pump;
+mod setup;
+
+use frame::tune;
+pub(crate) use frame::{FRAME_HEADER, frame_header, parse_header, stripes};
+pub(crate) use setup::{TcpSetup, listener_addrs};
+
 use super::hello::ConnHello;
 use super::peers::{ConnWait, NetPeers};
 use super::{Dir, Endpoint, LinkKey, Transport};
@@ -30,32 +37,11 @@ use crate::sync::Doorbell;
 use crate::topology::PeerInfo;
 use crate::wire::{self, Kind};
 
-pub(crate) const FRAME_HEADER: usize = 24;
-/// Messages from this size are striped across a link's sockets.
-pub(crate) const STRIPE_MIN: usize = 64 << 10;
 /// Accepted connections waiting for `connect` to claim them, at most (a link has
 /// `OXCCL_NSOCKS` per peer and channel; this is far above what a job opens).
 pub(crate) const MAX_UNCLAIMED: usize = 4096;
 /// Read-ahead buffer per socket.
-const READ_AHEAD: usize = 64 << 10;
-/// Socket buffer size to force, if any: `None` leaves the kernel's autotuning alone,
-/// which measured faster than a fixed 1 or 4 MiB on loopback (and setting a size turns
-/// autotuning off, capped at net.core.wmem_max).
-const SOCKET_BUFFER: Option<i32> = None;
-
-/// The `(offset, length)` of the part of a `total`-byte message each socket carries:
-/// everything on socket 0, or near-equal page-aligned stripes on all `nsocks`.
-pub(crate) fn stripes(total: usize, nsocks: usize) -> impl Iterator<Item = (usize, usize)> {
-    let (n, part) = if nsocks <= 1 || total < STRIPE_MIN {
-        (1, total)
-    } else {
-        (nsocks, total.div_ceil(nsocks).div_ceil(4096) * 4096)
-    };
-    (0..n).map(move |i| {
-        let off = (i * part).min(total);
-        (off, part.min(total - off))
-    })
-}
+pub(super) const READ_AHEAD: usize = 64 << 10;
 
 /// One socket of a send link and what it has written of the current message.
 struct TxSock {
@@ -127,56 +113,6 @@ pub struct Tcp {
     /// The executor's doorbell (rung when progress frees or fills a slot).
     bell: Doorbell,
     conns: Mutex<Conns>,
-}
-
-fn tune(s: &TcpStream) {
-    let _ = s.set_nodelay(true);
-    let fd = s.as_raw_fd();
-    let Some(size) = SOCKET_BUFFER else { return };
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: setting an integer socket option on an open socket.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &size as *const i32 as *const libc::c_void,
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            );
-        }
-    }
-}
-
-/// `sendmsg` of two buffers with `MSG_NOSIGNAL`: a peer that went away is an error to
-/// report, never a SIGPIPE that kills a host program which did not ignore it.
-fn send_nosignal(sock: &TcpStream, a: &[u8], b: &[u8]) -> std::io::Result<usize> {
-    let mut iov = [
-        libc::iovec { iov_base: a.as_ptr() as *mut libc::c_void, iov_len: a.len() },
-        libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() },
-    ];
-    // SAFETY: a zeroed msghdr is valid; we point it at two iovecs that describe live
-    // slices for the duration of the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = if b.is_empty() { 1 } else { 2 };
-    // SAFETY: the socket is open; sendmsg only reads the buffers.
-    let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as usize) }
-}
-
-pub(crate) fn frame_header(part: usize, total: usize, desc: [u64; 2]) -> [u8; FRAME_HEADER] {
-    let mut h = [0u8; FRAME_HEADER];
-    h[..4].copy_from_slice(&(part as u32).to_le_bytes());
-    h[4..8].copy_from_slice(&(total as u32).to_le_bytes());
-    h[8..16].copy_from_slice(&desc[0].to_le_bytes());
-    h[16..24].copy_from_slice(&desc[1].to_le_bytes());
-    h
-}
-
-pub(crate) fn parse_header(h: &[u8; FRAME_HEADER]) -> (usize, usize, [u64; 2]) {
-    let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes")) as usize;
-    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    (u32_at(0), u32_at(4), [u64_at(8), u64_at(16)])
 }
 
 impl Tcp {
@@ -281,186 +217,6 @@ impl Tcp {
     }
 
     /// Writes what the executor posted; returns whether bytes moved.
-    fn pump_send(&self, c: &mut SendConn) -> Result<bool> {
-        let mut moved = false;
-        loop {
-            if !c.busy {
-                if !c.fifo.can_recv() {
-                    return Ok(moved);
-                }
-                let m = c.fifo.message();
-                for (s, (off, len)) in c.socks.iter_mut().zip(stripes(m.bytes, self.nsocks)) {
-                    s.header = frame_header(len, m.bytes, m.desc);
-                    s.left = FRAME_HEADER + len;
-                    s.off = off;
-                    s.len = len;
-                }
-                c.busy = true;
-            }
-            let m = c.fifo.message();
-            let mut done = true;
-            for s in c.socks.iter_mut().filter(|s| s.left > 0) {
-                while s.left > 0 {
-                    let sent = FRAME_HEADER + s.len - s.left;
-                    // SAFETY: the message is ours until released, and holds m.bytes bytes,
-                    // of which this socket's part is [off, off + len).
-                    let part = unsafe { std::slice::from_raw_parts(m.ptr.add(s.off), s.len) };
-                    let r = if sent < FRAME_HEADER {
-                        send_nosignal(&s.sock, &s.header[sent..], part)
-                    } else {
-                        send_nosignal(&s.sock, &part[sent - FRAME_HEADER..], &[])
-                    };
-                    match r {
-                        Ok(0) => return Err(self.closed(c.peer, "sending")),
-                        Ok(k) => {
-                            s.left -= k;
-                            moved = true;
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(self.broken(c.peer, "sending to", e)),
-                    }
-                }
-                done &= s.left == 0;
-            }
-            if !done {
-                return Ok(moved);
-            }
-            c.busy = false;
-            c.fifo.release();
-        }
-    }
-
-    /// Reads from socket `s` into its read-ahead buffer; `Ok(false)` when it has nothing
-    /// now. A clean end of stream between messages marks the link closed (a peer that
-    /// finished); mid-message it is an error.
-    fn fill(&self, peer: usize, s: &mut RxSock, closed: &mut bool) -> Result<bool> {
-        if s.rstart == s.rend {
-            s.rstart = 0;
-            s.rend = 0;
-        }
-        loop {
-            match s.sock.read(&mut s.rbuf[s.rend..]) {
-                Ok(0) if s.have_header == 0 && s.rstart == s.rend => {
-                    *closed = true;
-                    return Ok(false);
-                }
-                Ok(0) => return Err(self.closed(peer, "receiving")),
-                Ok(k) => {
-                    s.drained = s.rend + k < s.rbuf.len();
-                    s.rend += k;
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    s.drained = true;
-                    return Ok(false);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.broken(peer, "receiving from", e)),
-            }
-        }
-    }
-
-    /// Completes socket `s`'s frame header from read-ahead or the socket; whether done.
-    fn read_header(&self, peer: usize, s: &mut RxSock, closed: &mut bool) -> Result<bool> {
-        while s.have_header < FRAME_HEADER {
-            if s.rstart == s.rend && (s.drained || !self.fill(peer, s, closed)?) {
-                return Ok(false);
-            }
-            let k = (FRAME_HEADER - s.have_header).min(s.rend - s.rstart);
-            s.header[s.have_header..s.have_header + k].copy_from_slice(&s.rbuf[s.rstart..s.rstart + k]);
-            s.have_header += k;
-            s.rstart += k;
-        }
-        Ok(true)
-    }
-
-    /// Reads socket `s`'s part into `dst` (its `len` bytes); whether complete. Large parts
-    /// are read straight into the slot, small ones through the read-ahead buffer.
-    fn read_part(&self, peer: usize, s: &mut RxSock, dst: *mut u8, len: usize, closed: &mut bool) -> Result<bool> {
-        while s.have_part < len {
-            let need = len - s.have_part;
-            if s.rstart < s.rend {
-                let k = need.min(s.rend - s.rstart);
-                // SAFETY: `dst` holds `len` bytes (a slot the caller owns); the staging
-                // range holds `k` bytes.
-                unsafe { std::ptr::copy_nonoverlapping(s.rbuf.as_ptr().add(s.rstart), dst.add(s.have_part), k) };
-                s.rstart += k;
-                s.have_part += k;
-            } else if need >= READ_AHEAD / 2 {
-                // SAFETY: as above: `need` bytes of the part remain.
-                let buf = unsafe { std::slice::from_raw_parts_mut(dst.add(s.have_part), need) };
-                match s.sock.read(buf) {
-                    Ok(0) => return Err(self.closed(peer, "receiving")),
-                    Ok(k) => s.have_part += k,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.broken(peer, "receiving from", e)),
-                }
-            } else if s.drained || !self.fill(peer, s, closed)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Moves complete messages from the sockets into the receive FIFO while it has room;
-    /// returns whether a message was posted or bytes moved.
-    fn pump_recv(&self, c: &mut RecvConn) -> Result<bool> {
-        let mut moved = false;
-        c.socks.iter_mut().for_each(|s| s.drained = false);
-        loop {
-            if c.closed {
-                return Ok(moved);
-            }
-            let RecvConn { peer, socks, fifo, closed } = c;
-            let peer = *peer;
-            // The first socket's header says how large the message is, hence how it is
-            // striped.
-            if !self.read_header(peer, &mut socks[0], closed)? {
-                return Ok(moved);
-            }
-            let (_, total, desc) = parse_header(&socks[0].header);
-            if total > self.shape.slot_bytes {
-                return Err(Error::remote(format!(
-                    "{} sent a malformed message ({total} bytes, more than a slot of {}): different OXCCL_SLOT_BYTES on the two ranks?",
-                    self.who(peer),
-                    self.shape.slot_bytes
-                )));
-            }
-            if !fifo.can_send() {
-                return Ok(moved); // the executor has not consumed earlier messages yet
-            }
-            let dst = fifo.buffer(total);
-            let mut complete = true;
-            for (i, (off, len)) in stripes(total, self.nsocks).enumerate() {
-                let s = &mut socks[i];
-                if !self.read_header(peer, s, closed)? {
-                    complete = false;
-                    continue;
-                }
-                let (part, t, _) = parse_header(&s.header);
-                if part != len || t != total {
-                    return Err(Error::remote(format!(
-                        "{} sent a malformed message: socket {i} carries {part} of {t} bytes, expected {len} of {total} (different OXCCL_NSOCKS on the two ranks?)",
-                        self.who(peer)
-                    )));
-                }
-                // SAFETY: the slot holds `total` bytes and [off, off + len) lies within.
-                complete &= self.read_part(peer, s, unsafe { dst.add(off) }, len, closed)?;
-            }
-            if !complete {
-                return Ok(moved);
-            }
-            fifo.post(total, desc);
-            moved = true;
-            for s in socks.iter_mut() {
-                s.have_header = 0;
-                s.have_part = 0;
-            }
-        }
-    }
-
     fn closed(&self, peer: usize, what: &str) -> Error {
         self.peers.closed(peer, "connection", what)
     }
@@ -654,105 +410,5 @@ impl Transport for Tcp {
         {
             c.arrivals = true;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripes_cover_messages_exactly() {
-        for nsocks in [1usize, 2, 3, 4, 8] {
-            for total in [0usize, 1, 100, STRIPE_MIN - 1, STRIPE_MIN, STRIPE_MIN + 1, 1 << 20, (1 << 20) + 12345] {
-                let v: Vec<(usize, usize)> = stripes(total, nsocks).collect();
-                assert_eq!(v.len(), if nsocks > 1 && total >= STRIPE_MIN { nsocks } else { 1 });
-                let mut at = 0;
-                for (off, len) in v {
-                    assert_eq!(off, at.min(total));
-                    at = off + len;
-                }
-                assert_eq!(at, total, "nsocks {nsocks} total {total}");
-            }
-        }
-        let h = frame_header(5, 9, [1, 2]);
-        assert_eq!(parse_header(&h), (5, 9, [1, 2]));
-    }
-}
-
-/// Setting up TCP with the ranks of other hosts (see [`super::setup`]): this rank's data
-/// listener is bound at once and its address is the rank's address.
-pub(crate) struct TcpSetup {
-    peers: Vec<usize>,
-    listener: Option<TcpListener>,
-    addr: SocketAddr,
-}
-
-impl TcpSetup {
-    /// This rank's side, if it has peers on other hosts (or every peer, when shared
-    /// memory is disabled).
-    pub(crate) fn new(env: &super::setup::Env<'_>) -> Result<Option<TcpSetup>> {
-        let peers = env.peers_by(crate::topology::Link::Tcp);
-        if peers.is_empty() {
-            return Ok(None);
-        }
-        let l = Tcp::listen(env.ip)?;
-        let addr = l.local_addr().map_err(|e| Error::system("reading the TCP listener address", e))?;
-        Ok(Some(TcpSetup { peers, listener: Some(l), addr }))
-    }
-}
-
-/// Every rank's listener, from the addresses they published (a rank without one gets
-/// an address nobody listens on: it has no peer that would connect to it).
-pub(crate) fn listener_addrs(addrs: &[&[u8]]) -> Result<Vec<SocketAddr>> {
-    addrs
-        .iter()
-        .map(|a| {
-            if a.is_empty() {
-                return Ok(SocketAddr::from(([0, 0, 0, 0], 0)));
-            }
-            let mut d = crate::wire::Dec::new(a, "TCP listener address");
-            let addr = d.addr()?;
-            d.end()?;
-            Ok(addr)
-        })
-        .collect()
-}
-
-impl super::setup::Setup for TcpSetup {
-    fn name(&self) -> &'static str {
-        "tcp"
-    }
-
-    fn peers(&self) -> &[usize] {
-        &self.peers
-    }
-
-    fn address(&self) -> Vec<u8> {
-        let mut e = crate::wire::Enc::new();
-        e.addr(&self.addr);
-        e.0
-    }
-
-    fn connect(
-        &mut self,
-        env: &super::setup::Env<'_>,
-        addrs: &[&[u8]],
-        shared: &super::setup::Shared,
-    ) -> Result<Box<dyn Transport>> {
-        let l = self.listener.take().ok_or_else(|| Error::internal("the TCP listener was taken twice"))?;
-        let s = env.settings;
-        let t = Tcp::new(
-            env.rank,
-            *env.secret,
-            env.shape,
-            s.nsocks,
-            l,
-            listener_addrs(addrs)?,
-            env.topology.peers.clone(),
-            shared.bell.clone(),
-            s.timeout,
-        )?;
-        Ok(Box::new(t.with_watch(shared.watch.clone()).with_fault(shared.fault.clone())))
     }
 }
