@@ -182,9 +182,9 @@ pub fn handshake(data: &[u8]) {
 /// descriptor) and the descriptor's readable form, which errors show the user. What
 /// parses must encode back to the same bytes; describing any two words must not panic.
 pub fn call_description(data: &[u8]) {
-    if let Some(h) = data.first_chunk::<{ crate::transport::tcp::FRAME_HEADER }>() {
-        let (part, total, desc) = crate::transport::tcp::parse_header(h);
-        assert_eq!(&crate::transport::tcp::frame_header(part, total, desc), h, "frame header round trip");
+    if let Some(h) = data.first_chunk::<{ crate::transport::tcp::frame::FRAME_HEADER }>() {
+        let (part, total, desc) = crate::transport::tcp::frame::parse_header(h);
+        assert_eq!(&crate::transport::tcp::frame::frame_header(part, total, desc), h, "frame header round trip");
         let text = crate::call::desc::describe(desc);
         assert!(text.len() < 256, "a description of {} bytes", text.len());
         let _ = crate::call::desc::tag_bits(desc);
@@ -215,7 +215,7 @@ pub fn peer_info(data: &[u8]) {
     if let Ok(table) = crate::transport::setup::decode(data) {
         assert_eq!(crate::transport::setup::encode(&table), data, "transport addresses round trip");
         for (_, a) in &table {
-            let _ = crate::transport::tcp::listener_addrs(&[a]);
+            let _ = crate::transport::tcp::setup::listener_addrs(&[a]);
         }
     }
 }

@@ -16,3 +16,21 @@ pub mod launcher {
 
 /// This machine's hostname.
 pub use crate::sys::hostname;
+
+/// Device operations on raw stream handles (the C ABI's and Python's `cudaStream_t`).
+#[cfg(feature = "cuda")]
+pub mod device {
+    use crate::cuda::cudarc::driver::sys::CUstream;
+    use crate::{Comm, RawBatch, Result};
+
+    /// Runs a batch of device operations on a raw stream handle, as
+    /// [`Comm::run_raw_device`] does on a cudarc stream.
+    ///
+    /// # Safety
+    /// As [`Comm::run_raw_device`], and `stream` must be a valid stream handle (null: the
+    /// default stream) whose context stays alive while the communicator uses it.
+    pub unsafe fn run_raw_on(comm: &mut Comm, batch: RawBatch, stream: CUstream) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { comm.run_raw_on(batch, stream) }
+    }
+}

@@ -63,7 +63,7 @@ pub fn run_at(c: &mut oxccl::Comm, batch: RawBatch, at: Place) -> Result<()> {
         #[cfg(feature = "cuda")]
         // SAFETY: NCCL's contract: the buffers are device memory of the stream's context,
         // valid until the stream has passed the operation; the stream is live.
-        Place::Device(stream) => unsafe { c.run_raw_device(batch, stream as _) },
+        Place::Device(stream) => unsafe { oxccl::internals::device::run_raw_on(c, batch, stream as _) },
         #[cfg(not(feature = "cuda"))]
         Place::Device(_) => Err(Error::internal("device buffers without the cuda feature")),
     }

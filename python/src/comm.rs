@@ -310,7 +310,7 @@ impl PyComm {
                 // passed a CUDA tensor's address) of the stream's device, and are kept
                 // alive by the caller until the stream has passed the operation (the
                 // caching allocator reuses memory in stream order).
-                unsafe { c.run_raw_device(batch, s) }.map_err(to_py)
+                unsafe { oxccl::internals::device::run_raw_on(c, batch, s) }.map_err(to_py)
             })?;
             drop(views);
             return Ok(async_op.then_some(PyWork { work: None }));

@@ -11,8 +11,6 @@ mod device;
 mod engine;
 mod group;
 pub(crate) mod init;
-#[cfg(feature = "cuda")]
-mod ipc;
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
@@ -87,7 +85,7 @@ pub struct Comm {
     device: Option<device::Staging>,
     /// Device all-reduce through CUDA IPC (`OXCCL_CUDA_IPC=1`), once set up.
     #[cfg(feature = "cuda")]
-    ipc: Option<ipc::Ipc>,
+    ipc: Option<device::IpcState>,
 }
 
 /// A handle that aborts a communicator from any thread, while other threads are blocked

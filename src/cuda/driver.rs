@@ -273,3 +273,165 @@ pub fn current_device() -> Option<usize> {
     let r = unsafe { sys::cuCtxGetDevice(&mut d) };
     (r == sys::CUresult::CUDA_SUCCESS).then_some(d as usize)
 }
+
+/// Enqueues on `stream` a write of `value` into the 32-bit word at device address `flag`.
+///
+/// # Safety
+/// `flag` must be device-writable memory that stays allocated until the write has run.
+pub unsafe fn write_value(stream: sys::CUstream, flag: sys::CUdeviceptr, value: u32) -> Result<(), CudaError> {
+    let write = sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
+    // SAFETY: the caller's contract.
+    check(unsafe { sys::cuStreamWriteValue32_v2(stream, flag, value, write) }, "cuStreamWriteValue32")
+}
+
+/// Enqueues a copy of `bytes` between device addresses on `stream`.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `bytes` bytes until the copy has run.
+pub unsafe fn copy_on_device(
+    dst: sys::CUdeviceptr,
+    src: sys::CUdeviceptr,
+    bytes: usize,
+    stream: sys::CUstream,
+) -> Result<(), CudaError> {
+    // SAFETY: the caller's contract.
+    check(unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, stream) }, "cuMemcpyDtoDAsync")
+}
+
+/// Blocks until the current context's work has completed.
+pub fn synchronize() -> Result<(), CudaError> {
+    ready()?;
+    // SAFETY: synchronises the current context; no memory is passed.
+    check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
+}
+
+/// Device memory of the current context that other processes can map through CUDA IPC
+/// (`cuMemAlloc`: stream-ordered pool memory cannot be exported).
+pub struct Exported {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+}
+
+/// What a process hands another so that it can map an [`Exported`] buffer.
+pub type IpcHandle = [u8; 64];
+
+impl Exported {
+    /// `len` bytes (at least one) and the handle that maps them elsewhere.
+    pub fn new(len: usize) -> Result<(Exported, IpcHandle), CudaError> {
+        ready()?;
+        let mut d: sys::CUdeviceptr = 0;
+        // SAFETY: `d` is writable; on success it is `len` bytes we own until cuMemFree.
+        check(unsafe { sys::cuMemAlloc_v2(&mut d, len.max(1)) }, "cuMemAlloc")?;
+        let buf = Exported { ptr: d, len: len.max(1) };
+        let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::zeroed();
+        // SAFETY: `h` is writable; `d` came from cuMemAlloc.
+        check(unsafe { sys::cuIpcGetMemHandle(h.as_mut_ptr(), d) }, "cuIpcGetMemHandle")?;
+        // SAFETY: initialised by the call above (and zeroed before).
+        let h = unsafe { h.assume_init() };
+        let mut out = [0u8; 64];
+        for (o, c) in out.iter_mut().zip(h.reserved.iter()) {
+            *o = *c as u8;
+        }
+        Ok((buf, out))
+    }
+
+    /// Its device address.
+    pub fn ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (never: at least one byte is allocated).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemAlloc, freed once; the owner synchronised the
+        // context's work that used it.
+        unsafe { sys::cuMemFree_v2(self.ptr) };
+    }
+}
+
+/// Another process's [`Exported`] buffer, mapped into this context.
+pub struct Imported(sys::CUdeviceptr);
+
+impl Imported {
+    /// Maps the buffer `handle` names (lazily enabling peer access between devices).
+    pub fn open(handle: &IpcHandle) -> Result<Imported, CudaError> {
+        ready()?;
+        let mut raw = sys::CUipcMemHandle { reserved: [0; 64] };
+        for (c, b) in raw.reserved.iter_mut().zip(handle.iter()) {
+            *c = *b as _;
+        }
+        let lazy = sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32;
+        let mut d: sys::CUdeviceptr = 0;
+        // SAFETY: `d` is writable; the handle came from a peer's cuIpcGetMemHandle.
+        check(unsafe { sys::cuIpcOpenMemHandle_v2(&mut d, raw, lazy) }, "cuIpcOpenMemHandle")?;
+        Ok(Imported(d))
+    }
+
+    /// Its device address here.
+    pub fn ptr(&self) -> sys::CUdeviceptr {
+        self.0
+    }
+}
+
+impl Drop for Imported {
+    fn drop(&mut self) {
+        // SAFETY: opened by cuIpcOpenMemHandle, closed once, after the owner synchronised
+        // this context's work that read it.
+        unsafe { sys::cuIpcCloseMemHandle(self.0) };
+    }
+}
+
+/// Host memory (a mapping the caller owns) registered with the driver, so the device
+/// reads and writes it at [`Registered::device_ptr`].
+pub struct Registered {
+    host: *mut u8,
+    dev: sys::CUdeviceptr,
+}
+
+// SAFETY: the registration is a handle on memory the owner keeps mapped; any thread may
+// unregister it with the context current.
+unsafe impl Send for Registered {}
+// SAFETY: `&Registered` only hands out addresses.
+unsafe impl Sync for Registered {}
+
+impl Registered {
+    /// Registers `len` bytes at `host`, mapped for the device.
+    ///
+    /// # Safety
+    /// `host` must be a page-aligned mapping of `len` bytes that outlives the value.
+    pub unsafe fn new(host: *mut u8, len: usize) -> Result<Registered, CudaError> {
+        ready()?;
+        let flags = sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_PORTABLE;
+        // SAFETY: the caller's contract.
+        check(unsafe { sys::cuMemHostRegister_v2(host.cast(), len, flags) }, "cuMemHostRegister")?;
+        let mut dev: sys::CUdeviceptr = 0;
+        // SAFETY: registered with DEVICEMAP above; `dev` is writable.
+        let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dev, host.cast(), 0) };
+        // Dropped on error, which undoes the registration.
+        let reg = Registered { host, dev };
+        check(r, "cuMemHostGetDevicePointer")?;
+        Ok(reg)
+    }
+
+    /// The address the device uses for the memory's first byte.
+    pub fn device_ptr(&self) -> sys::CUdeviceptr {
+        self.dev
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // SAFETY: registered by `new` and unregistered once.
+        unsafe { sys::cuMemHostUnregister(self.host.cast()) };
+    }
+}

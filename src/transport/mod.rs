@@ -6,6 +6,8 @@
 //! links into connected FIFO ends. `inproc` serves ranks that are threads of one process
 //! (the FIFO is ordinary memory both ends share).
 
+#[cfg(feature = "cuda")]
+pub mod cuda_ipc;
 pub mod fifo;
 pub mod hello;
 pub mod ib;

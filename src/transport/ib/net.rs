@@ -63,7 +63,8 @@ use crate::topology::PeerInfo;
 use crate::transport::fifo::{Fifo, FifoRx, FifoShape, FifoTx, INLINE_BYTES, Msg, Region};
 use crate::transport::hello::ConnHello;
 use crate::transport::peers::{ConnWait, NetPeers};
-use crate::transport::tcp::{MAX_UNCLAIMED, stripes};
+use crate::transport::tcp::MAX_UNCLAIMED;
+use crate::transport::tcp::frame::stripes;
 use crate::transport::{Dir, Endpoint, LinkKey, Transport};
 use crate::wire::{self, Kind};
 

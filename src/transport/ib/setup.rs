@@ -12,7 +12,8 @@ use crate::log;
 use crate::topology::Link;
 use crate::transport::Transport;
 use crate::transport::setup::{Env, Setup, Shared};
-use crate::transport::tcp::{Tcp, listener_addrs};
+use crate::transport::tcp::Tcp;
+use crate::transport::tcp::setup::listener_addrs;
 
 /// This rank's InfiniBand side.
 pub(crate) struct IbSetup {

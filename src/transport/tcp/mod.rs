@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::fifo::{Fifo, FifoRx, FifoShape, FifoTx, Region};
-mod frame;
+pub(crate) mod frame;
 mod pump;
-mod setup;
+pub(crate) mod setup;
 
-use frame::tune;
-pub(crate) use frame::{FRAME_HEADER, frame_header, parse_header, stripes};
-pub(crate) use setup::{TcpSetup, listener_addrs};
+use frame::{FRAME_HEADER, tune};
+pub(crate) use setup::TcpSetup;
 
 use super::hello::ConnHello;
 use super::peers::{ConnWait, NetPeers};
