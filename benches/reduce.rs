@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use oxccl::DataType;
-use oxccl::reduce::{BinOp, Level, copy, kernels, store_fence};
+use oxccl::internals::reduce::{BinOp, Level, copy, kernels, store_fence};
 
 /// Large buffers: 64 MiB per operand.
 const LARGE: usize = 64 << 20;
@@ -55,7 +55,7 @@ impl Buffers {
 enum Case {
     /// `ptr::copy_nonoverlapping` (the C library's memcpy).
     Memcpy,
-    /// `oxccl::reduce::copy` with non-temporal stores.
+    /// `oxccl::internals::reduce::copy` with non-temporal stores.
     CopyNt,
     /// `dst = a + b` of `dtype`, with non-temporal stores or not.
     Sum(DataType, bool),
@@ -197,7 +197,7 @@ fn summary(level: Level) {
             );
         }
         if let Some(nt) = rate("copy_nt") {
-            println!("{label:<9} (oxccl::reduce::copy with nt: {nt:.2} GB/s, {:.2} of memcpy)", nt / copy);
+            println!("{label:<9} (oxccl::internals::reduce::copy with nt: {nt:.2} GB/s, {:.2} of memcpy)", nt / copy);
         }
     }
     println!("(ratio) = sum rate / memcpy rate, both counting bytes read + written");

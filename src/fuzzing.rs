@@ -2,7 +2,7 @@
 //! API). Each takes arbitrary bytes, feeds them to the decoders that read a peer's or a
 //! user's bytes, and panics only on a bug: a decoder that panics, or a value that does
 //! not survive re-encoding. `fuzz/corpus/<target>/` holds seeds made by
-//! [`seed_corpus`] (the real encoders) plus edge cases.
+//! `seed_corpus` (the real encoders) plus edge cases.
 
 use std::io::{ErrorKind, Read};
 use std::net::SocketAddr;
@@ -206,7 +206,7 @@ pub fn unique_id(data: &[u8]) {
     }
 }
 
-/// What ranks exchange at init: [`PeerInfo`] and the transport endpoints (TCP listener,
+/// What ranks exchange at init: `PeerInfo` and the transport endpoints (TCP listener,
 /// shared-memory segment name). What decodes must decode again, alike, after encoding.
 pub fn peer_info(data: &[u8]) {
     if let Ok(p) = PeerInfo::decode(data) {

@@ -2,6 +2,8 @@
 //! What a user needs is re-exported at the crate root; anything here may change in any
 //! release.
 
+pub use crate::{reduce, transport, wire};
+
 /// The table of environment variables as Markdown (`docs/SETTINGS.md`).
 pub fn settings_markdown() -> String {
     crate::settings::vars::markdown()

@@ -22,36 +22,22 @@
 //! # Ok::<(), oxccl::Error>(())
 //! ```
 //!
-//! Layers, bottom up (each a module): [`types`] (data types and ops), [`reduce`]
-//! (kernels), [`sync`] (waiting), [`transport`] (links and FIFOs), [`algo`] (pure
-//! schedules), [`exec`] (the executor), [`plan`] (cost model), [`config`], and `comm`
-//! (the safe API).
+//! The public API is what this page lists: [`Comm`] and its work handles, [`Config`] and
+//! [`Settings`], [`Error`], the data types and ops, [`UniqueId`], and, with the `cuda`
+//! feature, the `cuda` module. ARCHITECTURE.md maps the modules behind it. `oxccl::internals` is
+//! for oxccl's own C ABI, examples, benchmarks and tests: not a stable API.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
-pub mod algo;
-pub mod call;
+mod algo;
+mod bootstrap;
+mod call;
 mod comm;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod error;
-pub mod exec;
-pub mod plan;
-pub mod reduce;
-pub mod settings;
-pub mod sync;
-pub mod sys;
-pub mod transport;
-pub mod types;
-pub mod wire;
-
-pub use call::Algo;
-pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, RawWork, Scope, Work};
-pub use error::{Error, ErrorKind, NCCL_RESULTS, NcclResult, Result};
-pub use settings::{Config, Settings};
-pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};
-pub mod bootstrap;
-pub mod fault;
+mod error;
+mod exec;
+mod fault;
 /// Entry points for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`): not a stable
 /// API.
 #[cfg(feature = "fuzzing")]
@@ -59,6 +45,24 @@ pub mod fault;
 pub mod fuzzing;
 #[doc(hidden)]
 pub mod internals;
-pub mod liveness;
-pub mod log;
-pub mod topology;
+mod liveness;
+mod log;
+mod plan;
+#[doc(hidden)]
+pub mod reduce;
+pub mod settings;
+mod sync;
+mod sys;
+mod topology;
+#[doc(hidden)]
+pub mod transport;
+mod types;
+#[doc(hidden)]
+pub mod wire;
+
+pub use bootstrap::UniqueId;
+pub use call::Algo;
+pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, RawWork, Scope, Work};
+pub use error::{Error, ErrorKind, NCCL_RESULTS, NcclResult, Result};
+pub use settings::{Config, Settings};
+pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};

@@ -23,7 +23,7 @@ fn resources() -> (usize, usize, usize) {
 #[test]
 fn abort_unblocks_within_100_ms_and_leaks_nothing() {
     let round = || {
-        let id = oxccl::bootstrap::UniqueId::new().unwrap();
+        let id = oxccl::UniqueId::new().unwrap();
         let cfg = Config::new().timeout(Duration::from_secs(20));
         let peer = {
             let (id, cfg) = (id, cfg.clone());

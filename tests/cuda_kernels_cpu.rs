@@ -1,5 +1,5 @@
 //! Runs the CUDA kernels of `src/cuda/kernels.cu` on the CPU and checks every result
-//! against the crate's portable CPU kernels (`oxccl::reduce` at `Level::Scalar`, which
+//! against the crate's portable CPU kernels (`oxccl::internals::reduce` at `Level::Scalar`, which
 //! define the intended arithmetic), plus a table of hand-computed special cases.
 //!
 //! The test compiles `kernels.cu` as host C++ (`OXCCL_CXX`, else `CXX`, else g++ or
@@ -35,7 +35,7 @@
 #![cfg(all(unix, any(target_arch = "x86_64", target_arch = "aarch64")))]
 
 use oxccl::DataType;
-use oxccl::reduce::{self, Level};
+use oxccl::internals::reduce::{self, Level};
 use std::collections::hash_map::DefaultHasher;
 use std::ffi::{CString, c_void};
 use std::hash::{Hash, Hasher};

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oxccl::wire::{self, Enc, Kind};
+use oxccl::internals::wire::{self, Enc, Kind};
 use oxccl::{Comm, Config, ReduceOp};
 
 const CHILD: &str = "OXCCL_HOSTILE_CHILD";

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxccl::transport::ib::verbs::{
+use oxccl::internals::transport::ib::verbs::{
     Address, CompChannel, Completion, Context, Cq, Mr, Pd, PortInfo, Qp, QpTuning, SendWr,
 };
 

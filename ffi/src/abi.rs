@@ -44,7 +44,7 @@ pub const SPLIT_NOCOLOR: c_int = -1;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NcclUniqueId {
-    /// The bytes of [`oxccl::bootstrap::UniqueId::to_bytes`].
+    /// The bytes of [`oxccl::UniqueId::to_bytes`].
     pub internal: [c_char; 128],
 }
 

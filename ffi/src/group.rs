@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use crate::abi::NcclResult;
 use crate::coll::Place;
 use crate::handle::{Handle, Slot};
-use oxccl::bootstrap::UniqueId;
+use oxccl::UniqueId;
 use oxccl::{Comm, Config, Error, RawBatch, Result};
 
 /// A handle address that crosses to a worker thread of `ncclGroupEnd`.

@@ -8,7 +8,7 @@ use crate::abi::{ConfigReader, NcclConfig, NcclResult, NcclUniqueId, SPLIT_NOCOL
 use crate::boundary::{error_string, guard, last_error, null};
 use crate::group::{self, HandlePtr};
 use crate::handle::{Handle, Slot};
-use oxccl::bootstrap::UniqueId;
+use oxccl::UniqueId;
 use oxccl::{Comm, Config, Error, Result};
 
 /// `ncclComm_t`: a pointer to a [`Handle`].

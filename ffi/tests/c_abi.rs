@@ -332,7 +332,7 @@ fn header_layout_and_values_match_the_library() {
          nvlinkCentricSched => nvlink_centric_sched, graphUsageMode => graph_usage_mode,
          numRmaCtx => num_rma_ctx, maxP2pPeers => max_p2p_peers, graphStreamOrdering => graph_stream_ordering);
     assert_eq!(get("sizeof.ncclConfig_t"), std::mem::size_of::<NcclConfig>() as i64);
-    assert_eq!(get("sizeof.ncclUniqueId"), oxccl::bootstrap::id::UNIQUE_ID_BYTES as i64);
+    assert_eq!(get("sizeof.ncclUniqueId"), oxccl::UniqueId::BYTES as i64);
     for t in ["ncclResult_t", "ncclDataType_t", "ncclRedOp_t"] {
         assert_eq!(get(&format!("sizeof.{t}")), 4, "{t} is int-sized");
     }

@@ -64,12 +64,12 @@ pub(crate) fn to_py(e: oxccl::Error) -> PyErr {
 #[pyclass(name = "UniqueId", module = "oxccl._oxccl", frozen, eq, hash)]
 #[derive(PartialEq, Eq, Hash)]
 pub struct PyUniqueId {
-    pub(crate) bytes: [u8; oxccl::bootstrap::id::UNIQUE_ID_BYTES],
+    pub(crate) bytes: [u8; oxccl::UniqueId::BYTES],
 }
 
 impl PyUniqueId {
-    pub(crate) fn id(&self) -> PyResult<oxccl::bootstrap::id::UniqueId> {
-        oxccl::bootstrap::id::UniqueId::from_bytes(&self.bytes).map_err(to_py)
+    pub(crate) fn id(&self) -> PyResult<oxccl::UniqueId> {
+        oxccl::UniqueId::from_bytes(&self.bytes).map_err(to_py)
     }
 }
 
@@ -79,14 +79,14 @@ impl PyUniqueId {
     /// ``ncclGetUniqueId``).
     #[new]
     fn new(py: Python<'_>) -> PyResult<Self> {
-        let id = py.detach(oxccl::bootstrap::id::UniqueId::new).map_err(to_py)?;
+        let id = py.detach(oxccl::UniqueId::new).map_err(to_py)?;
         Ok(PyUniqueId { bytes: id.to_bytes() })
     }
 
     /// Rebuilds an id from its 128 bytes (``bytes(uid)`` on the rank that made it).
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
-        let id = oxccl::bootstrap::id::UniqueId::from_bytes(data).map_err(to_py)?;
+        let id = oxccl::UniqueId::from_bytes(data).map_err(to_py)?;
         Ok(PyUniqueId { bytes: id.to_bytes() })
     }
 
@@ -119,7 +119,7 @@ fn _oxccl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RemoteError", py.get_type::<RemoteError>())?;
     m.add("CommSystemError", py.get_type::<CommSystemError>())?;
     m.add("InternalError", py.get_type::<InternalError>())?;
-    m.add("UNIQUE_ID_BYTES", oxccl::bootstrap::id::UNIQUE_ID_BYTES)?;
+    m.add("UNIQUE_ID_BYTES", oxccl::UniqueId::BYTES)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

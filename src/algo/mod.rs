@@ -70,6 +70,7 @@ impl Peers {
     }
 
     /// Whether the set is empty (for `me` among `n` ranks).
+    #[cfg(test)]
     pub fn is_empty(&self, n: usize) -> bool {
         match self {
             Peers::None => true,

@@ -217,11 +217,13 @@ impl Gate {
     }
 
     /// Connections waiting to introduce themselves now.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
 
     /// Refusals so far.
+    #[cfg(test)]
     pub fn refused(&self) -> u64 {
         self.refusals.count
     }

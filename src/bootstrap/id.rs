@@ -29,6 +29,9 @@ pub struct UniqueId {
 }
 
 impl UniqueId {
+    /// Bytes in a unique id (`NCCL_UNIQUE_ID_BYTES`).
+    pub const BYTES: usize = UNIQUE_ID_BYTES;
+
     /// An id for a root at `root` with a fresh random secret (the root itself is started
     /// by [`UniqueId::new`] or by rank 0 in `Comm::init_rank`).
     pub fn for_root(root: SocketAddr) -> Result<UniqueId> {

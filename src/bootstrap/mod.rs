@@ -36,10 +36,8 @@ use msg::fail_message;
 pub struct Bootstrap {
     rank: usize,
     nranks: usize,
-    secret: Secret,
     next: Option<TcpStream>,
     prev: Option<TcpStream>,
-    timeout: Option<Duration>,
 }
 
 fn io_err(what: impl Into<String>, e: std::io::Error) -> Error {
@@ -337,7 +335,7 @@ impl Bootstrap {
             }
             Err(e) => return Err(e),
         };
-        let mut b = Bootstrap { rank, nranks, secret: *id.secret(), next: None, prev: None, timeout };
+        let mut b = Bootstrap { rank, nranks, next: None, prev: None };
         if nranks > 1 {
             // Accept (and keep) our predecessor's introduction while connecting.
             let mut early = None;
@@ -390,21 +388,6 @@ impl Bootstrap {
         Ok(b)
     }
 
-    /// This rank.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// Number of ranks.
-    pub fn nranks(&self) -> usize {
-        self.nranks
-    }
-
-    /// The job's secret.
-    pub fn secret(&self) -> &Secret {
-        &self.secret
-    }
-
     /// Every rank's `mine`, in rank order (a ring all-gather).
     pub fn all_gather(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         let (rank, n) = (self.rank, self.nranks);
@@ -449,11 +432,6 @@ impl Bootstrap {
     /// successor); `None` with one rank.
     pub fn into_ring(self) -> Option<(TcpStream, TcpStream)> {
         Some((self.prev?, self.next?))
-    }
-
-    /// The communicator timeout this bootstrap uses.
-    pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
     }
 }
 

@@ -1,5 +1,5 @@
 //! Settings, read in one place: defaults, then environment variables (the table in
-//! [`vars`], read once per process through [`env`]), then what the caller set in a
+//! [`vars`], read once per process through [`mod@env`]), then what the caller set in a
 //! [`Config`]. The result is a [`Settings`], fixed for a communicator's life; with
 //! `OXCCL_DEBUG=INFO` the effective settings are printed once per process.
 //!

@@ -8,7 +8,7 @@
 //! process when a collective first uses it.
 //!
 //! Names and identity: each rank creates its segment under a fresh random name
-//! ([`crate::sys::shmem::random_name`], 128 bits from the kernel; mode 0600, `O_EXCL`) and
+//! (`sys::shmem::random_name`, 128 bits from the kernel; mode 0600, `O_EXCL`) and
 //! tells its peers the name through the bootstrap, whose connections present the job's
 //! secret. The creator writes an identity header (magic, a digest of the job's secret,
 //! its rank and pid, the FIFO shape); a peer reads it with `pread` and maps the segment
