@@ -4,7 +4,7 @@
 #   ib_write_bw 4 MiB (rxe0 -> rxe1), ib_write_bw -b 4 MiB (both directions at once, as a
 #   ring all-reduce runs them), ib_write_lat 8 B, then all_reduce_perf with 2 rank
 #   processes as two hosts (rank 0 on rxe0, rank 1 on rxe1), f32 sum, at 8 B and 4 MiB.
-# Prints every round, then the medians and the ratios the InfiniBand issue asks for:
+# Prints every round, then the medians and the ratios to perftest that BENCHMARKS.md reports:
 #   4 MiB busbw / ib_write_bw (target >= 0.70), 8 B time / ib_write_lat (target <= 3).
 # A 2-rank all-reduce's busbw is its algbw (size / time); ib_write_lat's figure is
 # one-way (half a round trip); ib_write_bw -b reports both directions added up.

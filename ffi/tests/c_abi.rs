@@ -161,7 +161,7 @@ fn invalid_arguments_are_errors_with_reasons() {
     assert!(out.contains("unknown data type 99"), "{out}");
 }
 
-/// Issue 6 from C: ncclCommGetAsyncError reports an abort, a peer's death, a timeout and
+/// Faults from C: ncclCommGetAsyncError reports an abort, a peer's death, a timeout and
 /// a mismatch on every rank (ncclRemoteError, ncclTimeout, ncclInvalidUsage), with the
 /// reason in ncclGetLastError; an abort unblocks a waiting call; later calls fail at once.
 /// For thread ranks (ncclCommInitAll), ranks joined by id (ncclCommInitRank) and processes.

@@ -1,4 +1,4 @@
-/* Faults reach every rank through the C ABI (issue 6): ncclCommGetAsyncError reports the
+/* Faults reach every rank through the C ABI: ncclCommGetAsyncError reports the
  * error that broke a communicator (ncclRemoteError for a peer's abort or failure,
  * ncclTimeout, ncclInvalidUsage for mismatched calls), ncclGetLastError then gives the
  * reason, an abort unblocks a waiting call, and later calls fail at once.
