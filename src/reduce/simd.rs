@@ -396,9 +396,10 @@ impl IntDiv for i64 {
     }
 }
 
-/// Defines a level's kernel entry points and its table of [`TypeKernels`]
-/// (`super::TypeKernels`), given the level's `#[target_feature]` list. Every entry point
-/// is a thin wrapper that enables the level's features around a loop of this module.
+/// Defines a level's kernel entry points and its table of
+/// [`TypeKernels`](super::TypeKernels), given the level's `#[target_feature]` list. Every
+/// entry point is a thin wrapper that enables the level's features around a loop of this
+/// module.
 macro_rules! level_kernels {
     ($features:literal) => {
         use super::simd::{self, Block, FloatBlock, IntDiv};
