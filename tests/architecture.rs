@@ -136,7 +136,23 @@ fn comments_say_what_not_when() {
     files.push(root().join("Cargo.toml"));
     files.push(root().join("ffi/Cargo.toml"));
     let me = root().join("tests/architecture.rs");
-    let phrases = ["in progress", "added later", "filled in by", "issue #", "(issue ", "issue 1", "issue 2", "issue 3", "issue 4", "issue 5", "issue 6", "issue 7", "issue 8", "issue 9", "todo: later"];
+    let phrases = [
+        "in progress",
+        "added later",
+        "filled in by",
+        "issue #",
+        "(issue ",
+        "issue 1",
+        "issue 2",
+        "issue 3",
+        "issue 4",
+        "issue 5",
+        "issue 6",
+        "issue 7",
+        "issue 8",
+        "issue 9",
+        "todo: later",
+    ];
     let mut found = Vec::new();
     for f in files.iter().filter(|f| **f != me) {
         let text = std::fs::read_to_string(f).unwrap();
