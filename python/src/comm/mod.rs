@@ -401,6 +401,29 @@ impl PyComm {
         self.launch_raw(py, ops, device, stream, async_op, keep)
     }
 
+    /// Runs one operation on raw host addresses: the torch backend's lean path for a
+    /// single contiguous CPU tensor. Arguments as in one ``_launch`` tuple (no
+    /// PreMulSum scalar). ``keep`` is held until the operation has completed; a blocking
+    /// call (``async_op=False``) may omit it, since its caller holds the tensors until it
+    /// returns. The caller guarantees that the addresses are valid for ``count``.
+    #[pyo3(signature = (kind, send, recv, count, dtype, op, root, async_op, keep=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn _launch1(
+        &self,
+        py: Python<'_>,
+        kind: i32,
+        send: usize,
+        recv: usize,
+        count: usize,
+        dtype: i32,
+        op: i32,
+        root: usize,
+        async_op: bool,
+        keep: Option<Py<PyAny>>,
+    ) -> PyResult<Option<PyWork>> {
+        self.launch_one(py, kind, send, recv, count, dtype, op, root, async_op, keep)
+    }
+
     /// Splits the communicator (``ncclCommSplit``): ranks passing the same ``color``
     /// form a new communicator, ordered by ``key`` (ties by rank); ``color=None`` takes
     /// part but gets ``None``. Every rank calls it.
