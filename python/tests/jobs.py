@@ -134,13 +134,18 @@ def plain_ops(rank, n, port):
     emit({"checked": checked, "errors": errors})
 
 
+def fields(e):
+    """The error's fields, as the exception carries them."""
+    return {k: getattr(e, k) for k in ("rank", "peer", "host", "pid", "call", "op", "waiting_for", "waited", "nccl_code")}
+
+
 def plain_mismatch(rank, n, port):
     oxccl, c = plain_env(rank, n, port)
     x = np.ones(1000 + rank, np.float32)
     try:
         c.all_reduce(x)
     except oxccl.InvalidUsage as e:
-        emit({"error": str(e), "type": type(e).__name__})
+        emit({"error": str(e), "type": type(e).__name__, "fields": fields(e)})
         return
     raise AssertionError("mismatched sizes did not raise")
 
@@ -154,7 +159,7 @@ def plain_killed(rank, n, port):
     try:
         c.all_reduce(np.ones(1 << 16, np.float32))
     except oxccl.RemoteError as e:
-        emit({"error": str(e), "seconds": time.monotonic() - t0, "broken": c.is_broken})
+        emit({"error": str(e), "seconds": time.monotonic() - t0, "broken": c.is_broken, "fields": fields(e)})
         return
     raise AssertionError("a killed rank did not make the call raise")
 

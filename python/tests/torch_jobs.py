@@ -257,7 +257,7 @@ def torch_timeout(rank, n, port):
     try:
         dist.all_reduce(torch.ones(4))
     except oxccl.Timeout as e:
-        emit({"error": str(e), "seconds": time.monotonic() - t0})
+        emit({"error": str(e), "seconds": time.monotonic() - t0, "waiting_for": e.waiting_for, "waited": e.waited})
         os._exit(0)
     raise AssertionError("a stalled peer did not time out")
 
