@@ -8,6 +8,7 @@
 
 mod bufs;
 mod comm;
+mod tensor;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyRuntimeError;

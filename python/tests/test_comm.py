@@ -17,6 +17,13 @@ def test_every_op_and_dtype_against_a_hand_reference(n):
     assert "contiguous" in errs[3]
     assert "peer" in errs[5] and "out of range" in errs[5]
     assert "unknown op" in errs[6]
+    terrs = res[0]["torch_errors"]
+    if terrs is None:
+        print("skipped: torch tensors through oxccl.Comm: torch is not installed")
+    else:
+        assert "not contiguous" in terrs[0]
+        assert "gradient" in terrs[1]
+        assert "no oxccl data type" in terrs[2]
 
 
 def test_mismatched_sizes_raise_on_every_rank():

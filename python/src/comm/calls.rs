@@ -28,28 +28,30 @@ impl PyComm {
         stream: Option<isize>,
         async_op: bool,
     ) -> PyResult<Option<PyWork>> {
-        let name = format!("{kind:?}");
+        // Formatted only into errors.
+        let name = kind;
         let n = self.size;
         // An absent recv means in place (the send buffer is written).
         let in_place = recv.is_none() || recv.zip(send).is_some_and(|(a, b)| a.is(b));
         let writes_send = in_place && matches!(kind, Kind::AllReduce | Kind::Reduce);
-        let sv = send.map(|o| bufs::view(py, o, &format!("{name}: send buffer"), writes_send, stream)).transpose()?;
+        let sv =
+            send.map(|o| bufs::view(py, o, &format_args!("{name:?}: send buffer"), writes_send, stream)).transpose()?;
         let rv = match recv {
-            Some(o) if !in_place => Some(bufs::view(py, o, &format!("{name}: recv buffer"), true, stream)?),
+            Some(o) if !in_place => Some(bufs::view(py, o, &format_args!("{name:?}: recv buffer"), true, stream)?),
             _ => None,
         };
-        let first = sv.as_ref().or(rv.as_ref()).ok_or_else(|| PyValueError::new_err(format!("{name}: no buffer")))?;
+        let first = sv.as_ref().or(rv.as_ref()).ok_or_else(|| PyValueError::new_err(format!("{name:?}: no buffer")))?;
         let (dtype, place) = (first.dtype, first.place);
         for v in sv.iter().chain(rv.iter()) {
             if v.dtype != dtype {
                 return Err(PyTypeError::new_err(format!(
-                    "{name}: the send buffer holds {dtype} elements and the recv buffer {}: they must match",
+                    "{name:?}: the send buffer holds {dtype} elements and the recv buffer {}: they must match",
                     v.dtype
                 )));
             }
             if v.place != place {
                 return Err(PyValueError::new_err(format!(
-                    "{name}: the buffers live in different places ({place:?} and {:?})",
+                    "{name:?}: the buffers live in different places ({place:?} and {:?})",
                     v.place
                 )));
             }
@@ -63,7 +65,7 @@ impl PyComm {
         };
         let me_root = self.rank == root;
         let mismatch = |want: usize, have: usize, which: &str| {
-            PyValueError::new_err(format!("{name}: the {which} buffer has {have} elements, {want} expected"))
+            PyValueError::new_err(format!("{name:?}: the {which} buffer has {have} elements, {want} expected"))
         };
         // Element counts as the batch takes them, checked against what the views hold.
         let count = match kind {
@@ -81,7 +83,7 @@ impl PyComm {
             }
             Kind::AllGather | Kind::Gather => {
                 if in_place {
-                    return Err(PyValueError::new_err(format!("{name}: needs a separate recv buffer")));
+                    return Err(PyValueError::new_err(format!("{name:?}: needs a separate recv buffer")));
                 }
                 if (kind == Kind::AllGather || me_root) && rcount != scount * n {
                     return Err(mismatch(scount * n, rcount, "recv"));
@@ -90,7 +92,7 @@ impl PyComm {
             }
             Kind::ReduceScatter | Kind::Scatter => {
                 if in_place {
-                    return Err(PyValueError::new_err(format!("{name}: needs a separate recv buffer")));
+                    return Err(PyValueError::new_err(format!("{name:?}: needs a separate recv buffer")));
                 }
                 if (kind == Kind::ReduceScatter || me_root) && scount != rcount * n {
                     return Err(mismatch(rcount * n, scount, "send"));
@@ -99,14 +101,14 @@ impl PyComm {
             }
             Kind::AllToAll => {
                 if in_place {
-                    return Err(PyValueError::new_err(format!("{name}: needs a separate recv buffer")));
+                    return Err(PyValueError::new_err(format!("{name:?}: needs a separate recv buffer")));
                 }
                 if rcount != scount {
                     return Err(mismatch(scount, rcount, "recv"));
                 }
                 if scount % n != 0 {
                     return Err(PyValueError::new_err(format!(
-                        "{name}: {scount} elements do not split into {n} equal blocks"
+                        "{name:?}: {scount} elements do not split into {n} equal blocks"
                     )));
                 }
                 scount / n
@@ -152,11 +154,11 @@ impl PyComm {
             };
             let sv = match (&send, kind) {
                 (_, Kind::Recv) | (None, _) => None,
-                (Some(s), _) => Some(bufs::view(py, s, &format!("group {kind:?}: send"), false, stream)?),
+                (Some(s), _) => Some(bufs::view(py, s, &format_args!("group {kind:?}: send"), false, stream)?),
             };
             let rv = match (&recv, kind) {
                 (_, Kind::Send) | (None, _) => None,
-                (Some(r), _) => Some(bufs::view(py, r, &format!("group {kind:?}: recv"), true, stream)?),
+                (Some(r), _) => Some(bufs::view(py, r, &format_args!("group {kind:?}: recv"), true, stream)?),
             };
             let v0 = sv
                 .as_ref()
@@ -209,7 +211,7 @@ impl PyComm {
         async_op: bool,
     ) -> PyResult<Option<PyWork>> {
         let writable = kind == Kind::Scatter;
-        let v = bufs::view(py, buf, &format!("{kind:?}: buffer"), writable, stream)?;
+        let v = bufs::view(py, buf, &format_args!("{kind:?}: buffer"), writable, stream)?;
         let (p, count, dtype, place) = (v.ptr, v.count, v.dtype, v.place);
         let mut b = self.batch();
         // SAFETY: `v` covers `count` elements; the root's side is absent here (not root).

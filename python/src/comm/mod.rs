@@ -234,7 +234,7 @@ impl PyComm {
         stream: Option<isize>,
         async_op: bool,
     ) -> PyResult<Option<PyWork>> {
-        let v = bufs::view(py, buf, "broadcast: buffer", true, stream)?;
+        let v = bufs::view(py, buf, &"broadcast: buffer", true, stream)?;
         let (p, count, dtype, place) = (v.ptr, v.count, v.dtype, v.place);
         let mut b = self.batch();
         // SAFETY: `v` covers `count` elements and is kept until the batch has run.
