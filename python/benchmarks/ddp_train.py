@@ -1,15 +1,16 @@
 """DDP training step time, oxccl against Gloo, in the same run.
 
-    python python/benchmarks/ddp_train.py -n 2 [--width 2560 --layers 4 --steps 10]
+    python python/benchmarks/ddp_train.py -n 2 [--width 2560 --layers 4 --steps 5]
 
 An MLP of `layers` square layers (2560 wide, 4 layers: 26 M parameters) on synthetic
-data. Each rank times `steps` training steps with DDP on oxccl, on Gloo, and without
-communication (DDP's no_sync: the same computation, no gradient all-reduce), in
-interleaved rounds; it prints the median step time of each and the share of a step
-spent waiting on communication: (step - step without communication) / step. Beside
-them, the time each backend takes to all-reduce every gradient once with nothing else
-running (one float32 tensor of the model's size), and how much of it DDP hid behind the
-backward pass: 1 - (step - step without communication) / all-reduce alone.
+data. Each rank times `steps` training steps with DDP on oxccl, on Gloo, and on DDP
+without communication ("none": a communication hook that only averages the bucket in
+place, so DDP's own work, copying gradients into buckets and back and averaging, is
+the same), in interleaved rounds. It prints the median step time of each and the share
+of a step spent waiting on communication, (step - step without communication) / step;
+beside them, the time each backend takes to all-reduce every gradient once with
+nothing else running (one float32 tensor of the model's size), and how much of that
+DDP hid behind the backward pass: 1 - (step - step without communication) / alone.
 """
 
 from __future__ import annotations
@@ -40,30 +41,34 @@ def worker(rank, n, port, args, q):
     ddps = {
         "oxccl": torch.nn.parallel.DistributedDataParallel(model, process_group=dist.group.WORLD),
         "gloo": torch.nn.parallel.DistributedDataParallel(model, process_group=gloo),
+        "none": torch.nn.parallel.DistributedDataParallel(model, process_group=dist.group.WORLD),
     }
+
+    def no_communication(state, bucket):
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer().div_(n))
+        return fut
+
+    ddps["none"].register_comm_hook(None, no_communication)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     x = torch.randn(args.batch, args.width)
 
-    def step(ddp, sync):
+    def step(ddp):
         opt.zero_grad()
-        if sync:
-            ddp(x).square().mean().backward()
-        else:
-            with ddp.no_sync():
-                ddp(x).square().mean().backward()
+        ddp(x).square().mean().backward()
         opt.step()
 
     flat = torch.zeros(params)
     alone = {"oxccl": [], "gloo": []}
     times = {"oxccl": [], "gloo": [], "none": []}
-    for name in ("oxccl", "gloo"):
-        step(ddps[name], True)  # warm-up
+    for ddp in ddps.values():
+        step(ddp)  # warm-up
     for _ in range(args.rounds):
-        for name, ddp, sync in (("oxccl", ddps["oxccl"], True), ("gloo", ddps["gloo"], True), ("none", ddps["oxccl"], False)):
+        for name, ddp in ddps.items():
             dist.barrier(group=gloo)
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                step(ddp, sync)
+                step(ddp)
             times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
         for name, group in (("oxccl", dist.group.WORLD), ("gloo", gloo)):
             dist.barrier(group=gloo)
