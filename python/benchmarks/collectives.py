@@ -145,6 +145,11 @@ def worker(rank, n, port, args, q):
     def sync():
         dist.barrier(group=gloo)
 
+    # Every group's first calls, and the processes' first seconds, are slower: warm up.
+    for g in (ox, gloo, noop):
+        w = torch.ones(2)
+        for _ in range(200):
+            dist.all_reduce(w, group=g)
     rows = []
     for op in args.ops.split(","):
         for nbytes in args.sizes:
