@@ -129,9 +129,20 @@ fn comments_say_what_not_when() {
     for d in ["src", "ffi/src", "ffi/tests", "examples", "tests", "benches"] {
         rust_files(&root().join(d), &mut files);
     }
-    for d in ["ffi/tests/c", "scripts", "python/oxccl", "python/tests", "python/src"] {
-        let Ok(entries) = std::fs::read_dir(root().join(d)) else { continue };
-        files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+    for d in ["ffi/tests/c", "scripts", "python/oxccl", "python/tests", "python/src", "python/benchmarks"] {
+        // Folders included (python/src/comm, python/oxccl/torch); build outputs and
+        // caches (a built module, bytecode) are not text.
+        let mut stack = vec![root().join(d)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for p in entries.flatten().map(|e| e.path()) {
+                if p.is_dir() && !p.file_name().is_some_and(|n| n == "__pycache__" || n == "target") {
+                    stack.push(p);
+                } else if p.is_file() && std::fs::read_to_string(&p).is_ok() {
+                    files.push(p);
+                }
+            }
+        }
     }
     files.push(root().join("Cargo.toml"));
     files.push(root().join("ffi/Cargo.toml"));

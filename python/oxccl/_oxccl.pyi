@@ -6,7 +6,27 @@ UNIQUE_ID_BYTES: int
 __version__: str
 
 class OxcclError(RuntimeError):
-    """Base class of every error oxccl reports (the message is oxccl's)."""
+    """Base class of every error oxccl reports (the message is oxccl's). The error's
+    fields are attributes, ``None`` (or empty) where unknown."""
+
+    rank: Optional[int]
+    """The rank that reported the error."""
+    peer: Optional[int]
+    """The peer at fault (the rank that died, disagreed or aborted)."""
+    host: Optional[str]
+    """The peer's host."""
+    pid: Optional[int]
+    """The peer's process id."""
+    call: Optional[str]
+    """The call that failed (``"all_reduce"``; ``"broadcast+all_gather"`` for a group)."""
+    op: Optional[int]
+    """The failed call's operation number on its communicator (1 for the first)."""
+    waiting_for: list[int]
+    """The ranks a timed-out operation waited for."""
+    waited: Optional[float]
+    """How long a timed-out operation waited, in seconds."""
+    nccl_code: int
+    """NCCL's ``ncclResult_t`` value for the error (4 invalid argument, 5 invalid usage, 6 remote error...)."""
 
 class InvalidArgument(OxcclError): ...
 class InvalidUsage(OxcclError): ...
@@ -80,6 +100,9 @@ class Comm:
     def barrier(self, *, async_op: bool = False) -> Optional[Work]: ...
     def group(self, ops: Sequence[Tuple[str, Optional[Buffer], Optional[Buffer], Optional[Op], int]], *, stream: Optional[int] = None, async_op: bool = False) -> Optional[Work]: ...
     def _launch(self, ops: list, device: int, stream: Optional[int], async_op: bool, keep: Any) -> Optional[Work]: ...
+    def _launch1(
+        self, kind: int, send: int, recv: int, count: int, dtype: int, op: int, root: int, async_op: bool, keep: Any = None
+    ) -> Optional[Work]: ...
     def split(self, color: Optional[int], key: int = 0) -> Optional[Comm]: ...
     def wait_all(self) -> None: ...
     def abort(self) -> None: ...

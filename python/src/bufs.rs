@@ -1,8 +1,9 @@
 //! Python objects as buffers: an address, a length in elements, a data type and where
 //! the memory lives, taken from the buffer protocol (numpy arrays, bytearray, memoryview,
-//! array.array) or from DLPack (`__dlpack__`: torch tensors, numpy, cupy, jax), without
-//! copying. A [`View`] keeps what it was made from alive until it is dropped (with the
-//! GIL held), so the memory stays valid while an operation uses it.
+//! array.array), from a CPU torch tensor's own attributes (`tensor`), or from DLPack
+//! (`__dlpack__`: torch tensors, numpy, cupy, jax), without copying. A [`View`] keeps
+//! what it was made from alive until it is dropped (with the GIL held), so the memory
+//! stays valid while an operation uses it.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
@@ -191,16 +192,22 @@ fn c_contiguous(shape: &[i64], strides: &[i64]) -> bool {
     true
 }
 
-/// Takes `obj` apart as a buffer; `what` names it in errors ("send buffer"), and
-/// `writable` asks for memory the operation may write. `stream` is handed to
-/// `__dlpack__` (the CUDA stream the consumer uses).
+/// Takes `obj` apart as a buffer; `what` names it in errors ("send buffer"; formatted
+/// only then), and `writable` asks for memory the operation may write. `stream` is
+/// handed to `__dlpack__` (the CUDA stream the consumer uses).
 pub fn view(
     py: Python<'_>,
     obj: &Bound<'_, PyAny>,
-    what: &str,
+    what: &dyn std::fmt::Display,
     writable: bool,
     stream: Option<isize>,
 ) -> PyResult<View> {
+    // A torch tensor first when torch is known: it has no buffer protocol, and the
+    // failed attempt would cost an exception.
+    let torch_known = crate::tensor::known(py);
+    if torch_known && let Some(v) = tensor_view(py, obj, true)? {
+        return Ok(v);
+    }
     let mut b = Box::new(PyBuffer {
         buf: std::ptr::null_mut(),
         obj: std::ptr::null_mut(),
@@ -239,6 +246,9 @@ pub fn view(
         return Ok(View { ptr, count: len as usize / dtype.size(), dtype, place: Place::Host, _keep: keep });
     }
     let buffer_err = PyErr::fetch(py);
+    if !torch_known && let Some(v) = tensor_view(py, obj, false)? {
+        return Ok(v);
+    }
     if !obj.hasattr("__dlpack__")? {
         // Neither protocol: say why the buffer protocol refused (read-only, strided, ...).
         return Err(
@@ -255,7 +265,19 @@ pub fn view(
     dlpack_view(py, obj, what, stream)
 }
 
-fn dlpack_view(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str, stream: Option<isize>) -> PyResult<View> {
+/// A plain CPU torch tensor as a view that keeps the tensor (see `tensor`).
+fn tensor_view(py: Python<'_>, obj: &Bound<'_, PyAny>, known: bool) -> PyResult<Option<View>> {
+    let Some((ptr, count, dtype)) = crate::tensor::cpu_tensor(py, obj, known)? else { return Ok(None) };
+    let keep = Keep::Object(obj.clone().unbind());
+    Ok(Some(View { ptr: ptr as *mut u8, count, dtype, place: Place::Host, _keep: keep }))
+}
+
+fn dlpack_view(
+    py: Python<'_>,
+    obj: &Bound<'_, PyAny>,
+    what: &dyn std::fmt::Display,
+    stream: Option<isize>,
+) -> PyResult<View> {
     let cap = match stream {
         Some(s) => {
             let kw = pyo3::types::PyDict::new(py);

@@ -8,6 +8,7 @@
 
 mod bufs;
 mod comm;
+mod tensor;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyRuntimeError;
@@ -29,8 +30,8 @@ create_exception!(_oxccl, CommSystemError, OxcclError, "An operating-system call
 create_exception!(_oxccl, InternalError, OxcclError, "An internal invariant broke: a bug in oxccl.");
 
 /// The Python exception for an oxccl error, with oxccl's message, and the error's fields
-/// as attributes (`rank`, `peer`, `host`, `pid`, `call`, `op`, `waiting_for`, `nccl_code`;
-/// `None` where unknown), so callers need not parse the text.
+/// as attributes (`rank`, `peer`, `host`, `pid`, `call`, `op`, `waiting_for`, `waited`
+/// in seconds, `nccl_code`; `None` where unknown), so callers need not parse the text.
 pub(crate) fn to_py(e: oxccl::Error) -> PyErr {
     use oxccl::ErrorKind as K;
     let msg = e.to_string();
@@ -52,6 +53,7 @@ pub(crate) fn to_py(e: oxccl::Error) -> PyErr {
         let _ = v.setattr("call", e.call());
         let _ = v.setattr("op", e.op());
         let _ = v.setattr("waiting_for", e.waiting_for().to_vec());
+        let _ = v.setattr("waited", e.waited().map(|d| d.as_secs_f64()));
         let _ = v.setattr("nccl_code", e.nccl_code());
     });
     err

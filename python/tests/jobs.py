@@ -100,13 +100,14 @@ def plain_ops(rank, n, port):
         assert w.wait() is True and w.is_completed() and w.exception() is None
         assert arrays[k][0] == sum(r + k for r in range(n))
     assert done.wait(10)
-    # PreMulSum and avg on floats; a torch tensor through DLPack (bfloat16).
+    # PreMulSum and avg on floats.
     x = np.full(10, 2.0, np.float32)
     c.all_reduce(x, op=oxccl.PreMulSum(0.5))
     assert x[0] == n
     x = np.full(10, float(rank), np.float64)
     c.all_reduce(x, op="avg")
     assert x[0] == (n - 1) / 2
+    torch_errors = torch_tensors(c, rank, n)
     # split: even and odd ranks.
     sub = c.split(rank % 2, rank)
     y = np.array([rank], np.int64)
@@ -131,7 +132,44 @@ def plain_ops(rank, n, port):
             raise AssertionError("a bad call did not raise")
     c.barrier()
     c.finalize()
-    emit({"checked": checked, "errors": errors})
+    emit({"checked": checked, "errors": errors, "torch_errors": torch_errors})
+
+
+def torch_tensors(c, rank, n):
+    """torch tensors through oxccl.Comm: plain CPU ones by their own attributes, the
+    rest through DLPack; returns the errors of the ones oxccl cannot take."""
+    try:
+        import torch
+    except ImportError:
+        print("skipped: torch tensors through oxccl.Comm: torch is not installed")
+        return None
+    t = torch.full((7,), float(rank + 1), dtype=torch.bfloat16)
+    c.all_reduce(t)
+    assert t.tolist() == [n * (n + 1) / 2] * 7
+    g = torch.empty(3 * n, dtype=torch.int64)
+    c.all_gather(torch.full((3,), rank, dtype=torch.int64), g)
+    assert g.tolist() == [r for r in range(n) for _ in range(3)]
+    x = torch.full((1000,), float(rank))
+    w = c.all_reduce(x, op="max", async_op=True)
+    assert w.wait() and x[999] == n - 1
+    # A Parameter (a Tensor subclass) goes through DLPack.
+    p = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+    c.all_reduce(p)
+    assert p.tolist() == [n] * 3
+    errors = []
+    for bad in (torch.ones(4, 4)[:, 1], torch.ones(4, requires_grad=True), torch.ones(4, dtype=torch.int16)):
+        try:
+            c.all_reduce(bad)
+        except (TypeError, ValueError, BufferError) as e:
+            errors.append(str(e))
+        else:
+            raise AssertionError(f"a bad tensor did not raise: {bad}")
+    return errors
+
+
+def fields(e):
+    """The error's fields, as the exception carries them."""
+    return {k: getattr(e, k) for k in ("rank", "peer", "host", "pid", "call", "op", "waiting_for", "waited", "nccl_code")}
 
 
 def plain_mismatch(rank, n, port):
@@ -140,7 +178,7 @@ def plain_mismatch(rank, n, port):
     try:
         c.all_reduce(x)
     except oxccl.InvalidUsage as e:
-        emit({"error": str(e), "type": type(e).__name__})
+        emit({"error": str(e), "type": type(e).__name__, "fields": fields(e)})
         return
     raise AssertionError("mismatched sizes did not raise")
 
@@ -154,7 +192,7 @@ def plain_killed(rank, n, port):
     try:
         c.all_reduce(np.ones(1 << 16, np.float32))
     except oxccl.RemoteError as e:
-        emit({"error": str(e), "seconds": time.monotonic() - t0, "broken": c.is_broken})
+        emit({"error": str(e), "seconds": time.monotonic() - t0, "broken": c.is_broken, "fields": fields(e)})
         return
     raise AssertionError("a killed rank did not make the call raise")
 

@@ -70,3 +70,5 @@ def test_an_aborted_communicator_raises():
 def test_the_group_timeout_is_the_communicators():
     res = run_job("torch_timeout", 2, deadline=60, expect_fail={1})
     assert "timeout" in res[0]["error"] and 2.5 < res[0]["seconds"] < 8
+    # The exception's fields: the stalled rank, and about the group's 3 s.
+    assert res[0]["waiting_for"] == [1] and 2.5 < res[0]["waited"] < 8, res[0]

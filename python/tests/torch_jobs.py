@@ -126,6 +126,15 @@ def torch_ops(rank, n, port):
     for k, (w, f) in enumerate(zip(works, futs)):
         assert w.wait()
         assert f.wait()[0] is ts[k] and ts[k][0] == sum(r + k for r in range(n))
+    # bool (reduced as uint8: MAX is or, MIN is and); an async op whose input only its
+    # work holds.
+    for op, want in ((R.MAX, [True, True, False]), (R.MIN, [n == 1, True, False])):
+        flags = torch.tensor([me == 0, True, False])
+        dist.all_reduce(flags, op=op)
+        assert flags.tolist() == want, (op, flags)
+    out = torch.empty(3 * n)
+    w = dist.all_gather_into_tensor(out, torch.full((3,), float(me)), async_op=True)
+    assert w.wait() and out.tolist() == [float(r) for r in range(n) for _ in range(3)]
     # A subgroup of ranks 0 and n-1, and its own async op.
     sub = dist.new_group([0, n - 1], backend="oxccl")
     if me in (0, n - 1):
@@ -248,7 +257,7 @@ def torch_timeout(rank, n, port):
     try:
         dist.all_reduce(torch.ones(4))
     except oxccl.Timeout as e:
-        emit({"error": str(e), "seconds": time.monotonic() - t0})
+        emit({"error": str(e), "seconds": time.monotonic() - t0, "waiting_for": e.waiting_for, "waited": e.waited})
         os._exit(0)
     raise AssertionError("a stalled peer did not time out")
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch._C._distributed_c10d import Backend as _CBackend
 
 from .. import _oxccl
-from ._work import DoneWork, OxcclWork
+from ._work import OxcclWork, done_work
 
 # oxccl's operation kinds (the native module's numbering).
 AR, RED, BC, AG, RS, A2A, GATHER, SCATTER, SEND, RECV = range(10)
@@ -35,7 +35,30 @@ _OPS = {_R.SUM: 0, _R.PRODUCT: 1, _R.MAX: 2, _R.MIN: 3, _R.AVG: 4, _R.PREMUL_SUM
 # torch's NCCL backend reduces bool as uint8 with these ops.
 _BOOL_OPS = {_R.SUM: 2, _R.MAX: 2, _R.PRODUCT: 3, _R.MIN: 3}
 
-_DONE = DoneWork()
+_DONE = done_work()
+
+# The lean path (see OxcclBackend._one): one contiguous CPU tensor of any dtype but bool
+# (which reduces with other op codes), an op other than PREMUL_SUM (which has a scalar).
+_LEAN = {d: c for d, c in _DTYPES.items() if d is not torch.bool}
+_STRIDED = torch.strided
+_SUM = _R.SUM
+_PREMUL = _R.PREMUL_SUM
+
+
+def _lean(t):
+    """NCCL's dtype code of `t` when it takes the lean path, else None."""
+    if t.is_cpu and t.layout is _STRIDED and t.is_contiguous():
+        return _LEAN.get(t.dtype)
+    return None
+
+
+def _lean_op(redop, dtype):
+    """NCCL's op code of `redop` on the lean path (None: PREMUL_SUM, or bool)."""
+    if redop == _SUM:
+        return 0
+    if redop == _PREMUL:
+        return None
+    return _op(redop, dtype)[0]
 
 
 def _op(redop, dtype):
@@ -187,6 +210,16 @@ class OxcclBackend(_CBackend):
 
     # -- running ---------------------------------------------------------------------
 
+    def _one(self, kind, send, recv, count, code, op, root, opts, keep, outputs):
+        """The lean path: one operation on contiguous CPU tensors, checked by the caller,
+        straight to the native module without a plan. A blocking call returns the shared
+        completed work (torch's wait on it costs nothing) and hands no tensors over: the
+        caller holds them until the call returns."""
+        if getattr(opts, "asyncOp", True):
+            return OxcclWork(self._comm._launch1(kind, send, recv, count, code, op, root, True, keep), outputs)
+        self._comm._launch1(kind, send, recv, count, code, op, root, False)
+        return _DONE
+
     def _run(self, plan, async_op, outputs, p2p=False):
         if p2p:
             # Sends and receives wait here until a work of theirs is waited on (or
@@ -243,6 +276,20 @@ class OxcclBackend(_CBackend):
     # -- collectives ----------------------------------------------------------------
 
     def allreduce(self, tensors, opts=None):
+        if opts is not None and len(tensors) == 1 and not self._pending:
+            # The common case, in as few steps as it takes (_one, inlined); the same
+            # checks as the general path below, which takes every other case.
+            t = tensors[0]
+            if t.is_cpu and t.layout is _STRIDED and t.is_contiguous():
+                code = _LEAN.get(t.dtype)
+                redop = opts.reduceOp
+                op = 0 if redop == _SUM else _lean_op(redop, t.dtype) if code is not None else None
+                if code is not None and op is not None:
+                    p = t.data_ptr()
+                    if getattr(opts, "asyncOp", True):
+                        return OxcclWork(self._comm._launch1(AR, p, p, t.numel(), code, op, 0, True, t), tensors)
+                    self._comm._launch1(AR, p, p, t.numel(), code, op, 0, False)
+                    return _DONE
         opts = opts or dist.AllreduceOptions()
         plan = _Plan()
         for t in tensors:
@@ -256,6 +303,12 @@ class OxcclBackend(_CBackend):
         return self.allreduce(tensors, opts or dist.AllreduceCoalescedOptions())
 
     def broadcast(self, tensors, opts=None):
+        if opts is not None and len(tensors) == 1 and not self._pending:
+            t = tensors[0]
+            code = _lean(t)
+            if code is not None:
+                p = t.data_ptr()
+                return self._one(BC, p, p, t.numel(), code, 0, opts.rootRank, opts, t, tensors)
         opts = opts or dist.BroadcastOptions()
         plan = _Plan()
         for t in tensors:
@@ -265,6 +318,13 @@ class OxcclBackend(_CBackend):
         return self._run(plan, getattr(opts, "asyncOp", True), tensors)
 
     def reduce(self, tensors, opts=None):
+        if opts is not None and len(tensors) == 1 and not self._pending:
+            t = tensors[0]
+            code = _lean(t)
+            op = _lean_op(opts.reduceOp, t.dtype) if code is not None else None
+            if op is not None:
+                p = t.data_ptr()
+                return self._one(RED, p, p, t.numel(), code, op, opts.rootRank, opts, t, tensors)
         opts = opts or dist.ReduceOptions()
         plan = _Plan()
         for t in tensors:
@@ -276,7 +336,6 @@ class OxcclBackend(_CBackend):
 
     def _allgather_base(self, output, input, opts=None):
         opts = opts or dist.AllgatherOptions()
-        plan = _Plan()
         _same(output, input, "all_gather_into_tensor")
         n = input.numel()
         if output.numel() != n * self._size:
@@ -284,6 +343,10 @@ class OxcclBackend(_CBackend):
                 f"oxccl: all_gather_into_tensor: output has {output.numel()} elements, "
                 f"input {n} x {self._size} ranks = {n * self._size} expected"
             )
+        code = _lean(input)
+        if code is not None and _lean(output) is not None and not self._pending:
+            return self._one(AG, input.data_ptr(), output.data_ptr(), n, code, 0, 0, opts, (input, output), [output])
+        plan = _Plan()
         code = _code(input, "all_gather input")
         s = plan.src(input, "all_gather input")
         d = plan.dst(output, "all_gather output")
@@ -340,6 +403,12 @@ class OxcclBackend(_CBackend):
                 f"oxccl: reduce_scatter_tensor: input has {input.numel()} elements, "
                 f"output {n} x {self._size} ranks = {n * self._size} expected"
             )
+        code = _lean(input)
+        if code is not None and _lean(output) is not None and not self._pending:
+            op = _lean_op(opts.reduceOp, input.dtype)
+            if op is not None:
+                s, d = input.data_ptr(), output.data_ptr()
+                return self._one(RS, s, d, n, code, op, 0, opts, (input, output), [output])
         plan = _Plan()
         code = _code(input, "reduce_scatter input")
         op, scalar = _op(opts.reduceOp, input.dtype)
@@ -381,13 +450,18 @@ class OxcclBackend(_CBackend):
         _same(output, input, "all_to_all_single")
         n = self._size
         plan = _Plan()
-        code = _code(input, "all_to_all input")
         if not output_split_sizes and not input_split_sizes:
             if input.numel() != output.numel() or input.numel() % n:
                 raise ValueError(
                     f"oxccl: all_to_all_single: input ({input.numel()}) and output ({output.numel()}) "
                     f"must have the same number of elements, divisible by {n}"
                 )
+            code = _lean(input)
+            if code is not None and _lean(output) is not None and not self._pending:
+                s, d = input.data_ptr(), output.data_ptr()
+                return self._one(A2A, s, d, input.numel() // n, code, 0, 0, opts, (input, output), [output])
+        code = _code(input, "all_to_all input")
+        if not output_split_sizes and not input_split_sizes:
             plan.add(A2A, plan.src(input, "all_to_all input"), plan.dst(output, "all_to_all output"), input.numel() // n, code)
             return self._run(plan, getattr(opts, "asyncOp", True), [output])
         rows_in = input.size(0) if input.dim() else 1

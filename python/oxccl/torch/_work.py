@@ -136,3 +136,16 @@ class DoneWork(dist._Work):
         fut = torch.futures.Future()
         fut.set_result(None)
         return fut
+
+
+def done_work():
+    """The work every blocking call returns (torch waits on it only when ``async_op`` was
+    false, so one object serves every such call): torch's own C++ work on a completed
+    future where torch offers one, because torch's ``wait()`` on it stays in C++, whereas
+    a Python ``Work`` costs a call back into Python; else a ``DoneWork``."""
+    make = getattr(torch._C._distributed_c10d, "_create_work_from_future", None)
+    if make is None:
+        return DoneWork()
+    fut = torch.futures.Future()
+    fut.set_result(None)
+    return make(fut)
