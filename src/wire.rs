@@ -109,14 +109,24 @@ pub fn parse_head(head: &[u8; HEADER], limit: usize) -> Result<(Kind, usize)> {
 
 /// Writes one frame.
 pub fn send(w: &mut impl Write, kind: Kind, payload: &[u8]) -> std::io::Result<()> {
+    w.write_all(&head(kind, payload.len()))?;
+    w.write_all(payload)?;
+    w.flush()
+}
+
+/// Appends one frame to `out` (to send several in one write).
+pub fn frame(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) {
+    out.extend_from_slice(&head(kind, payload.len()));
+    out.extend_from_slice(payload);
+}
+
+fn head(kind: Kind, len: usize) -> [u8; HEADER] {
     let mut head = [0u8; HEADER];
     head[..4].copy_from_slice(&MAGIC);
     head[4..6].copy_from_slice(&VERSION.to_le_bytes());
     head[6..8].copy_from_slice(&(kind as u16).to_le_bytes());
-    head[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    w.write_all(&head)?;
-    w.write_all(payload)?;
-    w.flush()
+    head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    head
 }
 
 /// Reads one frame, checking magic, version and size. I/O errors (including timeouts)

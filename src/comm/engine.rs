@@ -169,7 +169,7 @@ impl Engine {
                 desc,
                 nt: prep.plan.nt,
                 seq: self.seq,
-                by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p),
+                by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p | Algo::Bruck),
                 coll: s.coll,
                 algo: prep.plan.algo,
                 chunking: prep.plan.chunking,

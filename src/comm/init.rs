@@ -69,13 +69,18 @@ impl Comm {
         log::settings_once(&settings);
         let timeout = settings.timeout;
         let ip = local_ip(id.root(), &settings)?;
+        let t0 = std::time::Instant::now();
         let mut boot = Bootstrap::join(id, rank, nranks, ip, timeout)?;
+        let joined = t0.elapsed();
         let infos = boot.all_gather(&PeerInfo::local().encode())?;
+        let gathered = t0.elapsed();
         let peers = infos.iter().map(|b| PeerInfo::decode(b)).collect::<Result<Vec<_>>>()?;
         let topology = Topology::new(rank, peers, !settings.shm_disable);
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
         let env = Env { rank, nranks, settings: &settings, topology: &topology, secret: id.secret(), ip, shape };
+        let mapped = t0.elapsed();
         let (transport, shared) = setup::wire_up(&env, &mut boot)?;
+        let wired = t0.elapsed();
         let local = topology.local_ranks().to_vec();
         let sockets = transport.has_sockets();
         if settings.debug || log::info_enabled() {
@@ -118,6 +123,22 @@ impl Comm {
         }
         comm.family = super::split::Family::Processes;
         comm.topology = Some(topology);
+        if comm.settings.debug || log::info_enabled() {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            log::info(
+                true,
+                &format!(
+                    "rank {rank}/{nranks}: init {:.1} ms: bootstrap {:.1} ms (root and ring {:.1}, peers {:.1}), topology {:.1} ms, transports {:.1} ms, fault watch {:.1} ms",
+                    ms(t0.elapsed()),
+                    ms(gathered),
+                    ms(joined),
+                    ms(gathered - joined),
+                    ms(mapped - gathered),
+                    ms(wired - mapped),
+                    ms(t0.elapsed() - wired)
+                ),
+            );
+        }
         if rank == 0 && (comm.settings.debug || log::info_enabled()) {
             comm.log_topology();
         }

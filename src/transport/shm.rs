@@ -4,8 +4,9 @@
 //! which every other rank of the host sends to it, one per (sender, channel). Peers map
 //! each other's segments at init; once all have, each rank unlinks its own, so a crash
 //! leaves nothing behind. The FIFOs are the same code as between threads; only the memory
-//! and the futex flavour (process-shared) differ. A FIFO's pages are faulted in by each
-//! process when a collective first uses it.
+//! and the futex flavour (process-shared) differ. The segment is sparse: a FIFO is laid
+//! out by whichever end connects first, and its pages are faulted in by each end when a
+//! message first needs them, so links that are never used cost no memory.
 //!
 //! Names and identity: each rank creates its segment under a fresh random name
 //! (`sys::shmem::random_name`, 128 bits from the kernel; mode 0600, `O_EXCL`) and
@@ -119,7 +120,9 @@ impl Shm {
 
     fn create_named(name: &str, me: usize, local: Vec<usize>, shape: FifoShape, secret: &Secret) -> Result<Segment> {
         shape.validate()?;
-        let my_local = local.iter().position(|&r| r == me).ok_or_else(|| Error::internal("rank not on its host"))?;
+        if !local.contains(&me) {
+            return Err(Error::internal("rank not on its host"));
+        }
         let n = local.len();
         let seg = Segment::create(name, seg_len(n, shape))?;
         let base = seg.as_ptr();
@@ -136,14 +139,6 @@ impl Shm {
         // SAFETY: the segment is at least HEADER bytes (more than the identity header) and
         // ours alone until peers open it after the barrier that follows.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base, bytes.len()) };
-        // SAFETY: the segment outlives this temporary region, which only lays out the FIFOs
-        // and is dropped at the end of this function.
-        let region = Arc::new(unsafe { Region::from_raw(base, seg.len(), Box::new(())) });
-        for src in (0..n).filter(|&s| s != my_local) {
-            for ch in 0..CHANNELS {
-                Fifo::init(region.clone(), Self::fifo_offset(shape, src, ch), shape)?;
-            }
-        }
         Ok(seg)
     }
 
@@ -286,8 +281,7 @@ impl Transport for Shm {
                     Dir::Recv => (self.my_local, peer),
                 };
                 let off = Self::fifo_offset(self.shape, src, ch);
-                let fifo = Fifo::open(self.regions[seg].clone(), off, self.shape)?;
-                self.segs[seg].prefault(off, self.shape.region_bytes());
+                let fifo = Fifo::attach(self.regions[seg].clone(), off, self.shape)?;
                 let _ = me;
                 Ok(match k.dir {
                     Dir::Send => Endpoint::Tx(fifo.sender(self.bell(peer))),
