@@ -128,14 +128,15 @@ impl Comm {
             log::info(
                 true,
                 &format!(
-                    "rank {rank}/{nranks}: init {:.1} ms: bootstrap {:.1} ms (root and ring {:.1}, peers {:.1}), topology {:.1} ms, transports {:.1} ms, fault watch {:.1} ms",
+                    "rank {rank}/{nranks}: init {:.1} ms: bootstrap {:.1} ms (root and partners {:.1}, peers {:.1}), topology {:.1} ms, transports {:.1} ms, fault watch {:.1} ms; holds {}",
                     ms(t0.elapsed()),
                     ms(gathered),
                     ms(joined),
                     ms(gathered - joined),
                     ms(mapped - gathered),
                     ms(wired - mapped),
-                    ms(t0.elapsed() - wired)
+                    ms(t0.elapsed() - wired),
+                    comm.mem_stats()
                 ),
             );
         }

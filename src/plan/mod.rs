@@ -109,6 +109,10 @@ const HIER_MIN_BYTES: usize = 256 << 10;
 /// ring for small messages: the ring's `n - 1` hops against `log2 n`.
 const LOG_MIN_RANKS: usize = 8;
 
+/// Most thread ranks for which a small all-reduce is one-shot (every rank linked to every
+/// other) rather than recursive doubling (`log2 n` partners).
+const ONE_SHOT_MAX_THREADS: usize = 8;
+
 /// Largest broadcast or reduce that takes a tree rather than the ring.
 const TREE_MAX_BYTES: usize = 64 << 10;
 
@@ -134,7 +138,9 @@ fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
                 (false, _) => 32 << 10,
             };
             if bytes <= small {
-                return if n == 2 || shared { Algo::OneShot } else { Algo::Doubling };
+                // One-shot links every rank to every other: for threads (no copies to
+                // stage) it wins while the ranks are few.
+                return if n == 2 || (shared && n <= ONE_SHOT_MAX_THREADS) { Algo::OneShot } else { Algo::Doubling };
             }
             if n < 16 {
                 return Algo::Ring;

@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::sync::Doorbell;
 
+/// Messages from this size fault in their FIFO's pages at once (see `Fifo::populate`).
+pub const POPULATE_MIN: usize = 64 << 10;
+
 /// Bytes of payload that travel inside the slot header's cache line.
 pub const INLINE_BYTES: usize = 32;
 const CTRL_BYTES: usize = 128;
@@ -264,12 +267,13 @@ impl Fifo {
         FifoRx { fifo: self.clone(), tail: 0, bell: peer_bell, populated: Cell::new(false) }
     }
 
-    /// Faults in this end's pages of the whole FIFO, once, when a message first needs the
-    /// data area (larger than [`INLINE_BYTES`]): small-message links touch a few header
-    /// lines only, and a large message does not take hundreds of page faults one by one.
+    /// Faults in this end's pages of the whole FIFO, once, when a large message (from
+    /// [`POPULATE_MIN`] bytes) first uses it: a link used for small messages touches a
+    /// page or two per slot, and a large message does not take hundreds of page faults
+    /// one by one.
     #[inline]
     fn populate(&self, done: &Cell<bool>, bytes: usize) {
-        if bytes > INLINE_BYTES && !done.get() {
+        if bytes >= POPULATE_MIN && !done.get() {
             done.set(true);
             crate::sys::populate(self.base, self.shape.region_bytes());
         }

@@ -101,6 +101,8 @@ pub struct Shm {
     /// The mapping of every local rank's segment (ours included), by local index.
     segs: Vec<Arc<Segment>>,
     regions: Vec<Arc<Region>>,
+    /// Link ends connected so far.
+    ends: std::sync::atomic::AtomicU64,
 }
 
 fn fifo_stride(shape: FifoShape) -> usize {
@@ -205,7 +207,7 @@ impl Shm {
                 Arc::new(Self::region_of(&keep, s.as_ptr(), s.len()))
             })
             .collect();
-        Ok(Shm { me, local, my_local, shape, segs, regions })
+        Ok(Shm { me, local, my_local, shape, segs, regions, ends: Default::default() })
     }
 
     /// Refuses a segment whose identity header `got` is not `want`, saying which field
@@ -268,6 +270,13 @@ impl Transport for Shm {
         "shm"
     }
 
+    fn mem(&self) -> super::MemStats {
+        let ends = self.ends.load(std::sync::atomic::Ordering::Relaxed);
+        // Each end maps its FIFO; each rank maps every local segment's header page.
+        let bytes = ends * fifo_stride(self.shape) as u64 + (self.segs.len() * HEADER) as u64;
+        super::MemStats { shm_bytes: bytes, ..Default::default() }
+    }
+
     fn connect(&self, me: usize, keys: &[LinkKey], _opener: crate::call::Desc) -> Result<Vec<Endpoint>> {
         keys.iter()
             .map(|k| {
@@ -282,6 +291,7 @@ impl Transport for Shm {
                 };
                 let off = Self::fifo_offset(self.shape, src, ch);
                 let fifo = Fifo::attach(self.regions[seg].clone(), off, self.shape)?;
+                self.ends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = me;
                 Ok(match k.dir {
                     Dir::Send => Endpoint::Tx(fifo.sender(self.bell(peer))),
