@@ -26,7 +26,7 @@ WORK=$(mktemp -d /tmp/oxccl-compare.XXXX)
 log() { echo "[compare $(date +%T)] $*" >&2; }
 
 cargo build --release --example all_reduce_perf --bin oxccl-run >&2
-if [ -n "$BASE" ] && ! [ -x "$BASE/oxccl-run" ] && [ -x "$BASE/all_reduce_perf" ]; then
+if [ -n "$BASE" ] && ! { [ -x "$BASE/oxccl-run" ] && [ -x "$BASE/all_reduce_perf" ]; }; then
   echo "COMPARE_BASELINE=$BASE must hold oxccl-run and all_reduce_perf" >&2
   exit 2
 fi
@@ -38,13 +38,14 @@ if [ -z "$TORCH_PY" ]; then
 fi
 [ -n "$TORCH_PY" ] || log "SKIPPED: torch-gloo (no Python with torch; scripts/python-test.sh makes one)"
 
-# ours DIR LABEL transport np -> "size time_us" rows, out-of-place (checked: #wrong must be 0)
+# ours RUN PERF LABEL transport np -> "size time_us" rows, out-of-place (checked: #wrong
+# must be 0)
 ours() {
-  local dir=$1 label=$2 tr=$3 np=$4 env=()
+  local run=$1 perf=$2 label=$3 tr=$4 np=$5 env=()
   [ "$tr" = tcp ] && env=(OXCCL_SHM_DISABLE=1)
   {
-    env "${env[@]}" "$dir/oxccl-run" -n "$np" --timeout 900 -- "$dir/all_reduce_perf" -b 8 -e 512K -f 2 -n 1000 -w 100 -c 1
-    env "${env[@]}" "$dir/oxccl-run" -n "$np" --timeout 900 -- "$dir/all_reduce_perf" -b 1M -e "$MAX" -f 2 -n 10 -w 2 -c 1
+    env "${env[@]}" "$run" -n "$np" --timeout 900 -- "$perf" -b 8 -e 512K -f 2 -n 1000 -w 100 -c 1
+    env "${env[@]}" "$run" -n "$np" --timeout 900 -- "$perf" -b 1M -e "$MAX" -f 2 -n 10 -w 2 -c 1
   } | awk -v who="$label" '/^ +[0-9]/ { if ($9 != "0") { print "WRONG", who, $1 > "/dev/stderr" } print $1, $6 }'
 }
 
@@ -74,10 +75,10 @@ for r in $(seq "$ROUNDS"); do
     fi
     for tr in shm tcp; do
       log "round $r/$ROUNDS: oxccl $tr np=$np"
-      ours target/release oxccl "$tr" "$np" >"$WORK/oxccl-$tr.np$np.r$r"
+      ours target/release/oxccl-run target/release/examples/all_reduce_perf oxccl "$tr" "$np" >"$WORK/oxccl-$tr.np$np.r$r"
       [ -z "$BASE" ] && continue
       log "round $r/$ROUNDS: baseline $tr np=$np"
-      ours "$BASE" baseline "$tr" "$np" >"$WORK/base-$tr.np$np.r$r"
+      ours "$BASE/oxccl-run" "$BASE/all_reduce_perf" baseline "$tr" "$np" >"$WORK/base-$tr.np$np.r$r"
     done
   done
 done
