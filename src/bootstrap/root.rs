@@ -1,14 +1,14 @@
 //! The bootstrap root: it collects every rank's introduction (rank, number of ranks,
 //! listener), checks that the job is consistent, answers each rank with the listeners of
 //! its partners (see [`super::mesh`]), and watches the ranks until each has joined them,
-//! so that a rank dying in the middle of init fails the others at once. One thread, one
-//! poll over every connection: no thread per rank.
+//! so that a rank dying in the middle of init fails the others at once. One thread and
+//! one epoll over every connection, no thread or poll set per rank: the root's work per
+//! rank is constant, so thousands of ranks cost it milliseconds.
 
-use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::gate::{self, Gate};
+use super::gate::Gate;
 use super::mesh::partners;
 use super::msg::{self, fail_message};
 use super::{Secret, recv_frame};
@@ -68,7 +68,10 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut gate = Gate::new(l, *secret, Kind::Hello, 256, "bootstrap root")?;
     let mut arrived: Vec<Arrived> = Vec::new();
+    // Where each rank's arrival is in `arrived`, to refuse a second claim of a rank.
+    let mut index: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     let started = Instant::now();
+    let cpu0 = crate::sys::thread_cpu_time();
     let mut first = None;
     let mut nranks: Option<usize> = None;
     let fail_all = |arrived: &mut Vec<Arrived>, msg: &str| {
@@ -84,7 +87,7 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
         let Some(hello) = gate.wait(deadline)? else {
             let n = nranks.unwrap_or(0);
             // Name a few missing ranks (nranks came from a peer: do not list billions).
-            let missing: Vec<usize> = (0..n).filter(|r| !arrived.iter().any(|a| a.rank == *r)).take(32).collect();
+            let missing: Vec<usize> = (0..n).filter(|r| !index.contains_key(r)).take(32).collect();
             let more = if n - arrived.len() > missing.len() { " and more" } else { "" };
             let msg = format!(
                 "only {} of {n} ranks reached the bootstrap root within {:?}; missing ranks {missing:?}{more}",
@@ -101,9 +104,9 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
                 continue;
             }
         };
+        // The connection stays non-blocking: the root's few small writes (an answer, or
+        // a failure) fit the empty socket buffer at once, and its reads wait on epoll.
         let conn = hello.sock;
-        conn.set_nonblocking(false).map_err(|e| Error::system("setting a socket blocking", e))?;
-        let _ = conn.set_write_timeout(Some(gate::HELLO_TIMEOUT));
         let expected = *nranks.get_or_insert(n);
         if n != expected {
             let first = arrived.first().map_or(0, |a| a.rank);
@@ -118,15 +121,16 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
             arrived.push(Arrived { rank, addr, conn });
             return Err(fail_all(&mut arrived, &msg));
         }
-        if let Some(a) = arrived.iter().find(|a| a.rank == rank) {
+        if let Some(&i) = index.get(&rank) {
             let msg = format!(
                 "two processes claim rank {rank} (bootstrap addresses {} and {addr}); every rank must be unique",
-                a.addr
+                arrived[i].addr
             );
             arrived.push(Arrived { rank, addr, conn });
             return Err(fail_all(&mut arrived, &msg));
         }
         first.get_or_insert_with(Instant::now);
+        index.insert(rank, arrived.len());
         arrived.push(Arrived { rank, addr, conn });
     }
     let answered = Instant::now();
@@ -144,10 +148,11 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
     log::info(
         false,
         &format!(
-            "bootstrap root: {n} ranks arrived over {:.1} ms (the first {:.1} ms after the root started), answered in {:.1} ms",
+            "bootstrap root: {n} ranks arrived over {:.1} ms (the first {:.1} ms after the root started), answered in {:.1} ms; root cpu {:.2} ms",
             first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64() * 1e3 - answered.elapsed().as_secs_f64() * 1e3),
             first.map_or(0.0, |f: Instant| (f - started).as_secs_f64() * 1e3),
-            answered.elapsed().as_secs_f64() * 1e3
+            answered.elapsed().as_secs_f64() * 1e3,
+            (crate::sys::thread_cpu_time() - cpu0).as_secs_f64() * 1e3
         ),
     );
     watch_ring_forming(arrived, deadline)
@@ -156,49 +161,74 @@ fn serve_root(l: TcpListener, secret: &Secret, timeout: Option<Duration>) -> Res
 /// Until every rank has joined its ring neighbours (it says goodbye to the root), a rank
 /// whose connection to the root closes first died in the middle of init: the root tells
 /// every other rank, which would otherwise wait for it until the timeout.
-fn watch_ring_forming(mut arrived: Vec<Arrived>, deadline: Option<Instant>) -> Result<()> {
-    while !arrived.is_empty() {
-        let mut fds: Vec<libc::pollfd> = arrived
-            .iter()
-            .map(|a| libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&a.conn), events: libc::POLLIN, revents: 0 })
-            .collect();
+fn watch_ring_forming(arrived: Vec<Arrived>, deadline: Option<Instant>) -> Result<()> {
+    let ep = crate::sys::epoll::Epoll::new()?;
+    for (i, a) in arrived.iter().enumerate() {
+        ep.add(std::os::fd::AsRawFd::as_raw_fd(&a.conn), i as u64)?;
+    }
+    let mut waiting: Vec<Option<Arrived>> = arrived.into_iter().map(Some).collect();
+    let mut left = waiting.len();
+    let mut ready = Vec::with_capacity(256);
+    while left > 0 {
         let wait_ms =
             deadline.map_or(1000, |d| d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32);
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
-        if ready < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
-            return Err(Error::system("waiting for ranks to form the ring", std::io::Error::last_os_error()));
-        }
+        ep.wait(&mut ready, wait_ms)?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(()); // the ranks' own timeouts report whatever is still missing
         }
-        let mut i = fds.len();
-        while i > 0 {
-            i -= 1;
-            if fds[i].revents == 0 {
-                continue;
-            }
-            let a = &mut arrived[i];
-            let _ = a.conn.set_read_timeout(Some(Duration::from_secs(1)));
-            match wire::recv(&mut a.conn, 0) {
-                Ok((Kind::Bye, _)) => {
-                    arrived.remove(i);
+        for &i in &ready {
+            // Closing the connection (dropping it) also takes it off the epoll.
+            let Some(slot) = waiting.get_mut(i as usize) else { continue };
+            let Some(mut a) = slot.take() else { continue };
+            match said_bye(&mut a.conn) {
+                Some(true) => {
+                    left -= 1;
+                    continue;
                 }
-                _ => {
-                    let gone = arrived.remove(i);
-                    let msg = format!(
-                        "rank {} (bootstrap address {}) left during init, before joining its ring neighbours (killed or crashed?)",
-                        gone.rank, gone.addr
-                    );
-                    for a in arrived.iter_mut() {
-                        let _ = wire::send(&mut a.conn, Kind::Fail, &fail_payload(&msg));
-                    }
-                    return Ok(());
+                None => {
+                    *slot = Some(a); // woken early: nothing to read yet
+                    continue;
                 }
+                Some(false) => {}
             }
+            let msg = format!(
+                "rank {} (bootstrap address {}) left during init, before joining its ring neighbours (killed or crashed?)",
+                a.rank, a.addr
+            );
+            for b in waiting.iter_mut().flatten() {
+                let _ = wire::send(&mut b.conn, Kind::Fail, &fail_payload(&msg));
+            }
+            return Ok(());
         }
     }
     Ok(())
+}
+
+/// Whether a rank's connection to the root says goodbye (`Some(true)`), closed or said
+/// something else (`Some(false)`), or has nothing to read yet (`None`). A goodbye is one
+/// header, written at once; the rare partial one is finished with a short blocking read.
+fn said_bye(conn: &mut TcpStream) -> Option<bool> {
+    use std::io::Read;
+    let mut head = [0u8; wire::HEADER];
+    let got = match conn.read(&mut head) {
+        Ok(got) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
+            return None;
+        }
+        Err(_) => return Some(false),
+    };
+    if got == 0 {
+        return Some(false);
+    }
+    if got < wire::HEADER {
+        let finished = conn.set_nonblocking(false).is_ok()
+            && conn.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+            && conn.read_exact(&mut head[got..]).is_ok();
+        if !finished {
+            return Some(false);
+        }
+    }
+    Some(matches!(wire::parse_head(&head, 0), Ok((Kind::Bye, 0))))
 }
 
 /// Whether the root reported a failure (another rank died during init) or went away.

@@ -12,6 +12,7 @@ mod engine;
 mod group;
 pub(crate) mod init;
 pub mod launch;
+pub(crate) mod model;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod raw;

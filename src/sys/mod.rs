@@ -1,11 +1,12 @@
 //! Thin safe wrappers over the operating system: shared-memory segments, network
-//! interfaces, futexes, memory barriers, eventfds, watching other processes, random
+//! interfaces, futexes, memory barriers, eventfds, epoll, watching other processes, random
 //! bytes, the host's name. Each `unsafe` call into libc for these lives here, with the
 //! reason it is sound; the layers above see safe functions and types.
 //!
 //! Sockets and their options stay with the transports that own them, as InfiniBand
 //! verbs and CUDA stay behind `transport::ib` and `cuda`.
 
+pub mod epoll;
 pub mod eventfd;
 pub mod futex;
 pub mod membarrier;
@@ -108,4 +109,16 @@ impl Drop for Anon {
         // SAFETY: unmapping exactly the mapping `new` made, once.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
+}
+
+/// The CPU time the calling thread has used so far (user and system): init reports it
+/// beside its wall time, which on an oversubscribed host mostly measures waiting.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
