@@ -113,19 +113,22 @@ def fit(pts):
     mx, my = st.mean(xs), st.mean(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 import re
-inits = []
+inits, cpus = [], []
 for n in sorted(true):
     try:
-        walls = [float(m.group(1)) for m in re.finditer(r"init ([0-9.]+) ms \(cpu", open(f"{work}/info.{n}", errors="replace").read())]
+        found = re.findall(r"init ([0-9.]+) ms \(cpu ([0-9.]+) ms", open(f"{work}/info.{n}", errors="replace").read())
     except FileNotFoundError:
-        walls = []
-    if len(walls) == n:
-        inits.append((n, max(walls)))
+        found = []
+    if len(found) == n:
+        inits.append((n, max(float(w) for w, _ in found)))
+        cpus.append((n, st.median(float(c) for _, c in found)))
 if len(inits) >= 3:
     k = fit(inits)
     per = ", ".join(f"{n}: {w:.0f} ms" for n, w in inits)
     out.append(f"- init time (the slowest rank's, TCP, OXCCL_DEBUG=INFO pass) grows as n^{k:.2f} from {inits[0][0]} to {inits[-1][0]} ranks ({per}); "
-               f"n log n would be n^{fit([(n, n * math.log(n)) for n, _ in inits]):.2f} over the same range. On this host the ranks share 2 cores, so the total work, not the critical path, sets it.")
+               f"n log n would be n^{fit([(n, n * math.log(n)) for n, _ in inits]):.2f} over the same range. On this host the ranks share 2 cores, so the total work and the launcher's spread, not the critical path, set it.")
+    per = ", ".join(f"{n}: {c:.2f} ms" for n, c in cpus)
+    out.append(f"- one rank's init CPU (median over ranks), the critical path on a cluster, grows as n^{fit(cpus):.2f} ({per}); log n would be n^{fit([(n, math.log(n)) for n, _ in cpus]):.2f}.")
 try:
     lines = [l.strip() for l in open(f"{work}/threads") if l.startswith("threads")]
     if lines:
