@@ -68,8 +68,10 @@ fn payload(kind: Kind, p: &[u8]) {
             }
         }
         Kind::RingHello => {
-            if let Ok(r) = msg::decode_ring_hello(p) {
-                assert_eq!((r as u32).to_le_bytes(), p, "ring hello round trip");
+            if let Ok((r, k)) = msg::decode_ring_hello(p) {
+                let mut e = Enc::new();
+                e.u32(r as u32).u32(k);
+                assert_eq!(e.0, p, "ring hello round trip");
             }
         }
         Kind::ConnHello => {
@@ -79,10 +81,8 @@ fn payload(kind: Kind, p: &[u8]) {
             }
         }
         Kind::Next => {
-            if let Ok(a) = msg::decode_next(p) {
-                let mut e = Enc::new();
-                e.addr(&a);
-                assert_eq!(e.0, p, "next round trip");
+            if let Ok(a) = msg::decode_partners(p) {
+                assert_eq!(msg::encode_partners(&a), p, "partners round trip");
             }
         }
         Kind::Block => {
@@ -236,8 +236,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     hello6.u32(3).u32(4).addr(&v6);
     let mut conn = Enc::new();
     conn.u32(2).u32(1).u32(0).u64(0x0001_0000_0400_0001).u64(1000 | 2 << 48);
-    let mut next = Enc::new();
-    next.addr(&v6);
+    let next = Enc(msg::encode_partners(&[v4, v6, v4]));
     let mut block = Enc::new();
     block.u32(2).bytes(b"host-and-pid");
     let mut fail = Enc::new();
@@ -256,7 +255,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out: Vec<(&'static str, String, Vec<u8>)> = vec![
         ("bootstrap_frames", "hello".into(), intro(Kind::Hello, &hello.0)),
         ("bootstrap_frames", "hello-v6".into(), intro(Kind::Hello, &hello6.0)),
-        ("bootstrap_frames", "ring-hello".into(), intro(Kind::RingHello, &2u32.to_le_bytes())),
+        ("bootstrap_frames", "ring-hello".into(), intro(Kind::RingHello, &[2, 0, 0, 0, 1, 0, 0, 0])),
         ("bootstrap_frames", "conn-hello".into(), intro(Kind::ConnHello, &conn.0)),
         ("bootstrap_frames", "next".into(), frame(Kind::Next, &next.0)),
         ("bootstrap_frames", "block".into(), frame(Kind::Block, &block.0)),
@@ -275,7 +274,7 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     ];
     for (name, kind, body) in [
         ("hello", Kind::Hello, &hello.0),
-        ("ring", Kind::RingHello, &vec![1, 0, 0, 0]),
+        ("ring", Kind::RingHello, &vec![1, 0, 0, 0, 0, 0, 0, 0]),
         ("conn", Kind::ConnHello, &conn.0),
     ] {
         let f = intro(kind, body);

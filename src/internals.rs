@@ -16,6 +16,12 @@ pub mod launcher {
     };
 }
 
+/// The part of a rank's init that grows with the job, run on synthetic peers (for the
+/// init model, `examples/init_model.rs`).
+pub mod init_model {
+    pub use crate::comm::model::{RankWork, rank_work};
+}
+
 /// This machine's hostname.
 pub use crate::sys::hostname;
 

@@ -65,4 +65,5 @@ pub use call::Algo;
 pub use comm::{AbortHandle, Comm, Group, Lent, RawBatch, RawWork, Scope, Work};
 pub use error::{Error, ErrorKind, NCCL_RESULTS, NcclResult, Result};
 pub use settings::{Config, Settings};
+pub use transport::MemStats;
 pub use types::{DataType, Element, F8E4M3, F8E5M2, ReduceOp, Scalar};

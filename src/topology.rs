@@ -3,6 +3,8 @@
 //! overrides), the link for each pair of ranks, and a ring order that keeps the ranks of
 //! a host next to each other.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::sys::{boot_id, hostname};
 use crate::wire::{Dec, Enc};
@@ -18,10 +20,10 @@ pub fn host_id() -> String {
 /// What a rank tells the others about itself at init.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// Host identity (see [`host_id`]).
-    pub host_id: String,
-    /// Hostname, for messages.
-    pub hostname: String,
+    /// Host identity (see [`host_id`]); one allocation shared by a host's ranks.
+    pub host_id: Arc<str>,
+    /// Hostname, for messages; shared like `host_id`.
+    pub hostname: Arc<str>,
     /// Process id.
     pub pid: u32,
 }
@@ -29,7 +31,7 @@ pub struct PeerInfo {
 impl PeerInfo {
     /// This process's information.
     pub fn local() -> PeerInfo {
-        PeerInfo { host_id: host_id(), hostname: hostname(), pid: std::process::id() }
+        PeerInfo { host_id: host_id().into(), hostname: hostname().into(), pid: std::process::id() }
     }
 
     /// Encodes for the bootstrap all-gather.
@@ -45,8 +47,9 @@ impl PeerInfo {
         // three, and the value would no longer fit its own limit when sent on. 1024 bytes
         // each: a 255-byte hostname that `hostname()` made valid UTF-8 can triple.
         let mut d = Dec::new(b, "peer info");
-        let text = |b: &[u8], what: &str| {
-            String::from_utf8(b.to_vec())
+        let text = |b: &[u8], what: &str| -> Result<Arc<str>> {
+            std::str::from_utf8(b)
+                .map(Arc::from)
                 .map_err(|_| Error::remote(format!("malformed peer info: {what} is not UTF-8")))
         };
         let host_id = text(d.bytes(1024)?, "host id")?;
@@ -94,21 +97,31 @@ pub struct Topology {
 impl Topology {
     /// The layout from every rank's [`PeerInfo`]; `shm` is false when shared memory is
     /// disabled (`OXCCL_SHM_DISABLE=1`).
-    pub fn new(rank: usize, peers: Vec<PeerInfo>, shm: bool) -> Topology {
+    pub fn new(rank: usize, mut peers: Vec<PeerInfo>, shm: bool) -> Topology {
         let n = peers.len();
-        let mut host_ids: Vec<&str> = Vec::new();
+        // Hosts are numbered in order of their first rank; a map, not a search, so that
+        // 100k ranks on 12k hosts cost milliseconds rather than a billion comparisons.
+        // A host's ranks share its first rank's strings: a few bytes per peer.
+        let mut first_of: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
         let mut host_of = Vec::with_capacity(n);
-        for p in &peers {
-            let h = match host_ids.iter().position(|h| *h == p.host_id) {
-                Some(h) => h,
-                None => {
-                    host_ids.push(&p.host_id);
-                    host_ids.len() - 1
+        let mut firsts: Vec<usize> = Vec::new();
+        for r in 0..n {
+            let next = firsts.len();
+            let h = *first_of.entry(peers[r].host_id.clone()).or_insert(next);
+            if h == next {
+                firsts.push(r);
+            } else {
+                let first = &peers[firsts[h]];
+                let (id, name) = (first.host_id.clone(), first.hostname.clone());
+                peers[r].host_id = id;
+                if peers[r].hostname == name {
+                    peers[r].hostname = name;
                 }
-            };
+            }
             host_of.push(h);
         }
-        let mut hosts = vec![Vec::new(); host_ids.len()];
+        drop(first_of);
+        let mut hosts = vec![Vec::new(); firsts.len()];
         for (r, h) in host_of.iter().enumerate() {
             hosts[*h].push(r);
         }
@@ -132,34 +145,54 @@ impl Topology {
         &self.hosts[self.host_of[self.rank]]
     }
 
-    /// One line per host and the links, for `OXCCL_DEBUG=INFO`.
+    /// One line for `OXCCL_DEBUG=INFO`: the hosts and their ranks, the ring and this
+    /// rank's links, with runs of ranks written as ranges and at most [`DESCRIBE_HOSTS`]
+    /// hosts named, so the line stays short at any scale.
     pub fn describe(&self) -> String {
-        let hosts: Vec<String> =
-            self.hosts.iter().map(|rs| format!("{}: {:?}", self.peers[rs[0]].hostname, rs)).collect();
-        let links: Vec<String> = self
-            .links
+        let mut hosts: Vec<String> = self
+            .hosts
             .iter()
-            .enumerate()
-            .filter(|(r, _)| *r != self.rank)
-            .map(|(r, l)| {
-                format!(
-                    "{r}:{}",
-                    match l {
-                        Link::InProcess => "proc",
-                        Link::SharedMemory => "shm",
-                        Link::Tcp => "tcp",
-                    }
-                )
-            })
+            .take(DESCRIBE_HOSTS)
+            .map(|rs| format!("{}: {}", self.peers[rs[0]].hostname, ranges(rs)))
             .collect();
+        if self.hosts.len() > DESCRIBE_HOSTS {
+            hosts.push(format!("and {} more hosts", self.hosts.len() - DESCRIBE_HOSTS));
+        }
+        let of = |kind: Link| -> Vec<usize> {
+            (0..self.links.len()).filter(|&r| r != self.rank && self.links[r] == kind).collect()
+        };
+        let (shm, tcp) = (of(Link::SharedMemory), of(Link::Tcp));
         format!(
-            "hosts [{}]; ring {:?}; links from rank {}: {}",
+            "hosts [{}]; ring {}; links from rank {}: shm {} ({}), tcp {} ({})",
             hosts.join("; "),
-            self.ring,
+            ranges(&self.ring),
             self.rank,
-            links.join(" ")
+            shm.len(),
+            ranges(&shm),
+            tcp.len(),
+            ranges(&tcp)
         )
     }
+}
+
+/// Hosts named in full by [`Topology::describe`].
+pub const DESCRIBE_HOSTS: usize = 16;
+
+/// `ranks` with runs of consecutive ranks as `a-b`, and at most 32 runs: `0-3 8 10-12`.
+fn ranges(ranks: &[usize]) -> String {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &r in ranks {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == r => *end = r,
+            _ => runs.push((r, r)),
+        }
+    }
+    let mut out: Vec<String> =
+        runs.iter().take(32).map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    if runs.len() > 32 {
+        out.push(format!("... ({} ranks in all)", ranks.len()));
+    }
+    if out.is_empty() { "none".into() } else { out.join(" ") }
 }
 
 #[cfg(test)]
@@ -168,6 +201,20 @@ mod tests {
 
     fn info(host: &str, pid: u32) -> PeerInfo {
         PeerInfo { host_id: host.into(), hostname: host.into(), pid }
+    }
+
+    #[test]
+    fn described_briefly_at_any_scale() {
+        assert_eq!(ranges(&[0, 1, 2, 3, 8, 10, 11, 12]), "0-3 8 10-12");
+        assert_eq!(ranges(&[]), "none");
+        let peers: Vec<PeerInfo> = (0..1000).map(|r| info(&format!("h{}", r / 8), r as u32)).collect();
+        let t = Topology::new(9, peers, true);
+        let d = t.describe();
+        assert!(d.starts_with("hosts [h0: 0-7; h1: 8-15;"), "{d}");
+        assert!(d.contains("and 109 more hosts"), "{d}");
+        assert!(d.contains("ring 0-999;"), "{d}");
+        assert!(d.contains("links from rank 9: shm 7 (8 10-15), tcp 992 (0-7 16-999)"), "{d}");
+        assert!(d.len() < 600, "{} bytes", d.len());
     }
 
     #[test]
@@ -190,7 +237,7 @@ mod tests {
         e.bytes(b"id").bytes(&[0xff; 200]).u32(1);
         let err = PeerInfo::decode(&e.0).unwrap_err().to_string();
         assert!(err.contains("not UTF-8"), "{err}");
-        let long = PeerInfo { host_id: "h".into(), hostname: "\u{fffd}".repeat(255), pid: 1 };
+        let long = PeerInfo { host_id: "h".into(), hostname: "\u{fffd}".repeat(255).into(), pid: 1 };
         assert_eq!(PeerInfo::decode(&long.encode()).unwrap(), long);
     }
 }

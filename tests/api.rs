@@ -91,7 +91,7 @@ fn send_to_self_in_a_group_is_a_copy() {
 
 #[test]
 fn forced_algorithm_that_does_not_apply_is_an_error() {
-    let cfg = Config::new().algo(Algo::Tree);
+    let cfg = Config::new().algo(Algo::Doubling);
     run_ranks(2, &cfg, DEADLINE, |mut c| {
         let mut v = vec![1i32; 5];
         c.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();

@@ -174,6 +174,30 @@ fn child() {
                 comm.barrier().unwrap();
             }
         }
+        "scale" => {
+            use oxccl::ReduceOp;
+            let (me, n) = (comm.rank(), comm.size());
+            let mut v = [me as u64 + 1];
+            comm.all_reduce_in_place(&mut v, ReduceOp::Sum).unwrap();
+            assert_eq!(v[0] as usize, n * (n + 1) / 2, "all_reduce");
+            let mut b = [if me == n / 3 { 77u32 } else { 0 }; 5];
+            comm.broadcast_in_place(&mut b, n / 3).unwrap();
+            assert_eq!(b, [77; 5], "broadcast");
+            let mut r = [me as u32; 3];
+            comm.reduce_in_place(&mut r, ReduceOp::Max, n - 1).unwrap();
+            if me == n - 1 {
+                assert_eq!(r, [(n - 1) as u32; 3], "reduce");
+            }
+            let mut all = vec![0u32; 2 * n];
+            comm.all_gather(&[me as u32, 1000 + me as u32], &mut all).unwrap();
+            assert!((0..n).all(|p| all[2 * p] == p as u32 && all[2 * p + 1] == 1000 + p as u32), "all_gather");
+            comm.barrier().unwrap();
+            // Small calls link a rank to O(log n) peers, never to all of them.
+            let m = comm.mem_stats();
+            let log = n.next_power_of_two().trailing_zeros() as u64;
+            assert!(m.peers <= 4 * log + 2 && m.peers < n as u64 - 1, "rank {me} linked {m}");
+            eprintln!("SCALE rank {me}: {m}");
+        }
         r => panic!("unknown child role {r}"),
     }
 }
@@ -357,5 +381,18 @@ fn a_taken_root_port_is_retried() {
     let out = launch("split", j, Duration::from_secs(60));
     for (r, o) in out.iter().enumerate() {
         assert_eq!(o.status, Some(0), "rank {r} failed:\n{}", o.stderr);
+    }
+}
+
+/// 64 processes over shared memory and over TCP: small collectives link each rank to
+/// O(log n) peers (a dissemination barrier, recursive doubling, trees, Bruck's
+/// all-gather), and the job completes in a few seconds on this host.
+#[test]
+fn sixty_four_processes_link_few_peers() {
+    for extra in [&[][..], &[("OXCCL_SHM_DISABLE", "1")][..]] {
+        let out = launch("scale", job(64, extra), Duration::from_secs(120));
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(o.status, Some(0), "rank {r} of 64 ({extra:?}) failed:\n{}", o.stderr);
+        }
     }
 }

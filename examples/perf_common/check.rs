@@ -8,6 +8,9 @@
 //! and comparisons of short tables (memory speed), and a block landing at the wrong offset
 //! (a multiple of a power of two) is still caught.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use half::{bf16, f16};
 use oxccl::{Element, F8E4M3, F8E5M2, ReduceOp};
 
@@ -271,47 +274,64 @@ pub(super) fn gen_value<T: PerfElem>(op: OpKind, rank: usize, n: usize, j: usize
     }
 }
 
-/// One period of every rank's input, and of their reduction.
+/// One period of every rank's input, and of their reduction, each generated when first
+/// asked for: a rank of a large job holds only the periods it reads, and a check of a few
+/// elements reduces those elements only, not a whole period over every rank.
 pub struct Tables<T> {
-    inputs: Vec<Vec<T>>,
-    reduced: Vec<T>,
+    op: OpKind,
+    n: usize,
+    seed: u64,
+    inputs: Vec<OnceLock<Vec<T>>>,
+    reduced: OnceLock<Vec<T>>,
 }
 
 impl<T: PerfElem> Tables<T> {
     /// The tables of check number `seed` for `op` over `n` ranks.
     pub fn new(op: OpKind, n: usize, seed: u64) -> Tables<T> {
-        let inputs: Vec<Vec<T>> =
-            (0..n).map(|r| (0..PERIOD).map(|j| T::from_i64(gen_value::<T>(op, r, n, j, seed))).collect()).collect();
-        let reduced = if op == OpKind::None {
-            Vec::new()
-        } else {
-            let mut vals = Vec::with_capacity(n);
-            (0..PERIOD)
-                .map(|j| {
-                    vals.clear();
-                    vals.extend(inputs.iter().map(|t| t[j]));
-                    T::reduce_ref(op, &vals)
-                })
-                .collect()
-        };
-        Tables { inputs, reduced }
+        Tables { op, n, seed, inputs: (0..n).map(|_| OnceLock::new()).collect(), reduced: OnceLock::new() }
     }
 
-    pub(super) fn table(&self, src: Src) -> &[T] {
-        match src {
-            Src::Input(r) => &self.inputs[r],
-            Src::Reduced => &self.reduced,
+    fn value(&self, r: usize, j: usize) -> T {
+        T::from_i64(gen_value::<T>(self.op, r, self.n, j, self.seed))
+    }
+
+    /// Element `j` of the period of the reduction.
+    fn reduce_at(&self, j: usize, vals: &mut Vec<T>) -> T {
+        vals.clear();
+        vals.extend((0..self.n).map(|r| self.value(r, j)));
+        T::reduce_ref(self.op, vals)
+    }
+
+    /// What `seg` holds, from the period's start: the whole period, or, for a reduction
+    /// shorter than a period, just its elements.
+    fn values(&self, seg: &Segment) -> (Cow<'_, [T]>, usize) {
+        let pos = seg.phase % PERIOD;
+        match seg.src {
+            Src::Input(r) => {
+                let t = self.inputs[r].get_or_init(|| (0..PERIOD).map(|j| self.value(r, j)).collect());
+                (Cow::Borrowed(t), pos)
+            }
+            Src::Reduced if seg.len < PERIOD && self.reduced.get().is_none() => {
+                let mut vals = Vec::with_capacity(self.n);
+                (Cow::Owned((0..seg.len).map(|i| self.reduce_at((pos + i) % PERIOD, &mut vals)).collect()), 0)
+            }
+            Src::Reduced => {
+                let t = self.reduced.get_or_init(|| {
+                    let mut vals = Vec::with_capacity(self.n);
+                    (0..PERIOD).map(|j| self.reduce_at(j, &mut vals)).collect()
+                });
+                (Cow::Borrowed(t), pos)
+            }
         }
     }
 
     /// Writes `seg` into `buf`.
     pub fn fill(&self, buf: &mut [T], seg: &Segment) {
-        let t = self.table(seg.src);
+        let (t, mut pos) = self.values(seg);
         let out = &mut buf[seg.at..seg.at + seg.len];
-        let mut pos = seg.phase % PERIOD;
         let mut i = 0;
         while i < out.len() {
-            let take = (PERIOD - pos).min(out.len() - i);
+            let take = (t.len() - pos).min(out.len() - i);
             out[i..i + take].copy_from_slice(&t[pos..pos + take]);
             i += take;
             pos = 0;
@@ -321,12 +341,11 @@ impl<T: PerfElem> Tables<T> {
     /// Compares `buf` with `seg`: fast bytewise per period, element by element where a
     /// period differs.
     pub fn check(&self, buf: &[T], seg: &Segment, res: &mut CheckResult) {
-        let t = self.table(seg.src);
+        let (t, mut pos) = self.values(seg);
         let got = &buf[seg.at..seg.at + seg.len];
-        let mut pos = seg.phase % PERIOD;
         let mut i = 0;
         while i < got.len() {
-            let take = (PERIOD - pos).min(got.len() - i);
+            let take = (t.len() - pos).min(got.len() - i);
             let (g, w) = (&got[i..i + take], &t[pos..pos + take]);
             if as_bytes(g) != as_bytes(w) {
                 for (k, (&a, &b)) in g.iter().zip(w).enumerate() {
@@ -499,4 +518,32 @@ pub(super) fn check_call<C: Collective, T: PerfElem>(
     }
 
     (wrong_total, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short reduction computed element by element is the same as the whole period,
+    /// across the period's end too.
+    #[test]
+    fn short_reductions_match_the_whole_period() {
+        for op in [OpKind::Sum, OpKind::Prod, OpKind::Max] {
+            let short = Tables::<f32>::new(op, 5, 3);
+            let whole = Tables::<f32>::new(op, 5, 3);
+            let mut full = vec![0f32; 2 * PERIOD];
+            whole.fill(&mut full, &Segment::new(0, 2 * PERIOD, Src::Reduced, 0));
+            for phase in [0, 17, PERIOD - 3] {
+                let mut got = vec![0f32; 7];
+                short.fill(&mut got, &Segment::new(0, 7, Src::Reduced, phase));
+                assert_eq!(got, full[phase..phase + 7], "{op:?} at phase {phase}");
+                let mut res = CheckResult::default();
+                whole.check(&got, &Segment::new(0, 7, Src::Reduced, phase), &mut res);
+                assert_eq!(res.wrong, 0);
+                got[3] += 1.0;
+                short.check(&got, &Segment::new(0, 7, Src::Reduced, phase), &mut res);
+                assert_eq!(res.wrong, 1, "a changed element is caught");
+            }
+        }
+    }
 }

@@ -10,6 +10,8 @@
 //! Spans are element offsets into the call's send or receive buffer; every message of a
 //! step holds `count` elements.
 
+pub mod barrier;
+pub mod bruck;
 pub mod direct;
 pub mod doubling;
 pub mod ring;
@@ -186,6 +188,12 @@ pub enum Schedule {
     Chain(Chain),
     /// Recursive doubling (all-reduce of small messages over expensive links).
     Doubling(doubling::Doubling),
+    /// The dissemination barrier.
+    Barrier(barrier::Dissemination),
+    /// Bruck's all-gather.
+    Bruck(bruck::Bruck),
+    /// The root of a broadcast down a tree.
+    Source(tree::Source),
 }
 
 /// Schedules run one after the other in one stream.
@@ -228,6 +236,9 @@ impl Schedule {
             Schedule::P2p(s) => s.next(),
             Schedule::Chain(s) => s.next(),
             Schedule::Doubling(s) => s.next(),
+            Schedule::Barrier(s) => s.next(),
+            Schedule::Bruck(s) => s.next(),
+            Schedule::Source(s) => s.next(),
         }
     }
 
@@ -241,6 +252,9 @@ impl Schedule {
             Schedule::P2p(s) => s.links(f),
             Schedule::Chain(c) => c.parts.iter().for_each(|p| p.links(me, n, f)),
             Schedule::Doubling(d) => d.links(f),
+            Schedule::Barrier(b) => b.links(f),
+            Schedule::Bruck(b) => b.links(f),
+            Schedule::Source(s) => s.links(f),
         }
     }
 }
@@ -336,6 +350,19 @@ pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking,
     }
     match (*coll, algo) {
         (C::AllReduce { count }, Algo::Ring) => out.push(ring(ring::RingKind::AllReduce, count)),
+        (C::Broadcast { count, root }, Algo::Tree) => {
+            let node = tree::rooted_tree(n, me, root);
+            out.push(match node.parent {
+                None => Schedule::Source(tree::Source::new(node, count, chunking, 0)),
+                Some(_) => Schedule::TreeDown(tree::Down::new(node, 0, count, chunking, 0)),
+            });
+        }
+        (C::Reduce { count, root }, Algo::Tree) => {
+            out.push(Schedule::TreeUp(tree::Up::to_root(tree::rooted_tree(n, me, root), count, chunking, 0)))
+        }
+        (C::AllGather { count }, Algo::Bruck) => {
+            out.push(Schedule::Bruck(bruck::Bruck::new(me, n, count, chunking.chunk, 0)))
+        }
         (C::Reduce { count, root }, _) => out.push(ring(ring::RingKind::Reduce { root }, count)),
         (C::Broadcast { count, root }, _) => out.push(ring(ring::RingKind::Broadcast { root }, count)),
         (C::AllGather { count }, _) => out.push(ring(ring::RingKind::AllGather, count)),
@@ -362,7 +389,7 @@ pub fn schedules(coll: &Collective, algo: Algo, topo: &Topo, chunking: Chunking,
             chunking.chunk,
             0,
         ))),
-        (C::Barrier, _) => out.push(Schedule::AllToAll(direct::Exchange::new(direct::ExchangeKind::Barrier, 0, 1, 0))),
+        (C::Barrier, _) => out.push(Schedule::Barrier(barrier::Dissemination::new(me, n, 0))),
         (C::AllToAll { count }, _) => {
             for p in (0..n).filter(|&p| p != me) {
                 out.push(p2p(direct::P2pKind::Send(p), p * count, 0, count));

@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn every_collective_every_algorithm() {
         let mut seed = 1;
-        for n in 1..=9 {
+        for n in 1..=13 {
             for ch in CHUNKS {
                 for count in counts(&ch) {
                     let mut colls = vec![
@@ -274,7 +274,7 @@ mod tests {
                         colls.push(Collective::Scatter { count, root });
                     }
                     for coll in colls {
-                        for algo in [Algo::Ring, Algo::Tree, Algo::OneShot, Algo::P2p, Algo::Doubling] {
+                        for algo in [Algo::Ring, Algo::Tree, Algo::OneShot, Algo::P2p, Algo::Doubling, Algo::Bruck] {
                             if algo.applies_to(&coll) {
                                 seed += 1;
                                 check(coll, algo, n, ch, seed);

@@ -50,6 +50,13 @@ pub fn binary_tree(n: usize, rank: Rank, shift: usize) -> TreeNode {
     }
 }
 
+/// `rank`'s node in the balanced binary tree over `n` ranks whose root is `root` (for a
+/// broadcast or reduce of small messages: depth `log2 n` where a ring has `n - 1` hops).
+pub fn rooted_tree(n: usize, rank: Rank, root: Rank) -> TreeNode {
+    let mid = (n - 1) / 2;
+    binary_tree(n, rank, (root + n - mid) % n)
+}
+
 /// `rank`'s nodes in the two trees: the second is the first shifted by one position, so
 /// its leaves are mostly the first's inner nodes.
 pub fn double_tree(n: usize, rank: Rank) -> [TreeNode; 2] {
@@ -63,8 +70,8 @@ pub fn half(count: usize, align: usize, t: usize) -> (usize, usize) {
     if t == 0 { (0, h) } else { (h, count) }
 }
 
-/// Reduce up a tree over elements `[lo, hi)`; at the root, write the result and start the
-/// broadcast down.
+/// Reduce up a tree over elements `[lo, hi)`; at the root, write the result and (for an
+/// all-reduce) start the broadcast down.
 #[derive(Clone, Debug)]
 pub struct Up {
     node: TreeNode,
@@ -72,19 +79,26 @@ pub struct Up {
     at: usize,
     chunk: usize,
     channel: u8,
+    /// The root sends the result down (all-reduce) rather than only keeping it (reduce).
+    down: bool,
 }
 
 impl Up {
-    /// The up stream over `[lo, hi)` for `node`.
+    /// The up stream over `[lo, hi)` for `node`, its root starting the broadcast down.
     pub fn new(node: TreeNode, lo: usize, hi: usize, chunking: Chunking, channel: u8) -> Up {
-        Up { node, hi, at: lo, chunk: chunking.chunk, channel }
+        Up { node, hi, at: lo, chunk: chunking.chunk, channel, down: true }
+    }
+
+    /// The up stream of a reduce: the root keeps the result.
+    pub fn to_root(node: TreeNode, count: usize, chunking: Chunking, channel: u8) -> Up {
+        Up { down: false, ..Up::new(node, 0, count, chunking, channel) }
     }
 
     /// Calls `f(peer, channel, is_send)` for the links used.
     pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
         for c in self.node.children.iter().flatten() {
             f(*c, self.channel, false);
-            if self.node.parent.is_none() {
+            if self.node.parent.is_none() && self.down {
                 f(*c, self.channel, true);
             }
         }
@@ -110,10 +124,54 @@ impl Iterator for Up {
             Some(p) => s.send = Peers::One(p),
             None => {
                 s.output = Some(Span::recv(self.at));
-                s.send = self.node.child_peers();
+                if self.down {
+                    s.send = self.node.child_peers();
+                }
                 s.finalize = true;
             }
         }
+        self.at += count;
+        Some(s)
+    }
+}
+
+/// The root of a broadcast down a tree: its input to its output and its children.
+#[derive(Clone, Debug)]
+pub struct Source {
+    node: TreeNode,
+    count: usize,
+    at: usize,
+    chunk: usize,
+    channel: u8,
+}
+
+impl Source {
+    /// The root's stream of a broadcast of `count` elements.
+    pub fn new(node: TreeNode, count: usize, chunking: Chunking, channel: u8) -> Source {
+        Source { node, count, at: 0, chunk: chunking.chunk, channel }
+    }
+
+    /// Calls `f(peer, channel, is_send)` for the links used.
+    pub fn links(&self, f: &mut dyn FnMut(Rank, u8, bool)) {
+        for c in self.node.children.iter().flatten() {
+            f(*c, self.channel, true);
+        }
+    }
+}
+
+impl Iterator for Source {
+    type Item = Step;
+
+    /// The next step, or `None` when the stream is finished.
+    fn next(&mut self) -> Option<Step> {
+        if self.at >= self.count {
+            return None;
+        }
+        let count = self.chunk.min(self.count - self.at);
+        let mut s = Step::new(count, self.channel);
+        s.input = Some(Span::send(self.at));
+        s.output = Some(Span::recv(self.at));
+        s.send = self.node.child_peers();
         self.at += count;
         Some(s)
     }

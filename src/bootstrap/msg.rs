@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::error::Result;
-use crate::wire::{Dec, MAX_PAYLOAD};
+use crate::wire::{Dec, Enc, MAX_PAYLOAD};
 
 /// A [`Hello`](crate::wire::Kind::Hello) to the root, after the secret: rank, number of
 /// ranks, the rank's ring listener.
@@ -18,20 +18,40 @@ pub fn decode_hello(body: &[u8]) -> Result<(usize, usize, SocketAddr)> {
     Ok((rank, n, addr))
 }
 
-/// A [`RingHello`](crate::wire::Kind::RingHello), after the secret: the sender's rank.
-pub fn decode_ring_hello(body: &[u8]) -> Result<usize> {
+/// A [`RingHello`](crate::wire::Kind::RingHello), after the secret: the sender's rank,
+/// and which of its partners this connection is (`k`: the rank `2^k` ahead of the
+/// sender).
+pub fn decode_ring_hello(body: &[u8]) -> Result<(usize, u32)> {
     let mut d = Dec::new(body, "ring hello");
     let r = d.u32()? as usize;
+    let k = d.u32()?;
     d.end()?;
-    Ok(r)
+    Ok((r, k))
 }
 
-/// A [`Next`](crate::wire::Kind::Next): where the successor listens.
-pub fn decode_next(p: &[u8]) -> Result<SocketAddr> {
-    let mut d = Dec::new(p, "next");
-    let a = d.addr()?;
+/// The most partners a rank has (`ceil(log2 n)` for `n` up to `2^32`).
+pub const MAX_PARTNERS: usize = 32;
+
+/// A [`Next`](crate::wire::Kind::Next): where each of a rank's partners listens.
+pub fn encode_partners(addrs: &[SocketAddr]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(addrs.len() as u32);
+    for a in addrs {
+        e.addr(a);
+    }
+    e.0
+}
+
+/// Decodes what [`encode_partners`] wrote.
+pub fn decode_partners(p: &[u8]) -> Result<Vec<SocketAddr>> {
+    let mut d = Dec::new(p, "partners");
+    let n = d.u32()? as usize;
+    if n > MAX_PARTNERS {
+        return Err(crate::wire::malformed(format!("{n} partners")));
+    }
+    let v = (0..n).map(|_| d.addr()).collect::<Result<Vec<_>>>()?;
     d.end()?;
-    Ok(a)
+    Ok(v)
 }
 
 /// A [`Block`](crate::wire::Kind::Block) of the all-gather: whose block, and its bytes.

@@ -81,6 +81,7 @@ pub fn describe(d: Desc) -> String {
         4 => "direct",
         5 => "hier",
         6 => "doubling",
+        7 => "bruck",
         _ => "?",
     };
     let root = match w >> 32 {

@@ -181,6 +181,8 @@ pub enum Algo {
     Hier,
     /// Recursive doubling all-reduce: log2(n) exchanges of the running result.
     Doubling,
+    /// Bruck's all-gather: log2(n) rounds for small blocks and many ranks.
+    Bruck,
 }
 
 impl Algo {
@@ -194,6 +196,7 @@ impl Algo {
             Algo::Direct => "direct",
             Algo::Hier => "hier",
             Algo::Doubling => "doubling",
+            Algo::Bruck => "bruck",
         }
     }
 
@@ -207,6 +210,7 @@ impl Algo {
             "direct" => Some(Algo::Direct),
             "hier" | "hierarchical" => Some(Algo::Hier),
             "doubling" | "recursive_doubling" | "rd" => Some(Algo::Doubling),
+            "bruck" => Some(Algo::Bruck),
             _ => None,
         }
     }
@@ -228,7 +232,9 @@ impl Algo {
                     | C::AllGather { .. }
                     | C::ReduceScatter { .. }
             ),
-            Algo::Tree | Algo::OneShot | Algo::Hier | Algo::Doubling => matches!(coll, C::AllReduce { .. }),
+            Algo::Tree => matches!(coll, C::AllReduce { .. } | C::Reduce { .. } | C::Broadcast { .. }),
+            Algo::OneShot | Algo::Hier | Algo::Doubling => matches!(coll, C::AllReduce { .. }),
+            Algo::Bruck => matches!(coll, C::AllGather { .. }),
             Algo::P2p => {
                 matches!(
                     coll,

@@ -42,6 +42,8 @@ pub(crate) struct Engine {
     tag: u64,
     /// The current batch got past planning: its failures break the communicator.
     moving: bool,
+    /// The first batch has run (its time and the memory after it are logged once).
+    ran_first: bool,
 }
 
 // SAFETY: `exec::Call` holds raw pointers into the caller's buffers only while a call
@@ -79,6 +81,7 @@ impl Engine {
             sockets: false,
             watch: None,
             moving: false,
+            ran_first: false,
             tag: 0,
         }
     }
@@ -97,7 +100,27 @@ impl Engine {
     pub(crate) fn run(&mut self, specs: &[CallSpec]) -> Result<()> {
         let first = self.seq + 1;
         self.moving = false;
-        let Err(mut e) = self.ensure_alive().and_then(|_| self.run_batch(specs)) else { return Ok(()) };
+        let t = (!self.ran_first).then(std::time::Instant::now);
+        let r = self.ensure_alive().and_then(|_| self.run_batch(specs));
+        if let Some(t) = t
+            && r.is_ok()
+        {
+            self.ran_first = true;
+            if self.settings.debug || crate::log::info_enabled() {
+                let mem = self.links.mem() + self.transport.mem();
+                crate::log::info(
+                    true,
+                    &format!(
+                        "rank {}/{}: first call ({}) {:.1} ms, connecting its links; holds {mem}",
+                        self.rank,
+                        self.nranks,
+                        specs.first().map_or("none", |s| s.coll.name()),
+                        t.elapsed().as_secs_f64() * 1e3
+                    ),
+                );
+            }
+        }
+        let Err(mut e) = r else { return Ok(()) };
         // A broken connection usually means the peer failed and left: prefer the reason
         // it announced.
         if matches!(e.kind(), ErrorKind::Remote | ErrorKind::System) && self.moving && !self.fault.tripped() {
@@ -169,7 +192,7 @@ impl Engine {
                 desc,
                 nt: prep.plan.nt,
                 seq: self.seq,
-                by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p),
+                by_ref: matches!(prep.plan.algo, Algo::Ring | Algo::Tree | Algo::P2p | Algo::Bruck),
                 coll: s.coll,
                 algo: prep.plan.algo,
                 chunking: prep.plan.chunking,

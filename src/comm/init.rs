@@ -37,6 +37,13 @@ impl UniqueId {
     }
 }
 
+/// What a rank derives from every rank's gathered [`PeerInfo`]: the part of init that
+/// grows with the job without talking to anyone (the init model times it at scale).
+pub(crate) fn topology_of(rank: usize, infos: &[Vec<u8>], shm: bool) -> Result<Topology> {
+    let peers = infos.iter().map(|b| PeerInfo::decode(b)).collect::<Result<Vec<_>>>()?;
+    Ok(Topology::new(rank, peers, shm))
+}
+
 /// Where this rank listens: loopback for a job whose root is loopback (one host), else
 /// the selected interface.
 fn local_ip(root: SocketAddr, s: &Settings) -> Result<IpAddr> {
@@ -69,19 +76,25 @@ impl Comm {
         log::settings_once(&settings);
         let timeout = settings.timeout;
         let ip = local_ip(id.root(), &settings)?;
+        let t0 = std::time::Instant::now();
+        let cpu0 = crate::sys::thread_cpu_time();
         let mut boot = Bootstrap::join(id, rank, nranks, ip, timeout)?;
+        let joined = t0.elapsed();
         let infos = boot.all_gather(&PeerInfo::local().encode())?;
-        let peers = infos.iter().map(|b| PeerInfo::decode(b)).collect::<Result<Vec<_>>>()?;
-        let topology = Topology::new(rank, peers, !settings.shm_disable);
+        let gathered = t0.elapsed();
+        let topology = topology_of(rank, &infos, !settings.shm_disable)?;
         let shape = FifoShape { nslots: settings.nslots, slot_bytes: settings.slot_bytes };
         let env = Env { rank, nranks, settings: &settings, topology: &topology, secret: id.secret(), ip, shape };
+        let mapped = t0.elapsed();
         let (transport, shared) = setup::wire_up(&env, &mut boot)?;
+        let wired = t0.elapsed();
         let local = topology.local_ranks().to_vec();
         let sockets = transport.has_sockets();
         if settings.debug || log::info_enabled() {
             log::info(true, &format!("rank {rank}/{nranks}: {}", topology.describe()));
         }
         let topo = Topo::with_hosts(rank, topology.ring.clone(), topology.hosts.clone());
+        let watch = shared.watch.clone();
         let mut comm = Comm::assemble_with(
             rank,
             nranks,
@@ -106,10 +119,10 @@ impl Comm {
         // Waits watch the peers behind shared memory: what they wrote is there, so a dead
         // one sends nothing more. A socket peer's death shows as its connection closing
         // (data it wrote before dying may still be on the way).
-        let shm_peers = local.iter().filter(|&&r| topology.links[r] == Link::SharedMemory);
-        let shm_watch = crate::liveness::PeerWatch::new(shm_peers.map(|&r| (r, topology.peers[r].clone())));
-        if !shm_watch.is_empty() {
-            comm.engine()?.watch = Some(Arc::new(shm_watch));
+        // With shared memory, every other rank of the host is behind it: the transports'
+        // watch of the host's processes is the one the waits need (one pidfd per peer).
+        if local.iter().any(|&r| topology.links[r] == Link::SharedMemory) && !watch.is_empty() {
+            comm.engine()?.watch = Some(watch);
         }
         if let Some((prev, next)) = boot.into_ring() {
             let (p, n) = ((rank + nranks - 1) % nranks, (rank + 1) % nranks);
@@ -118,6 +131,24 @@ impl Comm {
         }
         comm.family = super::split::Family::Processes;
         comm.topology = Some(topology);
+        if comm.settings.debug || log::info_enabled() {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            log::info(
+                true,
+                &format!(
+                    "rank {rank}/{nranks}: init {:.1} ms (cpu {:.2} ms): bootstrap {:.1} ms (root and partners {:.1}, peers {:.1}), topology {:.1} ms, transports {:.1} ms, fault watch {:.1} ms; holds {}",
+                    ms(t0.elapsed()),
+                    ms(crate::sys::thread_cpu_time() - cpu0),
+                    ms(gathered),
+                    ms(joined),
+                    ms(gathered - joined),
+                    ms(mapped - gathered),
+                    ms(wired - mapped),
+                    ms(t0.elapsed() - wired),
+                    comm.mem_stats()
+                ),
+            );
+        }
         if rank == 0 && (comm.settings.debug || log::info_enabled()) {
             comm.log_topology();
         }

@@ -12,6 +12,7 @@ mod engine;
 mod group;
 pub(crate) mod init;
 pub mod launch;
+pub(crate) mod model;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod raw;
@@ -32,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::fault::{Fault, Sentinel};
 use crate::settings::{Config, Settings};
 use crate::sync::Doorbell;
-use crate::transport::Transport;
 use crate::transport::fifo::FifoShape;
 use crate::transport::inproc::{InProc, World};
+use crate::transport::{MemStats, Transport};
 use crate::types::{DataType, Element, ReduceOp};
 use engine::Engine;
 
@@ -146,7 +147,7 @@ impl Comm {
         let family = split::Family::Threads(split::new_thread_family());
         let comms: Vec<Comm> = (0..nranks)
             .map(|rank| {
-                let transport = Box::new(InProc::new(world.clone()));
+                let transport = Box::new(InProc::new(world.clone(), rank));
                 let topo = Topo::new(rank, order.clone());
                 let mut c =
                     Comm::assemble(rank, nranks, settings.clone(), topo, transport, world.bell(rank).clone(), nranks);
@@ -267,6 +268,24 @@ impl Comm {
     /// peer.
     pub fn abort(self) {
         self.fault.abort();
+    }
+
+    /// The memory this communicator holds and its connected links (`ncclCommMemStats`):
+    /// shared, page-locked and private bytes set aside for the links connected so far
+    /// (links connect on first use), and the device path's staging buffers.
+    ///
+    /// ```
+    /// # let comms = oxccl::Comm::init_all(2).unwrap();
+    /// let before = comms[0].mem_stats();
+    /// assert_eq!(before.links, 0); // nothing connected until a call needs it
+    /// # Ok::<(), oxccl::Error>(())
+    /// ```
+    pub fn mem_stats(&self) -> MemStats {
+        let Ok(e) = self.engine() else { return MemStats::default() };
+        let m = e.links.mem() + e.transport.mem();
+        #[cfg(feature = "cuda")]
+        let m = m + self.device.as_ref().map_or(MemStats::default(), |d| d.mem());
+        m
     }
 
     /// The error that broke the communicator, if one did (`ncclCommGetAsyncError`):

@@ -169,7 +169,7 @@ impl Comm {
             }
             got
         };
-        let transport = Box::new(InProc::new(world.clone()));
+        let transport = Box::new(InProc::new(world.clone(), new_rank));
         let topo = Topo::new(new_rank, (0..size).collect());
         let mut c =
             Comm::assemble(new_rank, size, self.settings.clone(), topo, transport, world.bell(new_rank).clone(), size);

@@ -71,6 +71,16 @@ pub(super) unsafe fn compute(call: &Call, step: &Step, sc: &mut Scratch, out: Op
                 }
             }
             Some(r) => {
+                if d0_is_out
+                    && sc.srcs.len() > 1
+                    && let Some(i) = sc.srcs[1..].iter().position(|s| std::ptr::eq(s.1, d0)).map(|i| i + 1)
+                {
+                    // In place (a reduce's root writes its input): the fold writes the
+                    // output before it reaches our contribution, so keep a copy of it.
+                    sc.tmp.clear();
+                    sc.tmp.extend_from_slice(std::slice::from_raw_parts(sc.srcs[i].1, bytes));
+                    sc.srcs[i].1 = sc.tmp.as_ptr();
+                }
                 let (_, a, a_in) = sc.srcs[0];
                 if sc.srcs.len() == 1 {
                     if a_in {

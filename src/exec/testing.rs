@@ -94,7 +94,7 @@ pub fn ranks<T: Send>(n: usize, f: impl Fn(&mut Rank) -> T + Sync) -> Vec<T> {
                         n,
                         topo: Topo::new(me, (0..n).collect()),
                         links: Links::new(n),
-                        transport: InProc::new(world.clone()),
+                        transport: InProc::new(world.clone(), me),
                         world: world.clone(),
                         fault,
                         scratch: Scratch::default(),

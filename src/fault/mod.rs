@@ -142,7 +142,7 @@ impl Fault {
         Arc::new(Fault {
             rank,
             who: me.describe(),
-            me: Culprit { rank, host: Some(me.hostname.clone()), pid: Some(me.pid) },
+            me: Culprit { rank, host: Some(me.hostname.to_string()), pid: Some(me.pid) },
             tripped: AtomicBool::new(false),
             recent: recent::Recent::default(),
             stalled: AtomicBool::new(false),

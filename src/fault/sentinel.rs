@@ -175,7 +175,7 @@ type Frame = std::result::Result<(Kind, Vec<u8>), std::result::Result<std::io::E
 /// A failure this rank saw of neighbour `side` (the culprit when `its_fault`: it died,
 /// rather than sent something wrong).
 fn failed(side: &Neighbour, text: String, its_fault: bool) -> Notice {
-    let culprit = Culprit { rank: side.rank, host: Some(side.info.hostname.clone()), pid: Some(side.info.pid) };
+    let culprit = Culprit { rank: side.rank, host: Some(side.info.hostname.to_string()), pid: Some(side.info.pid) };
     Notice { class: Class::Failed as u8, origin: side.rank, text, culprit: its_fault.then_some(culprit) }
 }
 

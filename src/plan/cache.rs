@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_call_that_cannot_run_is_an_error_and_is_not_cached() {
-        let s = crate::settings::Config::new().algo(Algo::Tree).resolve_with(|_| None).unwrap();
+        let s = crate::settings::Config::new().algo(Algo::Doubling).resolve_with(|_| None).unwrap();
         let mut c = Cache::default();
         let b = Collective::Broadcast { count: 4, root: 0 };
         assert!(c.get(b, DataType::Float32, None, shape(true), &s).is_err());

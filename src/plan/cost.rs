@@ -36,7 +36,7 @@ pub fn all_reduce_cost(algo: Algo, bytes: usize, n: usize, chunk_bytes: usize) -
             let rounds = nf.log2().ceil().max(1.0);
             rounds * (STEP_US + b / LINK_BPUS + b / REDUCE_BPUS)
         }
-        Algo::Hier | Algo::P2p => f64::INFINITY,
+        Algo::Hier | Algo::P2p | Algo::Bruck => f64::INFINITY,
     }
 }
 

@@ -105,9 +105,21 @@ const DIRECT_MIN_BYTES: usize = 8 << 10;
 /// extra stages cost more latency than the inter-host bandwidth they save.
 const HIER_MIN_BYTES: usize = 256 << 10;
 
+/// Fewest ranks for which a tree (broadcast, reduce) or Bruck's all-gather beats the
+/// ring for small messages: the ring's `n - 1` hops against `log2 n`.
+const LOG_MIN_RANKS: usize = 8;
+
+/// Most thread ranks for which a small all-reduce is one-shot (every rank linked to every
+/// other) rather than recursive doubling (`log2 n` partners).
+const ONE_SHOT_MAX_THREADS: usize = 8;
+
+/// Largest broadcast or reduce that takes a tree rather than the ring.
+const TREE_MAX_BYTES: usize = 64 << 10;
+
 fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
     let Shape { n, shared, hierarchical, network, .. } = shape;
     let bytes = coll.count() * elem;
+    let chunk_bytes = if network { s.slot_bytes.min(NETWORK_CHUNK) } else { s.slot_bytes };
     if shared && n > 1 && Algo::Direct.applies_to(coll) && bytes >= DIRECT_MIN_BYTES {
         return Algo::Direct;
     }
@@ -126,7 +138,9 @@ fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
                 (false, _) => 32 << 10,
             };
             if bytes <= small {
-                return if n == 2 || shared { Algo::OneShot } else { Algo::Doubling };
+                // One-shot links every rank to every other: for threads (no copies to
+                // stage) it wins while the ranks are few.
+                return if n == 2 || (shared && n <= ONE_SHOT_MAX_THREADS) { Algo::OneShot } else { Algo::Doubling };
             }
             if n < 16 {
                 return Algo::Ring;
@@ -139,6 +153,11 @@ fn choose(coll: &Collective, elem: usize, shape: Shape, s: &Settings) -> Algo {
                 })
                 .unwrap_or(Algo::Ring)
         }
+        Collective::Broadcast { .. } | Collective::Reduce { .. } if n >= LOG_MIN_RANKS && bytes <= TREE_MAX_BYTES => {
+            Algo::Tree
+        }
+        // The whole gathered output in one slot: every round's messages fit the FIFOs.
+        Collective::AllGather { .. } if n >= LOG_MIN_RANKS && bytes.saturating_mul(n) <= chunk_bytes => Algo::Bruck,
         c if Algo::Ring.applies_to(c) => Algo::Ring,
         _ => Algo::P2p,
     }
@@ -152,7 +171,7 @@ mod tests {
 
     #[test]
     fn forced_algorithms_apply_or_fail() {
-        let s = Config::new().algo(Algo::Tree).resolve_with(|_| None).unwrap();
+        let s = Config::new().algo(Algo::Doubling).resolve_with(|_| None).unwrap();
         let p = plan(
             &Collective::AllReduce { count: 10 },
             DataType::Float32,
@@ -160,7 +179,7 @@ mod tests {
             &s,
         )
         .unwrap();
-        assert_eq!(p.algo, Algo::Tree);
+        assert_eq!(p.algo, Algo::Doubling);
         let e = plan(
             &Collective::Broadcast { count: 10, root: 0 },
             DataType::Float32,

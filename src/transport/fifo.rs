@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::sync::Doorbell;
 
+/// Messages from this size fault in their FIFO's pages at once (see `Fifo::populate`).
+pub const POPULATE_MIN: usize = 64 << 10;
+
 /// Bytes of payload that travel inside the slot header's cache line.
 pub const INLINE_BYTES: usize = 32;
 const CTRL_BYTES: usize = 128;
@@ -88,35 +91,13 @@ unsafe impl Send for Region {}
 // SAFETY: as above.
 unsafe impl Sync for Region {}
 
-struct HeapBlock {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-// SAFETY: an owned heap allocation; freed once, in Drop.
-unsafe impl Send for HeapBlock {}
-// SAFETY: HeapBlock itself is never accessed concurrently; it only frees on drop.
-unsafe impl Sync for HeapBlock {}
-impl Drop for HeapBlock {
-    fn drop(&mut self) {
-        // SAFETY: allocated in Region::heap with this exact layout, freed only here.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
-}
-
 impl Region {
-    /// Zeroed, page-aligned heap memory of `len` bytes.
+    /// Zeroed, page-aligned private memory of `len` bytes, whose pages cost nothing
+    /// until they are touched (an anonymous mapping: a zeroing allocator would touch them
+    /// all).
     pub fn heap(len: usize) -> Result<Region> {
-        let layout = std::alloc::Layout::from_size_align(len.max(64), 4096)
-            .map_err(|e| Error::invalid_argument(format!("region of {len} bytes: {e}")))?;
-        // SAFETY: the layout has non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(Error::system(
-                format!("allocating {len} bytes of FIFO memory"),
-                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
-            ));
-        }
-        Ok(Region { ptr, len, _owner: Box::new(HeapBlock { ptr, layout }) })
+        let m = crate::sys::Anon::new(len.max(64))?;
+        Ok(Region { ptr: m.as_ptr(), len, _owner: Box::new(m) })
     }
 
     /// Wraps memory owned by `owner` (e.g. a shared mapping).
@@ -187,8 +168,23 @@ impl Fifo {
         Ok(f)
     }
 
-    /// Opens a FIFO that [`Fifo::init`] laid out (possibly in another process), checking
-    /// its shape.
+    /// The FIFO at `offset` of zeroed (or already laid out) shared memory, laid out by
+    /// whichever end comes first: both ends write the same shape, and neither writes a
+    /// counter, so they may attach in any order, even at once. Zeroed memory is an empty
+    /// FIFO, so a link's memory costs nothing until it is used.
+    pub fn attach(region: Arc<Region>, offset: usize, shape: FifoShape) -> Result<Fifo> {
+        let f = Self::at(region.clone(), offset, shape)?;
+        let c = f.ctrl();
+        if c.magic.load(Ordering::Acquire) == 0 {
+            c.nslots.store(shape.nslots as u64, Ordering::Relaxed);
+            c.slot_bytes.store(shape.slot_bytes as u64, Ordering::Relaxed);
+            let _ = c.magic.compare_exchange(0, MAGIC, Ordering::Release, Ordering::Relaxed);
+        }
+        Self::open(region, offset, shape)
+    }
+
+    /// Opens a FIFO that [`Fifo::init`] or [`Fifo::attach`] laid out (possibly in another
+    /// process), checking its shape.
     pub fn open(region: Arc<Region>, offset: usize, shape: FifoShape) -> Result<Fifo> {
         let f = Self::at(region, offset, shape)?;
         let c = f.ctrl();
@@ -249,7 +245,14 @@ impl Fifo {
 
     /// The sending end. Exactly one may exist per FIFO.
     pub fn sender(&self, peer_bell: Doorbell) -> FifoTx {
-        FifoTx { fifo: self.clone(), head: 0, tail_seen: Cell::new(0), bell: peer_bell, by_reference: false }
+        FifoTx {
+            fifo: self.clone(),
+            head: 0,
+            tail_seen: Cell::new(0),
+            bell: peer_bell,
+            by_reference: false,
+            populated: Cell::new(false),
+        }
     }
 
     /// A sending end whose messages may also be references to the sender's memory
@@ -261,7 +264,19 @@ impl Fifo {
 
     /// The receiving end. Exactly one may exist per FIFO.
     pub fn receiver(&self, peer_bell: Doorbell) -> FifoRx {
-        FifoRx { fifo: self.clone(), tail: 0, bell: peer_bell }
+        FifoRx { fifo: self.clone(), tail: 0, bell: peer_bell, populated: Cell::new(false) }
+    }
+
+    /// Faults in this end's pages of the whole FIFO, once, when a large message (from
+    /// [`POPULATE_MIN`] bytes) first uses it: a link used for small messages touches a
+    /// page or two per slot, and a large message does not take hundreds of page faults
+    /// one by one.
+    #[inline]
+    fn populate(&self, done: &Cell<bool>, bytes: usize) {
+        if bytes >= POPULATE_MIN && !done.get() {
+            done.set(true);
+            crate::sys::populate(self.base, self.shape.region_bytes());
+        }
     }
 
     /// The shape.
@@ -282,6 +297,8 @@ pub struct FifoTx {
     tail_seen: Cell<u64>,
     bell: Doorbell,
     by_reference: bool,
+    /// The FIFO's pages are faulted in here.
+    populated: Cell<bool>,
 }
 
 impl FifoTx {
@@ -306,6 +323,7 @@ impl FifoTx {
     #[inline]
     pub fn buffer(&self, bytes: usize) -> *mut u8 {
         debug_assert!(bytes <= self.max_bytes());
+        self.fifo.populate(&self.populated, bytes);
         self.fifo.data(self.fifo.slot_of(self.head), bytes)
     }
 
@@ -377,6 +395,8 @@ pub struct FifoRx {
     fifo: Fifo,
     tail: u64,
     bell: Doorbell,
+    /// The FIFO's pages are faulted in here.
+    populated: Cell<bool>,
 }
 
 impl FifoRx {
@@ -409,6 +429,7 @@ impl FifoRx {
         }
         // A corrupt size must not make us read outside the slot.
         let bytes = bytes.min(self.fifo.shape.slot_bytes);
+        self.fifo.populate(&self.populated, bytes);
         Msg { ptr: self.fifo.data(slot, bytes), bytes, desc }
     }
 

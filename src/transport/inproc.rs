@@ -55,16 +55,24 @@ impl World {
 /// The in-process transport of one rank.
 pub struct InProc {
     world: Arc<World>,
+    me: usize,
 }
 
 impl InProc {
-    /// The transport of a rank of `world`.
-    pub fn new(world: Arc<World>) -> InProc {
-        InProc { world }
+    /// The transport of rank `me` of `world`.
+    pub fn new(world: Arc<World>, me: usize) -> InProc {
+        InProc { world, me }
     }
 }
 
 impl Transport for InProc {
+    fn mem(&self) -> super::MemStats {
+        // The FIFOs this rank's links use: its share (each FIFO has two ends).
+        let Ok(t) = self.world.fifos.lock() else { return Default::default() };
+        let mine = t.keys().filter(|(src, dst, _)| *src == self.me || *dst == self.me).count();
+        super::MemStats { heap_bytes: (mine * self.world.shape.region_bytes() / 2) as u64, ..Default::default() }
+    }
+
     fn name(&self) -> &'static str {
         "inproc"
     }

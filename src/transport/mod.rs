@@ -25,6 +25,54 @@ use std::time::Duration;
 use crate::call::Desc;
 use crate::error::{Error, Result};
 
+/// The memory a communicator holds, by kind, and its links (`Comm::mem_stats`,
+/// `ncclCommMemStats`). Bytes are what is set aside for the links connected so far; a
+/// link's pages are faulted in when a message first needs them, so a link used only for
+/// small messages holds far less than it reserves. Links connect on first use, so the
+/// figures grow with the peers a job talks to, not with the number of ranks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemStats {
+    /// Shared memory mapped for links with the ranks of this host (FIFOs and doorbells).
+    pub shm_bytes: u64,
+    /// Page-locked memory: InfiniBand-registered FIFOs, CUDA staging buffers.
+    pub pinned_bytes: u64,
+    /// Private memory: FIFOs and read-ahead buffers of socket links, the link tables.
+    pub heap_bytes: u64,
+    /// Connected link ends (one per peer, channel and direction).
+    pub links: u64,
+    /// Peers with at least one connected link.
+    pub peers: u64,
+}
+
+impl std::ops::Add for MemStats {
+    type Output = MemStats;
+
+    fn add(self, o: MemStats) -> MemStats {
+        MemStats {
+            shm_bytes: self.shm_bytes + o.shm_bytes,
+            pinned_bytes: self.pinned_bytes + o.pinned_bytes,
+            heap_bytes: self.heap_bytes + o.heap_bytes,
+            links: self.links + o.links,
+            peers: self.peers + o.peers,
+        }
+    }
+}
+
+impl std::fmt::Display for MemStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "shared {:.1} MiB, pinned {:.1} MiB, private {:.1} MiB; {} links with {} peers",
+            mib(self.shm_bytes),
+            mib(self.pinned_bytes),
+            mib(self.heap_bytes),
+            self.links,
+            self.peers
+        )
+    }
+}
+
 /// Direction of a link, seen from the local rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dir {
@@ -109,6 +157,12 @@ pub trait Transport: Send + Sync {
     fn wait_io(&self, timeout: Duration) {
         let _ = timeout;
     }
+
+    /// The memory this transport holds for its links (see [`MemStats`]; the link counts
+    /// come from the [`Links`] table).
+    fn mem(&self) -> MemStats {
+        MemStats::default()
+    }
 }
 
 /// The connected FIFO ends of one rank, indexed by peer and channel.
@@ -189,6 +243,19 @@ impl Links {
     #[inline]
     pub fn tx_ref(&self, peer: usize, channel: u8) -> &FifoTx {
         self.tx[peer][channel as usize].as_ref().expect("link connected before use")
+    }
+
+    /// How many link ends are connected, to how many peers, and the table's own memory.
+    pub fn mem(&self) -> MemStats {
+        let (mut links, mut peers) = (0u64, 0u64);
+        let mut heap = std::mem::size_of_val(&self.tx[..]) + std::mem::size_of_val(&self.rx[..]);
+        for (t, r) in self.tx.iter().zip(&self.rx) {
+            let n = (t.iter().flatten().count() + r.iter().flatten().count()) as u64;
+            links += n;
+            peers += u64::from(n > 0);
+            heap += (t.capacity() + r.capacity()) * std::mem::size_of::<Option<FifoTx>>();
+        }
+        MemStats { heap_bytes: heap as u64, links, peers, ..MemStats::default() }
     }
 
     /// Calls `f` with every connected receiving end and its peer.

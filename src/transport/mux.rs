@@ -68,6 +68,10 @@ impl Transport for Mux {
         }
     }
 
+    fn mem(&self) -> super::MemStats {
+        self.transports.iter().map(|t| t.mem()).fold(super::MemStats::default(), |a, b| a + b)
+    }
+
     fn wait_io(&self, timeout: std::time::Duration) {
         // Shared-memory arrivals do not wake a socket wait: nap briefly when both mix.
         let mixed = self.transports.iter().any(|t| !t.has_sockets());

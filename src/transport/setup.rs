@@ -169,7 +169,12 @@ pub(crate) fn wire_up(env: &Env<'_>, boot: &mut Bootstrap) -> Result<(Mux, Share
         if peers.is_empty() {
             continue;
         }
+        let t = std::time::Instant::now();
         transports.push(k.connect(env, &addrs_of(k.name()), &shared)?);
+        crate::log::info(
+            false,
+            &format!("rank {}: {} connected in {:.1} ms", env.rank, k.name(), t.elapsed().as_secs_f64() * 1e3),
+        );
         for p in peers {
             route[p] = Some(transports.len() - 1);
         }

@@ -4,8 +4,9 @@
 //! which every other rank of the host sends to it, one per (sender, channel). Peers map
 //! each other's segments at init; once all have, each rank unlinks its own, so a crash
 //! leaves nothing behind. The FIFOs are the same code as between threads; only the memory
-//! and the futex flavour (process-shared) differ. A FIFO's pages are faulted in by each
-//! process when a collective first uses it.
+//! and the futex flavour (process-shared) differ. The segment is sparse: a FIFO is laid
+//! out by whichever end connects first, and its pages are faulted in by each end when a
+//! message first needs them, so links that are never used cost no memory.
 //!
 //! Names and identity: each rank creates its segment under a fresh random name
 //! (`sys::shmem::random_name`, 128 bits from the kernel; mode 0600, `O_EXCL`) and
@@ -100,6 +101,8 @@ pub struct Shm {
     /// The mapping of every local rank's segment (ours included), by local index.
     segs: Vec<Arc<Segment>>,
     regions: Vec<Arc<Region>>,
+    /// Link ends connected so far.
+    ends: std::sync::atomic::AtomicU64,
 }
 
 fn fifo_stride(shape: FifoShape) -> usize {
@@ -119,7 +122,9 @@ impl Shm {
 
     fn create_named(name: &str, me: usize, local: Vec<usize>, shape: FifoShape, secret: &Secret) -> Result<Segment> {
         shape.validate()?;
-        let my_local = local.iter().position(|&r| r == me).ok_or_else(|| Error::internal("rank not on its host"))?;
+        if !local.contains(&me) {
+            return Err(Error::internal("rank not on its host"));
+        }
         let n = local.len();
         let seg = Segment::create(name, seg_len(n, shape))?;
         let base = seg.as_ptr();
@@ -136,14 +141,6 @@ impl Shm {
         // SAFETY: the segment is at least HEADER bytes (more than the identity header) and
         // ours alone until peers open it after the barrier that follows.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base, bytes.len()) };
-        // SAFETY: the segment outlives this temporary region, which only lays out the FIFOs
-        // and is dropped at the end of this function.
-        let region = Arc::new(unsafe { Region::from_raw(base, seg.len(), Box::new(())) });
-        for src in (0..n).filter(|&s| s != my_local) {
-            for ch in 0..CHANNELS {
-                Fifo::init(region.clone(), Self::fifo_offset(shape, src, ch), shape)?;
-            }
-        }
         Ok(seg)
     }
 
@@ -210,7 +207,7 @@ impl Shm {
                 Arc::new(Self::region_of(&keep, s.as_ptr(), s.len()))
             })
             .collect();
-        Ok(Shm { me, local, my_local, shape, segs, regions })
+        Ok(Shm { me, local, my_local, shape, segs, regions, ends: Default::default() })
     }
 
     /// Refuses a segment whose identity header `got` is not `want`, saying which field
@@ -273,6 +270,13 @@ impl Transport for Shm {
         "shm"
     }
 
+    fn mem(&self) -> super::MemStats {
+        let ends = self.ends.load(std::sync::atomic::Ordering::Relaxed);
+        // Each end maps its FIFO; each rank maps every local segment's header page.
+        let bytes = ends * fifo_stride(self.shape) as u64 + (self.segs.len() * HEADER) as u64;
+        super::MemStats { shm_bytes: bytes, ..Default::default() }
+    }
+
     fn connect(&self, me: usize, keys: &[LinkKey], _opener: crate::call::Desc) -> Result<Vec<Endpoint>> {
         keys.iter()
             .map(|k| {
@@ -286,8 +290,8 @@ impl Transport for Shm {
                     Dir::Recv => (self.my_local, peer),
                 };
                 let off = Self::fifo_offset(self.shape, src, ch);
-                let fifo = Fifo::open(self.regions[seg].clone(), off, self.shape)?;
-                self.segs[seg].prefault(off, self.shape.region_bytes());
+                let fifo = Fifo::attach(self.regions[seg].clone(), off, self.shape)?;
+                self.ends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = me;
                 Ok(match k.dir {
                     Dir::Send => Endpoint::Tx(fifo.sender(self.bell(peer))),

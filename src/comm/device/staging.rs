@@ -85,6 +85,12 @@ impl Staging {
         Ok(())
     }
 
+    /// The pinned memory it holds: the flag and the staging buffers kept.
+    pub(crate) fn mem(&self) -> crate::transport::MemStats {
+        let bytes = self.flag.len() + self.stages.iter().map(|(p, _)| p.len()).sum::<usize>();
+        crate::transport::MemStats { pinned_bytes: bytes as u64, ..Default::default() }
+    }
+
     /// Waits for the operations still queued on the progress thread.
     pub(super) fn settle(&mut self) {
         for p in self.in_flight.drain(..) {

@@ -223,6 +223,13 @@ impl Drop for Ib {
 }
 
 impl Transport for Ib {
+    fn mem(&self) -> crate::transport::MemStats {
+        let Ok(c) = self.conns.lock() else { return Default::default() };
+        // Each link's FIFO is registered with the adapter (page-locked).
+        let pinned = (c.sends.len() + c.recvs.len()) * super::data::region_bytes(self.shape);
+        crate::transport::MemStats { pinned_bytes: pinned as u64, ..Default::default() }
+    }
+
     fn name(&self) -> &'static str {
         "ib"
     }

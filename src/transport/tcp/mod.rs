@@ -229,6 +229,14 @@ impl Tcp {
 }
 
 impl Transport for Tcp {
+    fn mem(&self) -> crate::transport::MemStats {
+        let Ok(c) = self.conns.lock() else { return Default::default() };
+        // Every link has its FIFO in private memory; each receiving socket reads ahead.
+        let fifos = (c.sends.len() + c.recvs.len()) * self.shape.region_bytes();
+        let ahead = c.recvs.iter().map(|r| r.socks.len()).sum::<usize>() * READ_AHEAD;
+        crate::transport::MemStats { heap_bytes: (fifos + ahead) as u64, ..Default::default() }
+    }
+
     fn name(&self) -> &'static str {
         "tcp"
     }
