@@ -140,7 +140,7 @@ fn two_hosts_over_veth() {
         logs += &err;
     }
     // The links the ranks chose: shared memory inside a namespace, TCP across.
-    assert!(logs.contains("links from rank 0: 1:shm 2:tcp 3:tcp"), "topology:\n{logs}");
-    assert!(logs.contains("links from rank 3: 0:tcp 1:tcp 2:shm"), "topology:\n{logs}");
+    assert!(logs.contains("links from rank 0: shm 1 (1), tcp 2 (2-3)"), "topology:\n{logs}");
+    assert!(logs.contains("links from rank 3: shm 1 (2), tcp 2 (0-1)"), "topology:\n{logs}");
     drop(hosts);
 }
